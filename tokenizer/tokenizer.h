@@ -39,8 +39,14 @@ int gn_tok_n_vocab(const gn_tokenizer *t);
 /* Encodes UTF-8 text (len bytes; need not be NUL-terminated). add_special = 1
  * behaves like HF encode(text, add_special_tokens=True): the post-processor's
  * BOS/EOS are added. Added/special tokens appearing in the text are matched as
- * HF does. On success *ids (gn_malloc'd) holds *n_ids ids. Invalid UTF-8 is an
- * error (GN_EINVAL) that says at which byte offset. */
+ * HF does. On success *ids (gn_malloc'd, never NULL, even for 0 ids) holds
+ * *n_ids ids. Invalid UTF-8 is an error (GN_EINVAL) that says at which byte
+ * offset.
+ * Like HF `tokenizers`, only tokenizer.json's post_processor decides what
+ * add_special adds; tokenizer_config.json's add_bos_token/add_eos_token are not
+ * consulted. (The Llama-3 tokenizer.json has a ByteLevel post-processor, so no
+ * BOS is added there: its chat template writes <|begin_of_text|> as text.)
+ * Thread-safe: any number of threads may encode with one tokenizer. */
 int gn_tok_encode(const gn_tokenizer *t, const char *text, size_t len, int add_special,
                   int32_t **ids, int *n_ids, gn_err *err);
 
@@ -58,7 +64,9 @@ int gn_tok_eos(const gn_tokenizer *t);
 
 /* Id of a token given by its vocabulary string (e.g. "<|im_end|>"), -1 if none. */
 int gn_tok_token_id(const gn_tokenizer *t, const char *token);
-/* Vocabulary string of id (as stored in tokenizer.json), NULL if out of range. */
+/* Vocabulary string of id (as stored in tokenizer.json; for an added token
+ * with "normalized": true, its content after the normalizer, as HF reports it),
+ * NULL if out of range. Valid while t lives. */
 const char *gn_tok_token_str(const gn_tokenizer *t, int id);
 /* 1 when id is an added token marked "special": true. */
 int gn_tok_is_special(const gn_tokenizer *t, int id);
@@ -77,6 +85,7 @@ const char *gn_tok_chat_template(const gn_tokenizer *t);
  * equals gn_tok_decode of all ids. */
 typedef struct gn_tok_stream gn_tok_stream;
 
+/* One stream per generated sequence (not thread-safe; t must outlive it). */
 gn_tok_stream *gn_tok_stream_create(const gn_tokenizer *t, int skip_special, gn_err *err);
 void gn_tok_stream_free(gn_tok_stream *s);
 /* On success *out points at *out_len new bytes (possibly 0), valid until the
