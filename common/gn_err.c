@@ -17,13 +17,17 @@ int gn_errf(gn_err *e, int code, const char *fmt, ...) {
 
 int gn_err_prefix(gn_err *e, const char *fmt, ...) {
     if (!e) return GN_EINVAL;
-    char head[GN_ERR_MSG_MAX], old[GN_ERR_MSG_MAX];
+    char head[GN_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(head, sizeof head, fmt, ap);
+    int n = vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s%s", head, old);
+    size_t hl = n < 0 ? 0 : (size_t)n < sizeof head ? (size_t)n : sizeof head - 1;
+    size_t ol = strnlen(e->msg, sizeof e->msg - 1);
+    if (hl + ol > sizeof e->msg - 1) ol = sizeof e->msg - 1 - hl; /* the tail is cut, not the context */
+    memmove(e->msg + hl, e->msg, ol);
+    memcpy(e->msg, head, hl);
+    e->msg[hl + ol] = '\0';
     return e->code ? e->code : GN_EINVAL;
 }
 
