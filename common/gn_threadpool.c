@@ -1,6 +1,7 @@
 #include "gn_threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -130,9 +131,16 @@ void gn_pool_run(gn_pool *p, gn_pool_fn fn, void *ctx, int n_tasks) {
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
+    /* Wait for the workers. When the machine is oversubscribed a worker may be
+     * descheduled: after a short spin give the core away instead of burning it. */
+    int spins = 0;
     while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) {
+        if (++spins < 2000) {
 #if defined(__x86_64__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
+        } else {
+            sched_yield();
+        }
     }
 }

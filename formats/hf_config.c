@@ -116,7 +116,7 @@ static int parse_bos(const json_t *o, const char *fname, gn_model_config *c, gn_
         c->bos_token_id = -1;
         return 0;
     }
-    int id;
+    int id = -1;
     int rc = get_int(o, "bos_token_id", 1, 0, c->n_vocab - 1, fname, "", &id, err);
     if (rc < 0) return rc;
     c->bos_token_id = id;

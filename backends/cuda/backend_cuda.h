@@ -1,0 +1,87 @@
+/* backend_cuda.h — the CUDA backend (cuBLAS + own kernels) behind engine/backend.h.
+ *
+ * One gn_backend per device. Every op is enqueued on the backend's own CUDA
+ * stream and returns at once; download() and synchronize() wait for the
+ * stream. Weights stay in their stored dtype on the device (BF16/F16/F32);
+ * projections use a GEMV kernel for small batches and cuBLAS (fp32
+ * accumulation, TF32 off) above. The KV pool element type is F16 by default
+ * (be->kv_dtype; the attention op reads whatever dtype the pool says, so a
+ * caller may set be->kv_dtype = GN_F32 before creating runners for an exact
+ * cache).
+ *
+ * Every CUDA and cuBLAS call is checked: a failure (also an asynchronous one,
+ * reported by a later call) becomes GN_EBACKEND with statement, file and line
+ * in be->err; nothing here exits or aborts. After a sticky device error
+ * (illegal address) the backend is unusable and must be destroyed.
+ *
+ * Thread-safety: one thread at a time per backend object (backend.h). Each op
+ * selects the backend's device first, so backends on different devices may be
+ * driven from one thread. */
+#ifndef GN_BACKEND_CUDA_H
+#define GN_BACKEND_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { /* the engine headers are C: give their declarations C linkage */
+#endif
+
+#include "backend.h"
+#include "gn_err.h"
+#include "gn_tensor.h"
+
+/* Number of CUDA devices visible to this process; 0 when there is none or the
+ * driver/runtime cannot be initialised (never fails otherwise). */
+int gn_backend_cuda_device_count(void);
+
+/* Creates a backend on CUDA device `device` (0-based), named "cuda:N".
+ * Returns NULL and fills err (may be NULL) when the device does not exist or
+ * the stream, cuBLAS handle or staging buffers cannot be created. The result
+ * is freed through its ops->destroy (or gn_backend_free). */
+gn_backend *gn_backend_cuda_create(int device, gn_err *err);
+
+/* --- Extras for tests and benchmarks (not part of the vtable). ---------- */
+
+/* Largest batch (rows of x) for which matmul uses the GEMV kernel instead of
+ * cuBLAS; 0 = always cuBLAS. Default 8, or the environment variable
+ * GN_CUDA_GEMV_MAX when set at creation. Returns the previous value. */
+int gn_backend_cuda_set_gemv_max(gn_backend *be, int n);
+
+/* Fills n elements of dtype `dt` at device pointer dst with deterministic
+ * pseudo-random values, uniform in [-scale, scale] (plus `offset`), from
+ * `seed`. Asynchronous on the backend's stream. For benchmark weights that are
+ * too large to write to disk first. */
+int gn_backend_cuda_fill_random(gn_backend *be, void *dst, gn_dtype dt, size_t n, uint64_t seed,
+                                float scale, float offset);
+
+/* Measures device-to-device copy bandwidth with a buffer of `nbytes` copied
+ * `iters` times (after one warm-up copy). Writes *gbps = bytes read + bytes
+ * written per second / 1e9, i.e. the HBM traffic rate. Synchronises. */
+int gn_backend_cuda_copy_bandwidth(gn_backend *be, size_t nbytes, int iters, double *gbps);
+
+/* --- CUDA graphs (for a runner hook; see the proposal in the issue 4 notes).
+ * Between capture_begin and capture_end the backend's ops are recorded, not
+ * run, into a graph that capture_end instantiates in `slot` (0 <= slot <
+ * GN_CUDA_GRAPH_SLOTS, replacing what was there; slot -1 discards the
+ * capture, e.g. after a failed op). graph_launch replays the slot on the
+ * backend's stream. Kernel arguments (pointers, shapes) are frozen at capture:
+ * replay with the same buffers and batch shape and refresh the device-side
+ * inputs (token ids, positions, block tables) with upload() before each
+ * launch. While capturing, upload/download/synchronize/alloc/free fail with
+ * GN_EINVAL, and a cuBLAS matmul whose conversion scratch would have to grow
+ * fails too (run one eager step of the same shape first). */
+#define GN_CUDA_GRAPH_SLOTS 72
+int gn_backend_cuda_capture_begin(gn_backend *be);
+int gn_backend_cuda_capture_end(gn_backend *be, int slot);
+int gn_backend_cuda_graph_launch(gn_backend *be, int slot);
+
+/* Device name and memory (free/total bytes); any out pointer may be NULL. */
+int gn_backend_cuda_device_info(gn_backend *be, char *name, size_t name_cap, size_t *free_bytes,
+                                size_t *total_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,260 @@
+/* kernels_gemv.cu — y(n, R) = x(n, C) · Wᵀ + bias for small batches (n <= 8),
+ * the decode-time projections. Memory-bound on W: each weight byte is read
+ * once, with 16-byte streaming loads, and multiplied with fp32 activations
+ * (no rounding of x to the weight dtype, unlike the cuBLAS path), fp32
+ * accumulation.
+ *
+ * Layout: a block of 8 warps owns 8·RPW consecutive rows; each warp owns RPW
+ * rows (1, 2 or 4, chosen per launch); lane l handles 8-column chunks l,
+ * l+32, ... of each row. x is staged
+ * in shared memory one column tile at a time (all n rows of it), stored as
+ * [n][half][chunk][4] so that the float4 reads of a warp hit distinct banks.
+ * The partial dot products are reduced across the warp at the end.
+ *
+ * A plain warp-per-row kernel handles weights that are not 16-byte aligned or
+ * whose width is not a multiple of 8. */
+#include "cuda_common.cuh"
+
+namespace {
+
+constexpr int kWarps = 8;
+
+template <int NMAX>
+struct cfg {
+    static constexpr int TC = NMAX <= 2 ? 4096 : NMAX <= 4 ? 2048 : 1024; /* x tile columns */
+    static constexpr size_t smem = (size_t)NMAX * TC * sizeof(float);      /* <= 32 KiB */
+};
+
+/* A chunk of 8 consecutive weights: loaded raw with streaming 16-byte loads
+ * (weights are read exactly once), converted to float at the point of use so
+ * that several chunks can be in flight in few registers. */
+template <typename W>
+struct chunk8;
+
+template <>
+struct chunk8<__nv_bfloat16> {
+    uint4 u;
+    __device__ __forceinline__ void load(const __nv_bfloat16 *p) { u = __ldcs((const uint4 *)p); }
+    __device__ __forceinline__ void zero() { u = make_uint4(0, 0, 0, 0); }
+    __device__ __forceinline__ void get(float (&f)[8]) const {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+
+template <>
+struct chunk8<__half> {
+    uint4 u;
+    __device__ __forceinline__ void load(const __half *p) { u = __ldcs((const uint4 *)p); }
+    __device__ __forceinline__ void zero() { u = make_uint4(0, 0, 0, 0); }
+    __device__ __forceinline__ void get(float (&f)[8]) const {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            __half2 h;
+            memcpy(&h, &w[i], 4);
+            const float2 v = __half22float2(h);
+            f[2 * i] = v.x;
+            f[2 * i + 1] = v.y;
+        }
+    }
+};
+
+template <>
+struct chunk8<float> {
+    float4 a, b;
+    __device__ __forceinline__ void load(const float *p) {
+        a = __ldcs((const float4 *)p);
+        b = __ldcs((const float4 *)p + 1);
+    }
+    __device__ __forceinline__ void zero() { a = b = make_float4(0.f, 0.f, 0.f, 0.f); }
+    __device__ __forceinline__ void get(float (&f)[8]) const {
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+        f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    }
+};
+
+/* RPW rows per warp: each x value read from shared memory serves RPW
+ * weights, so larger batches use more rows per warp (shared-memory traffic
+ * per weight byte stays at or below 4x the weight bytes) when the matrix has
+ * rows enough to keep every SM busy; kUnroll = 8 / RPW keeps eight 16-byte
+ * weight loads in flight per lane. */
+template <typename W, int NMAX, int RPW>
+__global__ void __launch_bounds__(kWarps * 32)
+gemv_vec_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__restrict__ w,
+                const void *bias, int bias_dt, int n, int R, int C) {
+    constexpr int TC = cfg<NMAX>::TC, kUnroll = 8 / RPW;
+    constexpr int XPER = NMAX * TC / 4 / (kWarps * 32); /* float4s of x per thread per tile */
+    extern __shared__ float4 gemv_smem[];
+    float *xs = (float *)gemv_smem;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * kWarps + warp) * RPW;
+
+    float acc[RPW][NMAX];
+#pragma unroll
+    for (int r = 0; r < RPW; r++)
+#pragma unroll
+        for (int j = 0; j < NMAX; j++) acc[r][j] = 0.0f;
+
+    for (int c0 = 0; c0 < C; c0 += TC) {
+        const int tc = min(TC, C - c0); /* a multiple of 8 */
+        const int tc4 = tc >> 2;
+        /* Stage x[:, c0:c0+tc] in shared memory: all loads first, then the
+         * stores. Columns c..c+3 (c % 4 == 0) land in one float4 slot. */
+        float4 xt[XPER];
+#pragma unroll
+        for (int u = 0; u < XPER; u++) {
+            const int idx = threadIdx.x + u * kWarps * 32;
+            const int j = idx / tc4, c = (idx - j * tc4) * 4;
+            xt[u] = (j < n && idx < NMAX * tc4)
+                        ? __ldg((const float4 *)(x + (size_t)j * C + c0 + c))
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        __syncthreads(); /* everyone is done with the previous tile */
+#pragma unroll
+        for (int u = 0; u < XPER; u++) {
+            const int idx = threadIdx.x + u * kWarps * 32;
+            if (idx < NMAX * tc4) {
+                const int j = idx / tc4, c = (idx - j * tc4) * 4;
+                *(float4 *)&xs[j * TC + ((c >> 2) & 1) * (TC / 2) + (c >> 3) * 4] = xt[u];
+            }
+        }
+        __syncthreads();
+        const int nk = tc >> 3;
+        for (int kb = 0; kb < nk; kb += 32 * kUnroll) {
+            chunk8<W> wc[kUnroll][RPW];
+#pragma unroll
+            for (int u = 0; u < kUnroll; u++) {
+                const int k = kb + u * 32 + lane;
+#pragma unroll
+                for (int r = 0; r < RPW; r++) {
+                    if (k < nk && row0 + r < R)
+                        wc[u][r].load(w + (size_t)(row0 + r) * C + c0 + k * 8);
+                    else
+                        wc[u][r].zero();
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; u++) {
+                const int k = min(kb + u * 32 + lane, nk - 1); /* zero weights past nk */
+                float wf[RPW][8];
+#pragma unroll
+                for (int r = 0; r < RPW; r++) wc[u][r].get(wf[r]);
+#pragma unroll
+                for (int j = 0; j < NMAX; j++) {
+                    const float4 lo = *(const float4 *)&xs[j * TC + k * 4];
+                    const float4 hi = *(const float4 *)&xs[j * TC + TC / 2 + k * 4];
+#pragma unroll
+                    for (int r = 0; r < RPW; r++) {
+                        float a = acc[r][j];
+                        a = fmaf(wf[r][0], lo.x, a);
+                        a = fmaf(wf[r][1], lo.y, a);
+                        a = fmaf(wf[r][2], lo.z, a);
+                        a = fmaf(wf[r][3], lo.w, a);
+                        a = fmaf(wf[r][4], hi.x, a);
+                        a = fmaf(wf[r][5], hi.y, a);
+                        a = fmaf(wf[r][6], hi.z, a);
+                        a = fmaf(wf[r][7], hi.w, a);
+                        acc[r][j] = a;
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < RPW; r++) {
+        const int row = row0 + r;
+        const float b = (bias && row < R) ? gn_ld_dt(bias, bias_dt, row) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < NMAX; j++) {
+            const float s = gn_warp_sum(acc[r][j]);
+            if (lane == 0 && row < R && j < n) y[(size_t)j * R + row] = s + b;
+        }
+    }
+}
+
+/* Fallback: one warp per row, scalar loads, x straight from global memory. */
+template <typename W>
+__global__ void __launch_bounds__(kWarps * 32)
+gemv_scalar_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__restrict__ w,
+                   const void *bias, int bias_dt, int n, int R, int C) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * kWarps + warp;
+    if (row >= R) return;
+    float acc[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+    const W *wr = w + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) {
+        const float wv = gn_ld(wr + c);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (j < n) acc[j] = fmaf(wv, x[(size_t)j * C + c], acc[j]);
+    }
+    const float b = bias ? gn_ld_dt(bias, bias_dt, row) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float s = gn_warp_sum(acc[j]);
+        if (lane == 0 && j < n) y[(size_t)j * R + row] = s + b;
+    }
+}
+
+template <typename W, int NMAX, int RPW>
+void launch_vec(cudaStream_t s, float *y, const float *x, const W *w, const void *bias, int bias_dt,
+                int n, int R, int C) {
+    constexpr int rows_per_block = kWarps * RPW;
+    const unsigned blocks = (unsigned)((R + rows_per_block - 1) / rows_per_block);
+    gemv_vec_kernel<W, NMAX, RPW><<<blocks, kWarps * 32, cfg<NMAX>::smem, s>>>(y, x, w, bias, bias_dt, n, R, C);
+}
+
+template <typename W>
+void launch(cudaStream_t s, bool vec, int sms, float *y, const float *x, const W *w, const void *bias,
+            int bias_dt, int n, int R, int C) {
+    /* Rows per warp: as many as the batch asks for while the grid still
+     * covers every SM at least once. */
+    auto fits = [&](int rpw) { return (R + kWarps * rpw - 1) / (kWarps * rpw) >= sms; };
+    if (!vec) {
+        const unsigned blocks = (unsigned)((R + kWarps - 1) / kWarps);
+        gemv_scalar_kernel<W><<<blocks, kWarps * 32, 0, s>>>(y, x, w, bias, bias_dt, n, R, C);
+    } else if (n <= 1) {
+        launch_vec<W, 1, 1>(s, y, x, w, bias, bias_dt, n, R, C);
+    } else if (n <= 2) {
+        launch_vec<W, 2, 1>(s, y, x, w, bias, bias_dt, n, R, C);
+    } else if (n <= 4) {
+        if (fits(2)) launch_vec<W, 4, 2>(s, y, x, w, bias, bias_dt, n, R, C);
+        else launch_vec<W, 4, 1>(s, y, x, w, bias, bias_dt, n, R, C);
+    } else {
+        if (fits(4)) launch_vec<W, 8, 4>(s, y, x, w, bias, bias_dt, n, R, C);
+        else if (fits(2)) launch_vec<W, 8, 2>(s, y, x, w, bias, bias_dt, n, R, C);
+        else launch_vec<W, 8, 1>(s, y, x, w, bias, bias_dt, n, R, C);
+    }
+}
+
+} // namespace
+
+extern "C" int gn_cuda_gemv(gn_backend *be, float *y, const float *x, const gn_tensor *w,
+                            const gn_tensor *bias, int n) {
+    if (n < 1 || n > 8)
+        return gn_errf(&be->err, GN_EINVAL, "%s: gemv: n=%d outside 1..8", be->name, n);
+    cudaStream_t s = gn_cu(be)->stream;
+    const int R = (int)w->rows, C = (int)w->cols;
+    const void *bp = bias && bias->data ? bias->data : NULL;
+    const int bdt = bias ? (int)bias->dtype : 0;
+    /* 16-byte loads need every row start of w and x 16-byte aligned. */
+    const bool vec = ((uintptr_t)w->data % 16 == 0) && ((uintptr_t)x % 16 == 0) && (C % 8 == 0);
+    const int sms = gn_cu(be)->sm_count > 0 ? gn_cu(be)->sm_count : 108;
+    switch (w->dtype) {
+    case GN_F32: launch<float>(s, vec, sms, y, x, (const float *)w->data, bp, bdt, n, R, C); break;
+    case GN_F16: launch<__half>(s, vec, sms, y, x, (const __half *)w->data, bp, bdt, n, R, C); break;
+    default:
+        launch<__nv_bfloat16>(s, vec, sms, y, x, (const __nv_bfloat16 *)w->data, bp, bdt, n, R, C);
+        break;
+    }
+    GN_CU_LAUNCHED(be);
+    return 0;
+}
