@@ -105,7 +105,30 @@ typedef struct gn_backend_ops {
      * x(n_rows, ld_x), n_cols <= ld_x (drops padding vocabulary rows). out may
      * equal x only when n_cols == ld_x. */
     int (*log_softmax)(gn_backend *be, float *out, const float *x, int n_rows, int n_cols, int ld_x);
+
+    /* Optional (NULL: the runner calls matmul once per weight). Several
+     * products sharing one input, fused into one launch / one thread-pool job:
+     * ys[i](n, ws[i]->rows) = x(n, cols) · ws[i]ᵀ + biases[i] for i < n_mats
+     * (n_mats <= GN_MATMUL_MULTI_MAX; every ws[i]->cols equal; biases may be
+     * NULL, or an entry NULL / with data NULL). Used for q/k/v and gate/up. */
+    int (*matmul_multi)(gn_backend *be, int n_mats, float *const *ys, const float *x,
+                        const gn_tensor *const *ws, const gn_tensor *const *biases, int n);
+
+    /* Optional graph recording (CUDA graphs; NULL elsewhere). After
+     * graph_begin the ops are recorded instead of run, until graph_end(slot)
+     * stores the recording under slot in [0, GN_GRAPH_SLOTS) (slot < 0
+     * discards it); graph_launch(slot) replays it. While recording, alloc,
+     * free, upload, download and synchronize fail with GN_EINVAL, so a
+     * recorded step must read every per-step value from backend memory that
+     * was uploaded before the launch. A failed graph_end leaves the backend
+     * usable (eager). */
+    int (*graph_begin)(gn_backend *be);
+    int (*graph_end)(gn_backend *be, int slot);
+    int (*graph_launch)(gn_backend *be, int slot);
 } gn_backend_ops;
+
+#define GN_MATMUL_MULTI_MAX 4
+#define GN_GRAPH_SLOTS 128
 
 struct gn_backend {
     const gn_backend_ops *ops;
