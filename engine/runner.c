@@ -9,7 +9,8 @@
  * only when every chunk has succeeded.
  *
  * Per layer (LLaMA family):
- *   xb = rmsnorm(x);  q,k,v = xb·Wq,Wk,Wv (+bias: Qwen2)
+ *   xb = rmsnorm(x);  q,k,v = xb·Wq,Wk,Wv (+bias: Qwen2; one matmul_multi
+ *                     call when the backend has it, as gate/up below)
  *   q,k = rmsnorm per head (Qwen3);  q,k = rope(q,k)
  *   att = attention(q, k, v, KV pool);  x += att·Wo
  *   xb = rmsnorm(x);  x += (silu(xb·Wgate) * (xb·Wup))·Wdown
@@ -354,9 +355,15 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
     for (int l = 0; l < c->n_layers; l++) {
         const gn_layer_weights *L = &w->layers[l];
         OP(o->rmsnorm(be, r->xb, r->x, &L->attn_norm, n, dim, c->norm_eps), "attn_norm", l);
-        OP(o->matmul(be, r->q, r->xb, &L->wq, &L->bq, n), "q_proj", l);
-        OP(o->matmul(be, r->k, r->xb, &L->wk, &L->bk, n), "k_proj", l);
-        OP(o->matmul(be, r->v, r->xb, &L->wv, &L->bv, n), "v_proj", l);
+        if (o->matmul_multi) {
+            float *const ys[3] = {r->q, r->k, r->v};
+            const gn_tensor *const ws[3] = {&L->wq, &L->wk, &L->wv}, *const bs[3] = {&L->bq, &L->bk, &L->bv};
+            OP(o->matmul_multi(be, 3, ys, r->xb, ws, bs, n), "q/k/v_proj", l);
+        } else {
+            OP(o->matmul(be, r->q, r->xb, &L->wq, &L->bq, n), "q_proj", l);
+            OP(o->matmul(be, r->k, r->xb, &L->wk, &L->bk, n), "k_proj", l);
+            OP(o->matmul(be, r->v, r->xb, &L->wv, &L->bv, n), "v_proj", l);
+        }
         if (c->qk_norm) {
             OP(o->rmsnorm(be, r->q, r->q, &L->q_norm, n * nh, hd, c->norm_eps), "q_norm", l);
             OP(o->rmsnorm(be, r->k, r->k, &L->k_norm, n * nkv, hd, c->norm_eps), "k_norm", l);
@@ -368,8 +375,14 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
         OP(o->matmul(be, r->xb, r->att, &L->wo, NULL, n), "o_proj", l);
         OP(o->add(be, r->x, r->xb, nd), "residual", l);
         OP(o->rmsnorm(be, r->xb, r->x, &L->ffn_norm, n, dim, c->norm_eps), "ffn_norm", l);
-        OP(o->matmul(be, r->gate, r->xb, &L->w_gate, NULL, n), "gate_proj", l);
-        OP(o->matmul(be, r->up, r->xb, &L->w_up, NULL, n), "up_proj", l);
+        if (o->matmul_multi) {
+            float *const ys[2] = {r->gate, r->up};
+            const gn_tensor *const ws[2] = {&L->w_gate, &L->w_up};
+            OP(o->matmul_multi(be, 2, ys, r->xb, ws, NULL, n), "gate/up_proj", l);
+        } else {
+            OP(o->matmul(be, r->gate, r->xb, &L->w_gate, NULL, n), "gate_proj", l);
+            OP(o->matmul(be, r->up, r->xb, &L->w_up, NULL, n), "up_proj", l);
+        }
         OP(o->swiglu(be, r->gate, r->gate, r->up, (size_t)n * (size_t)ffn), "swiglu", l);
         OP(o->matmul(be, r->xb, r->gate, &L->w_down, NULL, n), "down_proj", l);
         OP(o->add(be, r->x, r->xb, nd), "residual", l);

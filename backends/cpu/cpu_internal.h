@@ -60,9 +60,12 @@ static inline float *gn_cpu_kv_row(const gn_kv_pool *kv, int block, int layer, i
     return (float *)kv->data + idx;
 }
 
-/* The fast kernels (matmul_fast.c, attention_fast.c). */
+/* The fast kernels (matmul_fast.c, attention_fast.c). The reference table
+ * leaves matmul_multi NULL: the runner then calls matmul per weight. */
 int gn_cpu_matmul_fast(gn_backend *be, float *y, const float *x, const gn_tensor *w,
                        const gn_tensor *bias, int n);
+int gn_cpu_matmul_multi_fast(gn_backend *be, int n_mats, float *const *ys, const float *x,
+                             const gn_tensor *const *ws, const gn_tensor *const *biases, int n);
 int gn_cpu_attention_fast(gn_backend *be, float *out, const float *q, const float *k,
                           const float *v, const gn_kv_pool *kv, int layer, const gn_attn_batch *b,
                           int n_heads, int sliding_window, float scale);

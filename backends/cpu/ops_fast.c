@@ -354,6 +354,7 @@ const gn_backend_ops gn_cpu_fast_ops = {
     .embed = fast_embed,
     .rmsnorm = fast_rmsnorm,
     .matmul = gn_cpu_matmul_fast,
+    .matmul_multi = gn_cpu_matmul_multi_fast,
     .rope = fast_rope,
     .swiglu = fast_swiglu,
     .add = fast_add,

@@ -79,6 +79,56 @@ static void test_matmul(void) {
             free(b.data);
         }
     }
+    /* matmul_multi (fast table only; the reference leaves it NULL): q/k/v-like
+     * products of one x, with and without biases, against one matmul each. */
+    CHECK(ref->ops->matmul_multi == NULL && fast->ops->matmul_multi != NULL, "matmul_multi presence");
+    for (size_t di = 0; di < 3; di++) {
+        static const int mrows[3] = {64, 16, 37};
+        static const int mns[] = {1, 3, 4, 17};
+        int cols = 96;
+        gn_tensor w[3], b[3];
+        for (int i = 0; i < 3; i++) {
+            w[i] = make_weight(dts[di], mrows[i], cols, 1.0f);
+            b[i] = make_weight(dts[di], 1, mrows[i], 1.0f);
+        }
+        for (size_t ni = 0; ni < sizeof mns / sizeof mns[0]; ni++) {
+            int n = mns[ni];
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)cols);
+            fill(x, (size_t)n * (size_t)cols, 1.0f);
+            float *y0[3], *y1[3];
+            for (int i = 0; i < 3; i++) {
+                y0[i] = malloc(sizeof(float) * (size_t)n * (size_t)mrows[i]);
+                y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)mrows[i]);
+                CHECK(ref->ops->matmul(ref, y0[i], x, &w[i], ni % 2 ? &b[i] : NULL, n) == 0, "ref matmul");
+            }
+            const gn_tensor *ws[3] = {&w[0], &w[1], &w[2]}, *bs[3] = {&b[0], NULL, &b[2]};
+            if (!(ni % 2)) bs[0] = bs[2] = NULL;
+            else bs[1] = &b[1];
+            CHECK(fast->ops->matmul_multi(fast, 3, y1, x, ws, ni % 2 ? bs : NULL, n) == 0, "matmul_multi: %s",
+                  fast->err.msg);
+            for (int i = 0; i < 3; i++) {
+                char what[128];
+                snprintf(what, sizeof what, "[%s] matmul_multi %s product %d n=%d", isa_name, dtn(dts[di]), i, n);
+                gn_t_close(what, y1[i], y0[i], (size_t)n * (size_t)mrows[i], 1e-4f, 1e-4f);
+                free(y0[i]);
+                free(y1[i]);
+            }
+            free(x);
+        }
+        gn_tensor wbad = make_weight(dts[di], 8, cols + 1, 1.0f);
+        const gn_tensor *wsb[2] = {&w[0], &wbad};
+        float *yb[2] = {NULL, NULL};
+        float xb[200] = {0}, ya[64], yc[8];
+        yb[0] = ya;
+        yb[1] = yc;
+        CHECK(fast->ops->matmul_multi(fast, 2, yb, xb, wsb, NULL, 1) == GN_EINVAL, "column mismatch accepted");
+        CHECK(fast->ops->matmul_multi(fast, 5, yb, xb, wsb, NULL, 1) == GN_EINVAL, "5 products accepted");
+        free(wbad.data);
+        for (int i = 0; i < 3; i++) {
+            free(w[i].data);
+            free(b[i].data);
+        }
+    }
     /* Errors: a bias of the wrong length and an unknown dtype are refused. */
     gn_tensor w = make_weight(GN_F32, 4, 8, 1.0f), b = make_weight(GN_F32, 1, 3, 1.0f);
     float x[8] = {0}, y[4];
