@@ -15,14 +15,14 @@ models=$build/demo-models
 tok=$build/fixtures/tokenizers/llama2
 mkdir -p "$models"
 
-make_model() { # dir seed dim layers ffn
+make_model() { # dir seed dim layers ffn std
   [ -f "$models/$1/config.json" ] && return 0
   "$bin/genarm-make-model" --arch llama --out "$models/$1" --seed "$2" --dim "$3" --layers "$4" \
-    --heads 4 --kv-heads 2 --ffn "$5" --dtype bf16 --tokenizer-from "$tok" >/dev/null
+    --heads 4 --kv-heads 2 --ffn "$5" --std "$6" --dtype bf16 --tokenizer-from "$tok" >/dev/null
 }
-make_model base 11 256 4 688
-make_model arm-a 22 128 2 344
-make_model arm-b 33 128 2 344
+make_model base 11 256 4 688 0.05
+make_model arm-a 22 128 2 344 0.08
+make_model arm-b 33 128 2 344 0.08
 
 prompt="Once upon a time, in a quiet village,"
 common=(--prompt "$prompt" --max-tokens 32 --temperature 0.7 --seed 7 --no-stream)
@@ -33,10 +33,8 @@ run() { # label, extra generate args...
   local text
   text=$("$bin/genarm" generate --model "$models/base" "$@" "${common[@]}" 2>/dev/null)
   local ra rb
-  ra=$("$bin/genarm" score --arm "$models/arm-a" --prompt "$prompt" --response "$text" --json 2>/dev/null |
-       sed -n 's/.*"total":\([-0-9.e+]*\).*/\1/p')
-  rb=$("$bin/genarm" score --arm "$models/arm-b" --prompt "$prompt" --response "$text" --json 2>/dev/null |
-       sed -n 's/.*"total":\([-0-9.e+]*\).*/\1/p')
+  ra=$("$bin/genarm" score --arm "$models/arm-a" --prompt "$prompt" --response "$text" 2>/dev/null | awk '/^total/ {print $2}')
+  rb=$("$bin/genarm" score --arm "$models/arm-b" --prompt "$prompt" --response "$text" 2>/dev/null | awk '/^total/ {print $2}')
   printf '\n== %s\n%s%s\n   reward under arm-a: %s   under arm-b: %s\n' "$label" "$prompt" "$text" "$ra" "$rb"
 }
 
