@@ -1,0 +1,94 @@
+/* step_client.h — the coordinator's side of the data plane: a DEALER socket
+ * connected to one worker, with request ids, timeouts and capped reconnect
+ * backoff. Sends and receives are split so a caller can fan a step out to
+ * several workers and then gather each reply with a deadline.
+ *
+ * Replies are matched by request id; replies to earlier requests that timed
+ * out arrive late and are dropped. No call blocks longer than its timeout.
+ *
+ * Thread-safety: one client is used by one thread at a time (ZeroMQ sockets
+ * are not thread-safe); use one client per thread per worker. */
+#ifndef GN_STEP_CLIENT_H
+#define GN_STEP_CLIENT_H
+
+#include <stdint.h>
+
+#include "gn_err.h"
+#include "gn_tensor.h"
+#include "wire.h"
+
+typedef struct gn_step_client_params {
+    int send_timeout_ms;      /* a send waits at most this for queue room, default 1000 */
+    int reconnect_ivl_ms;     /* first reconnect delay, default 100 */
+    int reconnect_ivl_max_ms; /* backoff cap, default 2000 */
+    gn_wire_limits limits;    /* applied to replies (max_frame_bytes) */
+} gn_step_client_params;
+
+gn_step_client_params gn_step_client_default_params(void);
+
+typedef struct gn_step_client gn_step_client;
+
+/* Creates a client connected to endpoint ("tcp://host:port"). The connection
+ * is made in the background (the worker may start later). p may be NULL.
+ * NULL and err on failure. */
+gn_step_client *gn_step_client_create(const char *endpoint, const gn_step_client_params *p,
+                                      gn_err *err);
+void gn_step_client_free(gn_step_client *c);
+
+/* Sends env after setting its protocol_version and a fresh request_id
+ * (returned in *request_id; env is otherwise unchanged and still the
+ * caller's). Returns 0, GN_ENOMEM or GN_EIO (queue full past
+ * send_timeout_ms, socket error). */
+int gn_step_client_send(gn_step_client *c, gn_wire_env *env, uint64_t *request_id, gn_err *err);
+
+/* Sends len raw bytes as one frame (tests, fuzzing). */
+int gn_step_client_send_raw(gn_step_client *c, const void *buf, size_t len, gn_err *err);
+
+/* Waits at most timeout_ms for the reply to request_id and decodes it into
+ * *reply (free with gn_wire_env_free). Replies with other ids are dropped.
+ * Returns 0; GN_EIO with a message starting "timeout" when nothing came;
+ * GN_EFORMAT when the reply does not decode. A reply that is an Error
+ * envelope is returned as is (0): the caller reads reply->error. */
+int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
+                        gn_wire_env **reply, gn_err *err);
+
+/* Waits at most timeout_ms for any one frame and returns its raw bytes
+ * (gn_malloc'd, caller frees). Returns 0 or GN_EIO ("timeout..."). */
+int gn_step_client_recv_raw(gn_step_client *c, int timeout_ms, uint8_t **buf, size_t *len,
+                            gn_err *err);
+
+/* send + recv. */
+int gn_step_client_call(gn_step_client *c, gn_wire_env *env, int timeout_ms, gn_wire_env **reply,
+                        gn_err *err);
+
+/* One sequence's part of a step, in host terms. */
+typedef struct gn_step_seq {
+    uint64_t seq_id;
+    uint32_t start_pos;    /* tokens the worker holds before this step (0 = new) */
+    const int32_t *tokens; /* n_tokens ids, borrowed for the call */
+    int n_tokens;
+    int all_logits;
+    int release_after;
+} gn_step_seq;
+
+/* Builds and sends a StepRequest for model (name may be NULL/"" = base,
+ * version) over n seqs, asking for log-probs in dtype. Returns like
+ * gn_step_client_send. */
+int gn_step_client_step_send(gn_step_client *c, const char *model_name, uint32_t model_version,
+                             const gn_step_seq *seqs, int n, gn_dtype dtype, uint64_t *request_id,
+                             gn_err *err);
+
+/* Sends a Release for these sequence ids (fire and collect the reply with
+ * gn_step_client_recv). */
+int gn_step_client_release_send(gn_step_client *c, const char *model_name,
+                                uint32_t model_version, const uint64_t *seq_ids, int n,
+                                uint64_t *request_id, gn_err *err);
+
+/* Converts a received StepResponse's log-prob tensor to float32: checks it
+ * (gn_wire_step_resp_check) and writes rows*cols floats to dst (dst_cap
+ * floats). *rows, *cols receive the shape. Returns 0, GN_EFORMAT or
+ * GN_ERANGE (dst too small). */
+int gn_step_resp_logprobs_f32(const gn_wire_step_resp *resp, float *dst, size_t dst_cap,
+                              uint64_t *rows, uint64_t *cols, gn_err *err);
+
+#endif
