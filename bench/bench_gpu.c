@@ -2,8 +2,10 @@
  *
  * For a ~1B-shaped and a 7B-shaped random BF16 Llama model: decode tokens/s
  * at batch 1, 8, 32 and 64 through the real engine (gn_model_load +
- * gn_runner_step, log-probs downloaded every step), and the achieved
- * fraction of HBM bandwidth:
+ * gn_runner_step, log-probs downloaded every step), with the runner's
+ * recorded decode steps (CUDA graphs, the default) and without them
+ * (GN_RUNNER_GRAPHS=0 when the runner is created), and the achieved fraction
+ * of HBM bandwidth:
  *
  *     weight bytes read per step × steps/s ÷ device-to-device copy bandwidth
  *
@@ -11,8 +13,10 @@
  * measured in the same run. Then guided decoding — the 7B base and the 1B ARM
  * on one GPU, both stepped every token, log-probs combined on the host
  * (gn_guidance_combine) and the argmax fed back — against base-only decoding
- * with the same loop. Also a matmul micro-benchmark (GEMV kernel vs cuBLAS at
- * n = 1..8) on the 7B projection shapes, which decides GN_CUDA_GEMV_MAX.
+ * with the same loop. Also a matmul micro-benchmark (GEMV kernel with and
+ * without programmatic dependent launch, cuBLAS; single weights and the
+ * fused q/k/v and gate/up launches of matmul_multi) on the 7B projection
+ * shapes, which decides GN_CUDA_GEMV_MAX.
  *
  * How the weights are made: writing a 13.5 GB safetensors file would take
  * minutes, so the bench writes config.json and a *sparse* model.safetensors
@@ -237,15 +241,19 @@ typedef struct decoder {
     int n_out;
 } decoder;
 
-static gn_runner *make_runner(gn_model *m, int ctx) {
+/* A runner for up to max_seqs sequences of ctx tokens; graphs = 0 creates it
+ * with the runner's decode-step recording switched off. */
+static gn_runner *make_runner(gn_model *m, int ctx, int max_seqs, int graphs) {
     gn_runner_params rp = gn_runner_default_params();
-    rp.max_seqs = 64;
+    rp.max_seqs = max_seqs;
     rp.max_ctx = ctx;
     rp.block_size = 16;
-    rp.n_blocks = 64 * ((ctx + 15) / 16) + 8;
+    rp.n_blocks = max_seqs * ((ctx + 15) / 16) + 8;
     rp.max_batch_tokens = 512;
+    if (!graphs) setenv("GN_RUNNER_GRAPHS", "0", 1);
     gn_err err = {0};
     gn_runner *r = gn_runner_create(m, &rp, &err);
+    if (!graphs) unsetenv("GN_RUNNER_GRAPHS");
     if (!r) die("gn_runner_create", err.msg);
     return r;
 }
@@ -309,44 +317,77 @@ static double decode_steps(decoder *base, decoder *arm, int B, int steps, float 
 
 /* ---- matmul micro-benchmark ----------------------------------------------- */
 
+/* GB/s of weights read by matmul (n_mats == 1) or matmul_multi over n_mats
+ * weights of rows x cols each, at batch n, GEMV (gemv_max 8) or cuBLAS
+ * (gemv_max 0). The weights rotate over copies in a 262 MB region so that
+ * they never sit in L2 (50 MB) between calls, as in a real forward pass. */
+static double time_matmul(gn_backend *be, void *wreg, size_t wmax, const float *x, float *y, int n_mats,
+                          int rows, int cols, int n, int gemv) {
+    size_t elems = (size_t)rows * (size_t)cols, set = elems * (size_t)n_mats;
+    int n_sub = (int)(wmax / set);
+    double bytes = (double)set * 2;
+    int iters = (int)(40e9 / bytes) + 5;
+    int old = gn_backend_cuda_set_gemv_max(be, gemv ? 8 : 0);
+    gn_tensor tw[GN_MATMUL_MULTI_MAX];
+    const gn_tensor *ws[GN_MATMUL_MULTI_MAX];
+    float *ys[GN_MATMUL_MULTI_MAX];
+    double t0 = 0;
+    for (int i = -3; i < iters; i++) {
+        if (i == 0) {
+            if (be->ops->synchronize(be)) die("synchronize", be->err.msg);
+            t0 = now_s();
+        }
+        uint16_t *base = (uint16_t *)wreg + (size_t)((i + 3) % n_sub) * set;
+        for (int k = 0; k < n_mats; k++) {
+            tw[k] = (gn_tensor){base + (size_t)k * elems, GN_BF16, rows, cols};
+            ws[k] = &tw[k];
+            ys[k] = y + (size_t)k * 8 * (size_t)rows;
+        }
+        int rc = n_mats == 1 ? be->ops->matmul(be, y, x, &tw[0], NULL, n)
+                             : be->ops->matmul_multi(be, n_mats, ys, x, ws, NULL, n);
+        if (rc) die("matmul", be->err.msg);
+    }
+    if (be->ops->synchronize(be)) die("synchronize", be->err.msg);
+    double t = now_s() - t0;
+    gn_backend_cuda_set_gemv_max(be, old);
+    return bytes * iters / t / 1e9;
+}
+
 static void bench_matmul(gn_backend *be, double copy_gbps) {
-    const int shapes[4][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
+    static const struct { const char *name; int n_mats, rows, cols; } cases[] = {
+        {"4096x4096", 1, 4096, 4096},          {"11008x4096", 1, 11008, 4096},
+        {"4096x11008", 1, 4096, 11008},        {"32000x4096", 1, 32000, 4096},
+        {"q/k/v 3x4096x4096", 3, 4096, 4096}, {"gate/up 2x11008x4096", 2, 11008, 4096},
+    };
     size_t wmax = (size_t)32000 * 4096;
     void *w = be->ops->alloc(be, wmax * 2);
-    float *x = be->ops->alloc(be, (size_t)8 * 11008 * 4), *y = be->ops->alloc(be, (size_t)8 * 32000 * 4);
+    float *x = be->ops->alloc(be, (size_t)8 * 11008 * 4), *y = be->ops->alloc(be, (size_t)3 * 8 * 32000 * 4);
     if (!w || !x || !y) die("alloc", be->err.msg);
-    fill(be, &(gn_tensor){w, GN_BF16, 1, (int64_t)wmax}, 99, 0.03f, 0.0f);
-    fill(be, &(gn_tensor){x, GN_F32, 1, 8 * 11008}, 98, 1.0f, 0.0f);
-    printf("\nmatmul, BF16 weights, GB/s of weights read (%% of copy bandwidth): GEMV kernel | cuBLAS\n");
-    printf("  %-13s %-8s %-8s %-8s %-8s\n", "R x C", "n=1", "n=2", "n=4", "n=8");
-    for (int si = 0; si < 4; si++) {
-        gn_tensor tw = {w, GN_BF16, shapes[si][0], shapes[si][1]};
-        double bytes = (double)gn_tensor_nbytes(&tw);
-        int iters = (int)(20e9 / bytes) + 5;
-        /* Rotate over copies so that the weights never sit in L2 (50 MB on
-         * an H100) between calls, as in a real forward pass. */
-        size_t elems = (size_t)shapes[si][0] * (size_t)shapes[si][1];
-        int n_sub = (int)(wmax / elems);
-        char line[256];
-        int len = snprintf(line, sizeof line, "  %5dx%-7d", shapes[si][0], shapes[si][1]);
+    if (gn_backend_cuda_fill_random(be, w, GN_BF16, wmax, 99, 0.03f, 0.0f) ||
+        gn_backend_cuda_fill_random(be, x, GN_F32, (size_t)8 * 11008, 98, 1.0f, 0.0f) ||
+        be->ops->synchronize(be))
+        die("fill_random", be->err.msg);
+    int pdl = gn_backend_cuda_set_pdl(be, 1);
+    gn_backend_cuda_set_pdl(be, pdl);
+    printf("\nmatmul, BF16 weights, GB/s of weights read (%% of copy bandwidth); n=1: GEMV kernel |\n"
+           "GEMV without programmatic dependent launch | cuBLAS; n=2..8: GEMV | cuBLAS (PDL %s)\n",
+           pdl ? "on" : "unavailable: the first two n=1 columns are the same");
+    printf("  %-21s %-30s %-20s %-20s %-20s\n", "weights (R x C)", "n=1", "n=2", "n=4", "n=8");
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        char line[320];
+        int len = snprintf(line, sizeof line, "  %-21s", cases[ci].name);
         const int ns[4] = {1, 2, 4, 8};
         for (int k = 0; k < 4; k++) {
-            double gbps[2];
-            for (int path = 0; path < 2; path++) {
-                int old = gn_backend_cuda_set_gemv_max(be, path == 0 ? 8 : 0);
-                for (int i = 0; i < 3; i++) be->ops->matmul(be, y, x, &tw, NULL, ns[k]);
-                be->ops->synchronize(be);
-                double t0 = now_s();
-                for (int i = 0; i < iters; i++) {
-                    tw.data = (uint16_t *)w + (size_t)(i % n_sub) * elems;
-                    if (be->ops->matmul(be, y, x, &tw, NULL, ns[k])) die("matmul", be->err.msg);
-                }
-                if (be->ops->synchronize(be)) die("synchronize", be->err.msg);
-                gbps[path] = bytes * iters / (now_s() - t0) / 1e9;
-                gn_backend_cuda_set_gemv_max(be, old);
+            double g = time_matmul(be, w, wmax, x, y, cases[ci].n_mats, cases[ci].rows, cases[ci].cols, ns[k], 1);
+            len += snprintf(line + len, sizeof line - (size_t)len, " %4.0f(%2.0f%%)", g, 100 * g / copy_gbps);
+            if (k == 0) {
+                gn_backend_cuda_set_pdl(be, 0);
+                g = time_matmul(be, w, wmax, x, y, cases[ci].n_mats, cases[ci].rows, cases[ci].cols, 1, 1);
+                gn_backend_cuda_set_pdl(be, pdl);
+                len += snprintf(line + len, sizeof line - (size_t)len, "|%4.0f(%2.0f%%)", g, 100 * g / copy_gbps);
             }
-            len += snprintf(line + len, sizeof line - (size_t)len, " %4.0f(%2.0f%%)|%4.0f(%2.0f%%)",
-                            gbps[0], 100 * gbps[0] / copy_gbps, gbps[1], 100 * gbps[1] / copy_gbps);
+            g = time_matmul(be, w, wmax, x, y, cases[ci].n_mats, cases[ci].rows, cases[ci].cols, ns[k], 0);
+            len += snprintf(line + len, sizeof line - (size_t)len, "|%4.0f(%2.0f%%)", g, 100 * g / copy_gbps);
         }
         printf("%s\n", line);
     }
@@ -355,163 +396,16 @@ static void bench_matmul(gn_backend *be, double copy_gbps) {
     be->ops->free(be, y);
 }
 
-/* ---- the decode step as a CUDA graph ---------------------------------------- */
-
-/* A decode step written directly against the backend ops, in the order of
- * engine/runner.c (forward_chunk, one new token per sequence, every row's
- * log-probs), so that it can be timed eagerly and as a CUDA graph replay: what
- * capturing the runner's decode step would buy (the runner does not capture
- * yet). Inputs that change per step (token ids, positions, lengths) are
- * uploaded before each launch; everything else stays at fixed addresses. */
-typedef struct fwd {
-    gn_backend *be;
-    const gn_model_config *c;
-    const gn_weights *w;
-    int B, ctx0, max_blocks;
-    float *x, *xb, *q, *k, *v, *att, *gate, *up, *logits, *lp, *inv_freq;
-    int32_t *d_tok, *d_seq, *d_pos, *d_len, *d_table;
-    gn_kv_pool pool;
-    gn_attn_batch ab;
-} fwd;
-
-static void *balloc(gn_backend *be, size_t n) {
-    void *p = be->ops->alloc(be, n);
-    if (!p) die("alloc", be->err.msg);
-    return p;
-}
-
-static void fwd_init(fwd *f, gn_backend *be, gn_model *m, int B, int ctx0, int steps) {
-    memset(f, 0, sizeof *f);
-    const gn_model_config *c = gn_model_cfg(m);
-    f->be = be, f->c = c, f->w = gn_model_weights(m), f->B = B, f->ctx0 = ctx0;
-    size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
-    f->x = balloc(be, (size_t)B * c->dim * 4), f->xb = balloc(be, (size_t)B * c->dim * 4);
-    f->q = balloc(be, B * q * 4), f->att = balloc(be, B * q * 4);
-    f->k = balloc(be, B * kv * 4), f->v = balloc(be, B * kv * 4);
-    f->gate = balloc(be, (size_t)B * c->ffn_dim * 4), f->up = balloc(be, (size_t)B * c->ffn_dim * 4);
-    f->logits = balloc(be, (size_t)B * c->n_vocab * 4), f->lp = balloc(be, (size_t)B * c->n_vocab * 4);
-    f->inv_freq = balloc(be, (size_t)c->head_dim / 2 * 4);
-    float inv[512];
-    gn_rope_inv_freq(c, inv);
-    f->max_blocks = (ctx0 + steps + 15) / 16;
-    int n_blocks = B * f->max_blocks;
-    size_t pool_elems = (size_t)n_blocks * c->n_layers * 2 * 16 * kv;
-    f->pool = (gn_kv_pool){balloc(be, pool_elems * gn_dtype_size(be->kv_dtype)), be->kv_dtype,
-                           c->n_layers, c->n_kv_heads, c->head_dim, 16, n_blocks};
-    /* Earlier positions hold random keys and values (the prompt's, as it were). */
-    fill(be, &(gn_tensor){f->pool.data, be->kv_dtype, 1, (int64_t)pool_elems}, 77, 0.5f, 0.0f);
-    int32_t *table = malloc(sizeof(int32_t) * (size_t)n_blocks), seq[64];
-    for (int i = 0; i < n_blocks; i++) table[i] = i;
-    for (int b = 0; b < B; b++) seq[b] = b;
-    f->d_tok = balloc(be, 64 * 4), f->d_seq = balloc(be, 64 * 4), f->d_pos = balloc(be, 64 * 4);
-    f->d_len = balloc(be, 64 * 4), f->d_table = balloc(be, (size_t)n_blocks * 4);
-    if (be->ops->upload(be, f->inv_freq, inv, (size_t)c->head_dim / 2 * 4) ||
-        be->ops->upload(be, f->d_table, table, (size_t)n_blocks * 4) ||
-        be->ops->upload(be, f->d_seq, seq, (size_t)B * 4))
-        die("upload", be->err.msg);
-    free(table);
-    f->ab = (gn_attn_batch){B, B, f->d_seq, f->d_pos, f->d_len, f->d_table, f->max_blocks, ctx0 + steps};
-}
-
-static void fwd_free(fwd *f) {
-    gn_backend *be = f->be;
-    void *p[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->gate, f->up, f->logits, f->lp,
-                 f->inv_freq, f->d_tok, f->d_seq, f->d_pos, f->d_len, f->d_table, f->pool.data};
-    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) be->ops->free(be, p[i]);
-}
-
-/* Uploads step s's token ids, positions and lengths. */
-static void fwd_inputs(fwd *f, int s) {
-    int32_t tok[64], pos[64], len[64];
-    for (int b = 0; b < f->B; b++) {
-        tok[b] = 3 + (b * 7 + s * 13) % 30000;
-        pos[b] = f->ctx0 + s;
-        len[b] = f->ctx0 + s + 1;
-    }
-    gn_backend *be = f->be;
-    if (be->ops->upload(be, f->d_tok, tok, (size_t)f->B * 4) ||
-        be->ops->upload(be, f->d_pos, pos, (size_t)f->B * 4) ||
-        be->ops->upload(be, f->d_len, len, (size_t)f->B * 4))
-        die("upload", be->err.msg);
-}
-
-#define FOP(call)                                                    \
-    do {                                                             \
-        if ((call) != 0) return fprintf(stderr, "%s: %s\n", #call, be->err.msg), -1; \
-    } while (0)
-
-static int fwd_compute(fwd *f) {
-    gn_backend *be = f->be;
-    const gn_backend_ops *o = be->ops;
-    const gn_model_config *c = f->c;
-    const gn_weights *w = f->w;
-    int n = f->B, dim = c->dim, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    size_t nd = (size_t)n * dim;
-    FOP(o->embed(be, f->x, &w->embed, f->d_tok, n));
-    for (int l = 0; l < c->n_layers; l++) {
-        const gn_layer_weights *L = &w->layers[l];
-        FOP(o->rmsnorm(be, f->xb, f->x, &L->attn_norm, n, dim, c->norm_eps));
-        FOP(o->matmul(be, f->q, f->xb, &L->wq, &L->bq, n));
-        FOP(o->matmul(be, f->k, f->xb, &L->wk, &L->bk, n));
-        FOP(o->matmul(be, f->v, f->xb, &L->wv, &L->bv, n));
-        FOP(o->rope(be, f->q, n, nh, hd, f->d_pos, f->inv_freq));
-        FOP(o->rope(be, f->k, n, nkv, hd, f->d_pos, f->inv_freq));
-        FOP(o->attention(be, f->att, f->q, f->k, f->v, &f->pool, l, &f->ab, nh, c->sliding_window,
-                         1.0f / sqrtf((float)hd)));
-        FOP(o->matmul(be, f->xb, f->att, &L->wo, NULL, n));
-        FOP(o->add(be, f->x, f->xb, nd));
-        FOP(o->rmsnorm(be, f->xb, f->x, &L->ffn_norm, n, dim, c->norm_eps));
-        FOP(o->matmul(be, f->gate, f->xb, &L->w_gate, NULL, n));
-        FOP(o->matmul(be, f->up, f->xb, &L->w_up, NULL, n));
-        FOP(o->swiglu(be, f->gate, f->gate, f->up, (size_t)n * c->ffn_dim));
-        FOP(o->matmul(be, f->xb, f->gate, &L->w_down, NULL, n));
-        FOP(o->add(be, f->x, f->xb, nd));
-    }
-    FOP(o->rmsnorm(be, f->xb, f->x, &w->final_norm, n, dim, c->norm_eps));
-    FOP(o->matmul(be, f->logits, f->xb, &w->lm_head, NULL, n));
-    FOP(o->log_softmax(be, f->lp, f->logits, n, c->n_vocab, c->n_vocab));
-    return 0;
-}
-
-/* ms per decode step: the step written against the ops, eagerly and as a
- * graph replay (inputs uploaded and log-probs downloaded every step in both). */
-static void bench_graph(gn_backend *be, gn_model *m, const char *name, double wb, double copy_gbps,
-                        float *host_lp) {
-    const int batches[4] = {1, 8, 32, 64}, steps = 20;
-    printf("  %-3s %5s %14s %14s %9s %9s\n", "", "batch", "eager ms/step", "graph ms/step", "speedup",
-           "roofline");
-    for (int bi = 0; bi < 4; bi++) {
-        int B = batches[bi];
-        fwd f;
-        fwd_init(&f, be, m, B, 64, 2 * steps + 4);
-        size_t lp_bytes = (size_t)B * f.c->n_vocab * 4;
-        double t[2];
-        for (int mode = 0; mode < 2; mode++) {
-            int s0 = mode * (steps + 2);
-            /* warm-up (and the capture, in graph mode) */
-            fwd_inputs(&f, s0);
-            if (mode == 0) {
-                if (fwd_compute(&f)) die("forward", "eager step failed");
-            } else {
-                if (gn_backend_cuda_capture_begin(be)) die("capture_begin", be->err.msg);
-                int rc = fwd_compute(&f);
-                if (gn_backend_cuda_capture_end(be, rc ? -1 : B) || rc) die("capture", be->err.msg);
-                if (gn_backend_cuda_graph_launch(be, B)) die("graph_launch", be->err.msg);
-            }
-            if (be->ops->download(be, host_lp, f.lp, lp_bytes)) die("download", be->err.msg);
-            double t0 = now_s();
-            for (int s = 1; s <= steps; s++) {
-                fwd_inputs(&f, s0 + s);
-                if (mode == 0 ? fwd_compute(&f) : gn_backend_cuda_graph_launch(be, B))
-                    die("step", be->err.msg);
-                if (be->ops->download(be, host_lp, f.lp, lp_bytes)) die("download", be->err.msg);
-            }
-            t[mode] = (now_s() - t0) / steps;
-        }
-        fwd_free(&f);
-        printf("  %-3s %5d %14.3f %14.3f %8.2fx %8.1f%%\n", name, B, 1e3 * t[0], 1e3 * t[1], t[0] / t[1],
-               100.0 * wb / t[1] / 1e9 / copy_gbps);
-    }
+/* Decode steps per second of B sequences on runner r (prefill, three
+ * warm-up steps: eager, recorded, replayed; then `steps` timed ones). */
+static double decode_rate(gn_model *m, gn_runner *r, int B, int prompt_len, int steps, float *lp,
+                          float *lp2) {
+    decoder d;
+    start_batch(&d, m, r, B, prompt_len, lp);
+    decode_steps(&d, NULL, B, 3, lp, lp2);
+    double t = decode_steps(&d, NULL, B, steps, lp, lp2);
+    end_batch(&d, B);
+    return steps / t;
 }
 
 /* ---- main ------------------------------------------------------------------ */
@@ -549,38 +443,46 @@ int main(int argc, char **argv) {
     gn_model *m1 = NULL, *m7 = NULL;
     gn_runner *r1 = NULL, *r7 = NULL;
 
-    printf("\ndecode (prompt %d tokens per sequence, then timed steps of one token each;\n"
-           "        log-probs of every sequence downloaded every step)\n", prompt_len);
+    printf("\ndecode through gn_runner_step (prompt %d tokens per sequence, then timed steps of one\n"
+           "token each; log-probs of every sequence downloaded every step), eager and with the\n"
+           "runner's recorded decode steps (CUDA graphs; tokens/s, GB/s and roofline are for these)\n",
+           prompt_len);
     const shape *shapes[2] = {&k_1b, &k_7b};
     for (int si = 0; si < (quick ? 1 : 2); si++) {
         const shape *s = shapes[si];
         gn_model *m = load_random_model(be, s, root, 1000 * (uint64_t)(si + 1));
-        gn_runner *r = make_runner(m, ctx);
+        gn_runner *r = make_runner(m, ctx, 64, 1);
+        gn_runner *re = make_runner(m, ctx, 64, 0);
         double wb = step_weight_bytes(m);
-        int steps = quick ? 8 : si == 0 ? 48 : 24;
-        printf("  %-3s %5s %10s %10s %12s %9s\n", "", "batch", "ms/step", "tokens/s", "weights GB/s",
-               "roofline");
+        int steps = quick ? 8 : si == 0 ? 64 : 32;
+        printf("  %-3s %5s %14s %14s %10s %12s %9s\n", "", "batch", "eager ms/step", "graph ms/step",
+               "tokens/s", "weights GB/s", "roofline");
         for (int bi = 0; bi < 4; bi++) {
             int B = batches[bi];
-            decoder d;
-            start_batch(&d, m, r, B, prompt_len, lp_base);
-            decode_steps(&d, NULL, B, 3, lp_base, lp_arm); /* warm-up */
-            double t = decode_steps(&d, NULL, B, steps, lp_base, lp_arm);
-            end_batch(&d, B);
-            double sps = steps / t;
-            printf("  %-3s %5d %10.2f %10.1f %12.0f %8.1f%%\n", s->name, B, 1e3 / sps, sps * B,
-                   wb * sps / 1e9, 100.0 * wb * sps / 1e9 / copy_gbps);
-            if (si == 1) base_tps[bi] = sps * B;
+            double se = decode_rate(m, re, B, prompt_len, steps, lp_base, lp_arm);
+            double sg = decode_rate(m, r, B, prompt_len, steps, lp_base, lp_arm);
+            printf("  %-3s %5d %14.3f %14.3f %10.1f %12.0f %8.1f%%\n", s->name, B, 1e3 / se, 1e3 / sg,
+                   sg * B, wb * sg / 1e9, 100.0 * wb * sg / 1e9 / copy_gbps);
+            if (si == 1) base_tps[bi] = sg * B;
         }
-        printf("  %s decode step written against the backend ops (runner order), eager vs CUDA graph:\n",
-               s->name);
-        bench_graph(be, m, s->name, wb, copy_gbps, lp_base);
+        gn_runner_free(re);
+        /* The effect of programmatic dependent launch on a whole step: batch
+         * 1 recorded without it (a fresh runner: recordings keep the mode
+         * they were made in). */
+        if (gn_backend_cuda_set_pdl(be, 0)) {
+            gn_runner *rn = make_runner(m, ctx, 1, 1);
+            double sn = decode_rate(m, rn, 1, prompt_len, steps, lp_base, lp_arm);
+            gn_runner_free(rn);
+            gn_backend_cuda_set_pdl(be, 1);
+            printf("  %-3s %5d %14s %14.3f %10.1f %12.0f %8.1f%%   (graph, PDL off)\n", s->name, 1, "", 1e3 / sn,
+                   sn, wb * sn / 1e9, 100.0 * wb * sn / 1e9 / copy_gbps);
+        }
         if (si == 0) m1 = m, r1 = r;
         else m7 = m, r7 = r;
     }
 
     if (m1 && m7) {
-        printf("\nguided decoding: 7B base + 1B ARM on one GPU, both stepped every token,\n"
+        printf("\nguided decoding: 7B base + 1B ARM on one GPU, both stepped every token (graphs),\n"
                "log-probs combined on the host (alpha 1) and the argmax fed back\n");
         printf("  %5s %14s %14s %8s\n", "batch", "base tokens/s", "guided tok/s", "ratio");
         for (int bi = 0; bi < 4; bi++) {
@@ -589,7 +491,7 @@ int main(int argc, char **argv) {
             start_batch(&db, m7, r7, B, prompt_len, lp_base);
             start_batch(&da, m1, r1, B, prompt_len, lp_arm);
             decode_steps(&db, &da, B, 3, lp_base, lp_arm);
-            int steps = 16;
+            int steps = 24;
             double t = decode_steps(&db, &da, B, steps, lp_base, lp_arm);
             end_batch(&db, B);
             end_batch(&da, B);

@@ -19,11 +19,25 @@
  *
  * All scratch (activations, logits, step tables) is sized once at create, in
  * backend memory, with overflow-checked arithmetic; the per-step path does
- * not allocate. */
+ * not allocate.
+ *
+ * Decode steps as graphs (backends with graph_begin, i.e. CUDA): a step whose
+ * items all add one token and fit one chunk and one logit group has the same
+ * kernels, arguments and buffers every time for a given batch size n; only
+ * the uploaded tables (tokens, positions, lengths, block tables) differ. So
+ * the first such step of size n runs eagerly (it also sizes the backend's
+ * conversion scratch), the second is recorded (uploads before graph_begin,
+ * the download after graph_end) and every later one replays the recording:
+ * one launch instead of ~15 per layer. Recording slots are per backend and
+ * handed out below, so runners sharing a backend (base + ARMs on one GPU)
+ * never replay each other's steps. A size whose recording fails stays eager.
+ * GN_RUNNER_GRAPHS=0 in the environment (read at create) turns this off. */
 #include "runner.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "gn_alloc.h"
@@ -75,7 +89,61 @@ struct gn_runner {
     int32_t *h_rows;    /* (T) */
     int32_t *new_blocks;/* (max_seqs * max_blocks) taken this step, for rollback */
     int *old_nb;        /* (max_seqs) blocks held before this step */
+
+    /* Decode-step recordings, indexed by batch size n (1 .. max_seqs). */
+    int graphs;             /* the backend records and graphs are not switched off */
+    unsigned char *g_state; /* (max_seqs + 1) GRAPH_* below */
+    short *g_slot;          /* (max_seqs + 1) the backend slot holding size n, -1 none */
 };
+
+enum { GRAPH_NEW, GRAPH_WARM, GRAPH_READY, GRAPH_NEVER };
+
+/* ------------------------------------------------------------------ graph slots */
+
+/* Which recording slots of which backend are taken, process-wide (runners on
+ * one backend may live on different threads). An entry is freed when its
+ * last slot is. */
+#define SLOT_BACKENDS 16
+static pthread_mutex_t g_slot_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const gn_backend *be;
+    int n_used;
+    unsigned char used[GN_GRAPH_SLOTS];
+} g_slot_tab[SLOT_BACKENDS];
+
+/* A free slot of be, or -1 when all are taken. */
+static int slot_claim(const gn_backend *be) {
+    int got = -1;
+    pthread_mutex_lock(&g_slot_mu);
+    int e = -1;
+    for (int i = 0; i < SLOT_BACKENDS && e < 0; i++)
+        if (g_slot_tab[i].be == be) e = i;
+    for (int i = 0; i < SLOT_BACKENDS && e < 0; i++)
+        if (!g_slot_tab[i].be) {
+            e = i;
+            g_slot_tab[i].be = be;
+        }
+    if (e >= 0)
+        for (int s = 0; s < GN_GRAPH_SLOTS && got < 0; s++)
+            if (!g_slot_tab[e].used[s]) {
+                g_slot_tab[e].used[s] = 1;
+                g_slot_tab[e].n_used++;
+                got = s;
+            }
+    pthread_mutex_unlock(&g_slot_mu);
+    return got;
+}
+
+static void slot_release(const gn_backend *be, int slot) {
+    pthread_mutex_lock(&g_slot_mu);
+    for (int i = 0; i < SLOT_BACKENDS; i++) {
+        if (g_slot_tab[i].be != be || !g_slot_tab[i].used[slot]) continue;
+        g_slot_tab[i].used[slot] = 0;
+        if (--g_slot_tab[i].n_used == 0) g_slot_tab[i].be = NULL;
+        break;
+    }
+    pthread_mutex_unlock(&g_slot_mu);
+}
 
 gn_runner_params gn_runner_default_params(void) {
     gn_runner_params p;
@@ -135,6 +203,11 @@ void gn_runner_free(gn_runner *r) {
     gn_free(r->h_rows);
     gn_free(r->new_blocks);
     gn_free(r->old_nb);
+    if (r->g_slot)
+        for (int n = 0; n <= r->p.max_seqs; n++)
+            if (r->g_slot[n] >= 0) slot_release(be, r->g_slot[n]);
+    gn_free(r->g_state);
+    gn_free(r->g_slot);
     gn_free(r);
 }
 
@@ -246,6 +319,16 @@ gn_runner *gn_runner_create(gn_model *m, const gn_runner_params *params, gn_err 
         !(r->new_blocks = host_buf((size_t)p.max_seqs, (size_t)r->max_blocks, "new blocks", err)) ||
         !(r->old_nb = host_buf(1, (size_t)p.max_seqs, "old blocks", err)))
         goto fail;
+    r->g_state = gn_calloc((size_t)p.max_seqs + 1, 1);
+    r->g_slot = gn_malloc(sizeof(short) * ((size_t)p.max_seqs + 1));
+    if (!r->g_state || !r->g_slot) {
+        gn_errf(err, GN_ENOMEM, "runner: out of memory");
+        goto fail;
+    }
+    for (int n = 0; n <= p.max_seqs; n++) r->g_slot[n] = -1;
+    const char *genv = getenv("GN_RUNNER_GRAPHS");
+    r->graphs = be->ops->graph_begin && be->ops->graph_end && be->ops->graph_launch && !be->is_host &&
+                !(genv && !strcmp(genv, "0"));
 
     /* RoPE inverse frequencies: computed once on the host, uploaded once. */
     float *inv = gn_malloc(sizeof(float) * (size_t)(c->head_dim / 2));
@@ -327,28 +410,18 @@ static int op_fail(gn_runner *r, int rc, const char *op, int layer, gn_err *err)
         if (rc_) return op_fail(r, rc_, name, layer, err);     \
     } while (0)
 
-/* Runs all layers over the n tokens staged in the host tables (n_cs chunk
- * sequences, n_rows rows wanting log-probs), and writes those rows' log-probs
- * to out_host (n_rows x n_out). */
-static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len, float *out_host,
-                         gn_err *err) {
+/* Runs all layers over the n tokens whose tables are uploaded, then final
+ * norm, lm_head and log-softmax on the n_rows rows that want log-probs, a
+ * group of logit_rows at a time. download = 1: each group's log-probs go to
+ * out_host (n_rows x n_out); download = 0 (recording a graph: n_rows <=
+ * logit_rows, device backends): they stay in r->lp for the caller. */
+static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch *ab, float *out_host,
+                           int download, gn_err *err) {
     gn_backend *be = r->be;
     const gn_backend_ops *o = be->ops;
     const gn_model_config *c = r->cfg;
     const gn_weights *w = r->w;
     int dim = c->dim, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, ffn = c->ffn_dim;
-
-    OP(o->upload(be, r->d_tokens, r->h_tokens, sizeof(int32_t) * (size_t)n), "upload", -1);
-    OP(o->upload(be, r->d_tok_seq, r->h_tok_seq, sizeof(int32_t) * (size_t)n), "upload", -1);
-    OP(o->upload(be, r->d_tok_pos, r->h_tok_pos, sizeof(int32_t) * (size_t)n), "upload", -1);
-    OP(o->upload(be, r->d_seq_len, r->h_seq_len, sizeof(int32_t) * (size_t)n_cs), "upload", -1);
-    OP(o->upload(be, r->d_table, r->h_table, sizeof(int32_t) * (size_t)n_cs * (size_t)r->max_blocks),
-       "upload", -1);
-    OP(o->upload(be, r->d_rows, r->h_rows, sizeof(int32_t) * (size_t)n_rows), "upload", -1);
-
-    gn_attn_batch ab = {.n_tokens = n, .n_seqs = n_cs, .tok_seq = r->d_tok_seq, .tok_pos = r->d_tok_pos,
-                        .seq_len = r->d_seq_len, .block_table = r->d_table, .max_blocks = r->max_blocks,
-                        .max_seq_len = max_len};
     size_t nd = (size_t)n * (size_t)dim;
 
     OP(o->embed(be, r->x, &w->embed, r->d_tokens, n), "embed", -1);
@@ -370,7 +443,7 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
         }
         OP(o->rope(be, r->q, n, nh, hd, r->d_tok_pos, r->inv_freq), "rope q", l);
         OP(o->rope(be, r->k, n, nkv, hd, r->d_tok_pos, r->inv_freq), "rope k", l);
-        OP(o->attention(be, r->att, r->q, r->k, r->v, &r->pool, l, &ab, nh, c->sliding_window, r->scale),
+        OP(o->attention(be, r->att, r->q, r->k, r->v, &r->pool, l, ab, nh, c->sliding_window, r->scale),
            "attention", l);
         OP(o->matmul(be, r->xb, r->att, &L->wo, NULL, n), "o_proj", l);
         OP(o->add(be, r->x, r->xb, nd), "residual", l);
@@ -391,7 +464,7 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
      * group of logit_rows at a time. */
     for (int g0 = 0; g0 < n_rows; g0 += r->logit_rows) {
         int cnt = n_rows - g0 < r->logit_rows ? n_rows - g0 : r->logit_rows;
-        float *dst = out_host + (size_t)g0 * (size_t)r->n_out;
+        float *dst = out_host ? out_host + (size_t)g0 * (size_t)r->n_out : NULL;
         OP(o->get_rows(be, r->xr, r->x, r->d_rows + g0, cnt, dim), "get_rows", -1);
         OP(o->rmsnorm(be, r->xr, r->xr, &w->final_norm, cnt, dim, c->norm_eps), "final norm", -1);
         OP(o->matmul(be, r->logits, r->xr, &w->lm_head, NULL, cnt), "lm_head", -1);
@@ -399,10 +472,70 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
             OP(o->log_softmax(be, dst, r->logits, cnt, r->n_out, r->n_vocab), "log_softmax", -1);
         } else {
             OP(o->log_softmax(be, r->lp, r->logits, cnt, r->n_out, r->n_vocab), "log_softmax", -1);
-            OP(o->download(be, dst, r->lp, sizeof(float) * (size_t)cnt * (size_t)r->n_out), "download", -1);
+            if (download)
+                OP(o->download(be, dst, r->lp, sizeof(float) * (size_t)cnt * (size_t)r->n_out), "download", -1);
         }
     }
     return 0;
+}
+
+/* Records forward_compute for n one-token rows into a backend slot claimed
+ * for size n: GRAPH_READY on success, GRAPH_NEVER otherwise (that size then
+ * stays eager; nothing was run either way). */
+static void record_step(gn_runner *r, int n, gn_attn_batch ab) {
+    gn_backend *be = r->be;
+    const gn_backend_ops *o = be->ops;
+    if (r->g_slot[n] < 0) r->g_slot[n] = (short)slot_claim(be);
+    int slot = r->g_slot[n];
+    r->g_state[n] = GRAPH_NEVER;
+    if (slot < 0 || o->graph_begin(be) != 0) return;
+    /* The recording serves every later step of this size: size anything the
+     * backend sizes from the context length for the longest one. */
+    ab.max_seq_len = r->p.max_ctx;
+    gn_err scratch = {0};
+    int rc = forward_compute(r, n, n, &ab, NULL, 0, &scratch);
+    if (o->graph_end(be, rc ? -1 : slot) == 0 && rc == 0) {
+        r->g_state[n] = GRAPH_READY;
+        return;
+    }
+    slot_release(be, slot);
+    r->g_slot[n] = -1;
+}
+
+/* Uploads the step tables staged on the host (n tokens, n_cs chunk
+ * sequences, n_rows rows wanting log-probs) and runs the chunk, writing
+ * those rows' log-probs to out_host (n_rows x n_out). A chunk of n one-token
+ * rows that fits one logit group runs from a recording when the backend
+ * records (see the top of the file). */
+static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len, float *out_host,
+                         gn_err *err) {
+    gn_backend *be = r->be;
+    const gn_backend_ops *o = be->ops;
+
+    OP(o->upload(be, r->d_tokens, r->h_tokens, sizeof(int32_t) * (size_t)n), "upload", -1);
+    OP(o->upload(be, r->d_tok_seq, r->h_tok_seq, sizeof(int32_t) * (size_t)n), "upload", -1);
+    OP(o->upload(be, r->d_tok_pos, r->h_tok_pos, sizeof(int32_t) * (size_t)n), "upload", -1);
+    OP(o->upload(be, r->d_seq_len, r->h_seq_len, sizeof(int32_t) * (size_t)n_cs), "upload", -1);
+    OP(o->upload(be, r->d_table, r->h_table, sizeof(int32_t) * (size_t)n_cs * (size_t)r->max_blocks),
+       "upload", -1);
+    OP(o->upload(be, r->d_rows, r->h_rows, sizeof(int32_t) * (size_t)n_rows), "upload", -1);
+
+    gn_attn_batch ab = {.n_tokens = n, .n_seqs = n_cs, .tok_seq = r->d_tok_seq, .tok_pos = r->d_tok_pos,
+                        .seq_len = r->d_seq_len, .block_table = r->d_table, .max_blocks = r->max_blocks,
+                        .max_seq_len = max_len};
+
+    /* One token per sequence and one row per token: the same kernels, shapes
+     * and buffers for every step of this n (h_rows is 0 .. n-1). */
+    int graph = r->graphs && n == n_cs && n == n_rows && n_rows <= r->logit_rows;
+    if (graph && r->g_state[n] == GRAPH_WARM) record_step(r, n, ab);
+    if (graph && r->g_state[n] == GRAPH_READY) {
+        OP(o->graph_launch(be, r->g_slot[n]), "graph_launch", -1);
+        OP(o->download(be, out_host, r->lp, sizeof(float) * (size_t)n_rows * (size_t)r->n_out), "download", -1);
+        return 0;
+    }
+    int rc = forward_compute(r, n, n_rows, &ab, out_host, 1, err);
+    if (rc == 0 && graph && r->g_state[n] == GRAPH_NEW) r->g_state[n] = GRAPH_WARM;
+    return rc;
 }
 
 /* Stages and runs every chunk of the step. Sequences already hold the blocks

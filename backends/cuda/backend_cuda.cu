@@ -47,11 +47,12 @@ static void cu_destroy(gn_backend *be) {
             if (cudaStreamEndCapture(c->stream, &g) == cudaSuccess && g) cudaGraphDestroy(g);
         }
         if (c->stream) cudaStreamSynchronize(c->stream);
-        for (int i = 0; i < GN_CUDA_GRAPH_SLOTS; i++)
+        for (int i = 0; i < GN_GRAPH_SLOTS; i++)
             if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
         if (c->cublas) cublasDestroy(c->cublas);
         cudaFree(c->cublas_ws);
         cudaFree(c->scratch);
+        for (int i = 0; i < c->n_retired; i++) cudaFree(c->retired[i]);
         cudaFreeHost(c->staging);
         if (c->stream) cudaStreamDestroy(c->stream);
         cudaGetLastError();
@@ -146,7 +147,10 @@ static int cu_download(gn_backend *be, void *dst_host, const void *src, size_t n
 /* ---- projections -------------------------------------------------------- */
 
 /* Grows the conversion scratch to at least nbytes (rarely: sizes settle after
- * the first prefill). cudaFree waits for kernels still reading the old one. */
+ * the first prefill; at least doubling, so few buffers are ever made). While
+ * recorded graphs exist, the outgrown buffer is kept until destroy, since a
+ * graph may still write it; otherwise it is freed (cudaFree waits for kernels
+ * still reading it). */
 static int cu_scratch(gn_backend *be, size_t nbytes) {
     gn_cuda *c = gn_cu(be);
     if (nbytes <= c->scratch_cap) return 0;
@@ -155,28 +159,42 @@ static int cu_scratch(gn_backend *be, size_t nbytes) {
                        "%s: matmul needs %zu bytes of scratch (has %zu) while capturing a CUDA graph: "
                        "run one step of this shape eagerly first", be->name, nbytes, c->scratch_cap);
     size_t cap = nbytes + nbytes / 4;
-    GN_CU_CHECK(be, cudaFree(c->scratch));
-    c->scratch = NULL;
-    c->scratch_cap = 0;
-    GN_CU_CHECK(be, cudaMalloc(&c->scratch, cap));
+    if (cap < 2 * c->scratch_cap) cap = 2 * c->scratch_cap;
+    if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
+    void *p = NULL;
+    GN_CU_CHECK(be, cudaMalloc(&p, cap));
+    if (c->scratch) {
+        if (c->n_graphs > 0 && c->n_retired < (int)(sizeof c->retired / sizeof c->retired[0])) {
+            c->retired[c->n_retired++] = c->scratch;
+        } else if (c->n_graphs > 0) {
+            cudaFree(p);
+            return gn_errf(&be->err, GN_ENOMEM, "%s: conversion scratch grown too often", be->name);
+        } else {
+            GN_CU_CHECK(be, cudaFree(c->scratch));
+        }
+    }
+    c->scratch = p;
     c->scratch_cap = cap;
     return 0;
 }
 
-static int cu_matmul(gn_backend *be, float *y, const float *x, const gn_tensor *w,
-                     const gn_tensor *bias, int n) {
-    gn_cuda *c = gn_cu(be);
-    if (n < 0 || w->rows <= 0 || w->cols <= 0 || w->rows > INT_MAX || w->cols > INT_MAX)
-        return gn_errf(&be->err, GN_EINVAL, "%s: matmul: bad shape n=%d w=(%lld, %lld)", be->name, n,
-                       (long long)w->rows, (long long)w->cols);
+/* Shape checks shared by matmul and matmul_multi. */
+static int cu_check_w(gn_backend *be, const char *op, const gn_tensor *w, const gn_tensor *bias, int n) {
+    if (n < 0 || !w || !w->data || w->rows <= 0 || w->cols <= 0 || w->rows > INT_MAX || w->cols > INT_MAX)
+        return gn_errf(&be->err, GN_EINVAL, "%s: %s: bad shape n=%d w=(%lld, %lld)", be->name, op, n,
+                       w ? (long long)w->rows : 0LL, w ? (long long)w->cols : 0LL);
     if (bias && bias->data && (size_t)bias->rows * (size_t)bias->cols != (size_t)w->rows)
-        return gn_errf(&be->err, GN_EINVAL, "%s: matmul: bias has %lld elements for %lld rows",
-                       be->name, (long long)(bias->rows * bias->cols), (long long)w->rows);
-    if (n == 0) return 0;
-    if (cu_enter(be)) return GN_EBACKEND;
-    const int R = (int)w->rows, C = (int)w->cols;
-    if (n <= c->gemv_max) return gn_cuda_gemv(be, y, x, w, bias, n);
+        return gn_errf(&be->err, GN_EINVAL, "%s: %s: bias has %lld elements for %lld rows", be->name, op,
+                       (long long)(bias->rows * bias->cols), (long long)w->rows);
+    return 0;
+}
 
+/* y = x·wᵀ (+ bias) through cuBLAS; for 16-bit weights `xc` already holds x
+ * converted to w's dtype (n x C elements), for F32 weights it is unused. */
+static int cu_gemm(gn_backend *be, float *y, const float *x, const void *xc, const gn_tensor *w,
+                   const gn_tensor *bias, int n) {
+    gn_cuda *c = gn_cu(be);
+    const int R = (int)w->rows, C = (int)w->cols;
     const float one = 1.0f, zero = 0.0f;
     /* Row-major y(n,R) = x(n,C)·Wᵀ is column-major y(R,n) = Wc(C,R)ᵀ · xc(C,n). */
     if (w->dtype == GN_F32) {
@@ -184,16 +202,73 @@ static int cu_matmul(gn_backend *be, float *y, const float *x, const gn_tensor *
                                     (const float *)w->data, C, x, C, &zero, y, R));
     } else {
         const cudaDataType_t t = w->dtype == GN_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-        size_t elems = (size_t)n * (size_t)C;
-        int rc = cu_scratch(be, elems * 2);
-        if (rc) return rc;
-        rc = gn_cuda_convert_f32(be, c->scratch, w->dtype, x, elems);
-        if (rc) return rc;
         GN_CU_CHECK(be, cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, C, &one, w->data, t,
-                                     C, c->scratch, t, C, &zero, y, CUDA_R_32F, R,
+                                     C, xc, t, C, &zero, y, CUDA_R_32F, R,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     if (bias && bias->data) return gn_cuda_bias_add(be, y, bias, n, R);
+    return 0;
+}
+
+/* Converts x (n x C floats) into the scratch as dtype dt (F16/BF16). */
+static int cu_convert_x(gn_backend *be, const float *x, gn_dtype dt, int n, int C) {
+    size_t elems = (size_t)n * (size_t)C;
+    int rc = cu_scratch(be, elems * 2);
+    if (rc) return rc;
+    return gn_cuda_convert_f32(be, gn_cu(be)->scratch, dt, x, elems);
+}
+
+static int cu_matmul(gn_backend *be, float *y, const float *x, const gn_tensor *w,
+                     const gn_tensor *bias, int n) {
+    gn_cuda *c = gn_cu(be);
+    int rc = cu_check_w(be, "matmul", w, bias, n);
+    if (rc || n == 0) return rc;
+    if (cu_enter(be)) return GN_EBACKEND;
+    if (n <= c->gemv_max) return gn_cuda_gemv(be, y, x, w, bias, n);
+    if (w->dtype != GN_F32 && (rc = cu_convert_x(be, x, w->dtype, n, (int)w->cols))) return rc;
+    return cu_gemm(be, y, x, c->scratch, w, bias, n);
+}
+
+/* Several weights sharing x: one GEMV launch over all of them (n <=
+ * gemv_max), or x converted once and one GEMM per weight. Sets the kernels
+ * cannot take together (mixed dtypes, unaligned weights) run one by one. */
+static int cu_matmul_multi(gn_backend *be, int n_mats, float *const *ys, const float *x,
+                           const gn_tensor *const *ws, const gn_tensor *const *biases, int n) {
+    gn_cuda *c = gn_cu(be);
+    if (n_mats < 1 || n_mats > GN_MATMUL_MULTI_MAX || !ys || !ws)
+        return gn_errf(&be->err, GN_EINVAL, "%s: matmul_multi: %d products (1 .. %d)", be->name, n_mats,
+                       GN_MATMUL_MULTI_MAX);
+    bool same = true;
+    for (int i = 0; i < n_mats; i++) {
+        int rc = cu_check_w(be, "matmul_multi", ws[i], biases ? biases[i] : NULL, n);
+        if (rc) return rc;
+        if (ws[i]->cols != ws[0]->cols)
+            return gn_errf(&be->err, GN_EINVAL, "%s: matmul_multi: product %d has %lld columns, product 0 %lld",
+                           be->name, i, (long long)ws[i]->cols, (long long)ws[0]->cols);
+        if (ws[i]->dtype != ws[0]->dtype) same = false;
+    }
+    if (n == 0) return 0;
+    if (cu_enter(be)) return GN_EBACKEND;
+    if (n <= c->gemv_max) {
+        bool fuse = same && n_mats > 1;
+        for (int i = 0; i < n_mats && fuse; i++) fuse = gn_cuda_gemv_ok(x, ws[i]) != 0;
+        if (fuse) return gn_cuda_gemv_multi(be, n_mats, ys, x, ws, biases, n);
+        for (int i = 0; i < n_mats; i++) {
+            int rc = gn_cuda_gemv(be, ys[i], x, ws[i], biases ? biases[i] : NULL, n);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    const gn_dtype dt = ws[0]->dtype;
+    if (same && dt != GN_F32) {
+        int rc = cu_convert_x(be, x, dt, n, (int)ws[0]->cols);
+        if (rc) return rc;
+    }
+    for (int i = 0; i < n_mats; i++) {
+        const gn_tensor *b = biases ? biases[i] : NULL;
+        int rc = same ? cu_gemm(be, ys[i], x, c->scratch, ws[i], b, n) : cu_matmul(be, ys[i], x, ws[i], b, n);
+        if (rc) return rc;
+    }
     return 0;
 }
 
@@ -266,11 +341,67 @@ static int cu_log_softmax(gn_backend *be, float *out, const float *x, int n_rows
     return gn_cuda_log_softmax(be, out, x, n_rows, n_cols, ld_x);
 }
 
+static int cu_graph_begin(gn_backend *be) { return gn_backend_cuda_capture_begin(be); }
+static int cu_graph_end(gn_backend *be, int slot) { return gn_backend_cuda_capture_end(be, slot); }
+static int cu_graph_launch(gn_backend *be, int slot) { return gn_backend_cuda_graph_launch(be, slot); }
+
 static const gn_backend_ops cu_ops = {
-    cu_destroy, cu_alloc,   cu_free,    cu_upload,      cu_download,  cu_synchronize,
-    cu_embed,   cu_rmsnorm, cu_matmul,  cu_rope,        cu_swiglu,    cu_add,
-    cu_get_rows, cu_attention, cu_log_softmax,
+    cu_destroy,      cu_alloc,       cu_free,      cu_upload,    cu_download,     cu_synchronize,
+    cu_embed,        cu_rmsnorm,     cu_matmul,    cu_rope,      cu_swiglu,       cu_add,
+    cu_get_rows,     cu_attention,   cu_log_softmax, cu_matmul_multi, cu_graph_begin, cu_graph_end,
+    cu_graph_launch,
 };
+
+/* ---- programmatic dependent launch ---------------------------------------- */
+
+/* Whether kernels launched with the PDL attribute work here, eagerly and
+ * captured into a graph after a host-to-device copy: runs a tiny chain
+ * (copy 5 in, two kernels adding 1, copy out) both ways and checks 7. Any
+ * failure (an old driver, no sm_90, a capture the driver refuses) turns PDL
+ * off; the error is cleared, and the backend works as before. */
+static int cu_probe_pdl(gn_backend *be) {
+    gn_cuda *c = gn_cu(be);
+    int *d = NULL, ok = 0;
+    int *h = (int *)c->staging; /* pinned; unused until the first upload */
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    c->pdl = 1;
+    int rc = [&]() -> int {
+        GN_CU_CHECK(be, cudaMalloc(&d, sizeof(int)));
+        for (int mode = 0; mode < 2; mode++) {
+            h[0] = 5;
+            h[1] = 0;
+            if (mode == 1) GN_CU_CHECK(be, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+            GN_CU_CHECK(be, cudaMemcpyAsync(d, h, sizeof(int), cudaMemcpyHostToDevice, c->stream));
+            if (gn_cuda_probe_step(be, d) || gn_cuda_probe_step(be, d)) return GN_EBACKEND;
+            GN_CU_CHECK(be, cudaMemcpyAsync(h + 1, d, sizeof(int), cudaMemcpyDeviceToHost, c->stream));
+            if (mode == 1) {
+                cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+                GN_CU_CHECK(be, e);
+                GN_CU_CHECK(be, cudaGraphInstantiate(&ge, g, 0));
+                GN_CU_CHECK(be, cudaGraphLaunch(ge, c->stream));
+            }
+            GN_CU_CHECK(be, cudaStreamSynchronize(c->stream));
+            if (h[1] != 7) return gn_errf(&be->err, GN_EBACKEND, "PDL probe %d read %d", mode, h[1]);
+        }
+        return 0;
+    }();
+    ok = rc == 0;
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c->stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+        cudaGraph_t junk = NULL;
+        if (cudaStreamEndCapture(c->stream, &junk) == cudaSuccess && junk) cudaGraphDestroy(junk);
+    }
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    cudaStreamSynchronize(c->stream);
+    cudaFree(d);
+    cudaGetLastError(); /* none of this is sticky */
+    c->pdl = 0;
+    c->pdl_ok = ok;
+    if (!ok) gn_err_clear(&be->err);
+    return ok;
+}
 
 /* ---- public entry points ---------------------------------------------- */
 
@@ -331,6 +462,7 @@ extern "C" gn_backend *gn_backend_cuda_create(int device, gn_err *err) {
         GN_CU_CHECK(be, cublasSetWorkspace(c->cublas, c->cublas_ws, c->cublas_ws_size));
         GN_CU_CHECK(be, cudaMallocHost((void **)&c->staging, GN_CU_STAGING_BYTES));
         c->staging_cap = GN_CU_STAGING_BYTES;
+        if (prop.major >= 9) cu_probe_pdl(be);
         return 0;
     }();
     if (rc) {
@@ -338,7 +470,22 @@ extern "C" gn_backend *gn_backend_cuda_create(int device, gn_err *err) {
         cu_destroy(be);
         return NULL;
     }
+    const char *pdl = getenv("GN_CUDA_PDL");
+    c->pdl = c->pdl_ok && !(pdl && !strcmp(pdl, "0"));
     return be;
+}
+
+extern "C" int gn_backend_cuda_set_pdl(gn_backend *be, int on) {
+    gn_cuda *c = gn_cu(be);
+    int old = c->pdl;
+    c->pdl = on && c->pdl_ok;
+    return old;
+}
+
+extern "C" size_t gn_backend_cuda_scratch_bytes(gn_backend *be) { return gn_cu(be)->scratch_cap; }
+
+extern "C" unsigned long long gn_backend_cuda_graph_launches(gn_backend *be) {
+    return gn_cu(be)->graph_launches;
 }
 
 extern "C" int gn_backend_cuda_set_gemv_max(gn_backend *be, int n) {
@@ -398,7 +545,7 @@ extern "C" int gn_backend_cuda_capture_end(gn_backend *be, int slot) {
     c->capturing = 0;
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(c->stream, &g);
-    if (e != cudaSuccess || slot < 0 || slot >= GN_CUDA_GRAPH_SLOTS) {
+    if (e != cudaSuccess || slot < 0 || slot >= GN_GRAPH_SLOTS) {
         if (g) cudaGraphDestroy(g);
         cudaGetLastError(); /* an invalidated capture is not a sticky error */
         if (e != cudaSuccess) return gn_cuda_fail(be, "cudaStreamEndCapture", __FILE__, __LINE__, cudaGetErrorString(e));
@@ -409,17 +556,19 @@ extern "C" int gn_backend_cuda_capture_end(gn_backend *be, int slot) {
     cudaGraphDestroy(g);
     if (e != cudaSuccess) return gn_cuda_fail(be, "cudaGraphInstantiate", __FILE__, __LINE__, cudaGetErrorString(e));
     if (c->graphs[slot]) cudaGraphExecDestroy(c->graphs[slot]);
+    else c->n_graphs++;
     c->graphs[slot] = x;
     return 0;
 }
 
 extern "C" int gn_backend_cuda_graph_launch(gn_backend *be, int slot) {
     gn_cuda *c = gn_cu(be);
-    if (slot < 0 || slot >= GN_CUDA_GRAPH_SLOTS || !c->graphs[slot])
+    if (slot < 0 || slot >= GN_GRAPH_SLOTS || !c->graphs[slot])
         return gn_errf(&be->err, GN_EINVAL, "%s: no graph in slot %d", be->name, slot);
     if (c->capturing) return cu_not_capturing(be, "graph_launch");
     if (cu_enter(be)) return GN_EBACKEND;
     GN_CU_CHECK(be, cudaGraphLaunch(c->graphs[slot], c->stream));
+    c->graph_launches++;
     return 0;
 }
 

@@ -4,7 +4,12 @@
  * stream and returns at once; download() and synchronize() wait for the
  * stream. Weights stay in their stored dtype on the device (BF16/F16/F32);
  * projections use a GEMV kernel for small batches and cuBLAS (fp32
- * accumulation, TF32 off) above. The KV pool element type is F16 by default
+ * accumulation, TF32 off) above; matmul_multi fuses weights that share their
+ * input (q/k/v, gate/up) into one GEMV launch. Kernels are launched with
+ * programmatic dependent launch where the device has it (see set_pdl), and
+ * the vtable's graph hooks record ops into CUDA graphs (see capture_begin).
+ * Weights must only change through upload(): a GEMV streams its weights
+ * before it waits for the previous kernel. The KV pool element type is F16 by default
  * (be->kv_dtype; the attention op reads whatever dtype the pool says, so a
  * caller may set be->kv_dtype = GN_F32 before creating runners for an exact
  * cache).
@@ -43,9 +48,12 @@ gn_backend *gn_backend_cuda_create(int device, gn_err *err);
 
 /* --- Extras for tests and benchmarks (not part of the vtable). ---------- */
 
-/* Largest batch (rows of x) for which matmul uses the GEMV kernel instead of
- * cuBLAS; 0 = always cuBLAS. Default 8, or the environment variable
- * GN_CUDA_GEMV_MAX when set at creation. Returns the previous value. */
+/* Largest batch (rows of x) for which matmul and matmul_multi use the GEMV
+ * kernel instead of cuBLAS; 0 = always cuBLAS. Default 8, or the environment
+ * variable GN_CUDA_GEMV_MAX when set at creation. Returns the previous value.
+ * (matmul_multi: one GEMV launch over all the weights when they share a dtype
+ * and are 16-byte aligned; above the threshold x is converted once and each
+ * weight gets its own GEMM.) */
 int gn_backend_cuda_set_gemv_max(gn_backend *be, int n);
 
 /* Fills n elements of dtype `dt` at device pointer dst with deterministic
@@ -60,19 +68,34 @@ int gn_backend_cuda_fill_random(gn_backend *be, void *dst, gn_dtype dt, size_t n
  * written per second / 1e9, i.e. the HBM traffic rate. Synchronises. */
 int gn_backend_cuda_copy_bandwidth(gn_backend *be, size_t nbytes, int iters, double *gbps);
 
-/* --- CUDA graphs (for a runner hook; see the proposal in the issue 4 notes).
+/* Programmatic dependent launch (sm_90+): each kernel may start while the
+ * previous one finishes (it waits for it before touching memory; the GEMV
+ * kernel streams its first weights before that). Probed at creation and used
+ * when it works, unless the environment variable GN_CUDA_PDL=0 was set then.
+ * set_pdl(be, 0/1) switches it (1 only takes effect where the probe passed)
+ * and returns the previous state. */
+int gn_backend_cuda_set_pdl(gn_backend *be, int on);
+
+/* Bytes of the cuBLAS input-conversion scratch allocated now (it grows on
+ * demand outside graph capture; see below). */
+size_t gn_backend_cuda_scratch_bytes(gn_backend *be);
+
+/* --- CUDA graphs: the vtable's graph_begin / graph_end / graph_launch.
  * Between capture_begin and capture_end the backend's ops are recorded, not
  * run, into a graph that capture_end instantiates in `slot` (0 <= slot <
- * GN_CUDA_GRAPH_SLOTS, replacing what was there; slot -1 discards the
- * capture, e.g. after a failed op). graph_launch replays the slot on the
- * backend's stream. Kernel arguments (pointers, shapes) are frozen at capture:
- * replay with the same buffers and batch shape and refresh the device-side
- * inputs (token ids, positions, block tables) with upload() before each
- * launch. While capturing, upload/download/synchronize/alloc/free fail with
+ * GN_GRAPH_SLOTS, replacing what was there; slot -1 discards the capture,
+ * e.g. after a failed op). graph_launch replays the slot on the backend's
+ * stream. Kernel arguments (pointers, shapes) are frozen at capture: replay
+ * with the same buffers and batch shape and refresh the device-side inputs
+ * (token ids, positions, block tables) with upload() before each launch. The
+ * attention kernels size their grids from the pool and the batch, never from
+ * the context length, so a recorded step stays valid as sequences grow.
+ * While capturing, upload/download/synchronize/alloc/free fail with
  * GN_EINVAL, and a cuBLAS matmul whose conversion scratch would have to grow
  * fails too (run one eager step of the same shape first). */
-#define GN_CUDA_GRAPH_SLOTS 72
 int gn_backend_cuda_capture_begin(gn_backend *be);
+/* Graphs launched so far on be (tests check that a runner replays). */
+unsigned long long gn_backend_cuda_graph_launches(gn_backend *be);
 int gn_backend_cuda_capture_end(gn_backend *be, int slot);
 int gn_backend_cuda_graph_launch(gn_backend *be, int slot);
 

@@ -4,6 +4,8 @@
  * prefix gn_cuda_). Not installed, not included by C code. */
 #pragma once
 
+#include <utility>
+
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -19,15 +21,21 @@ struct gn_cuda {
     cublasHandle_t cublas;
     void *cublas_ws;          /* explicit cuBLAS workspace (keeps GEMMs graph-capturable) */
     size_t cublas_ws_size;
-    void *scratch;            /* activations converted to the weight dtype for GemmEx; grows once */
+    void *scratch;            /* activations converted to the weight dtype for GemmEx; grows */
     size_t scratch_cap;
+    void *retired[48];        /* outgrown scratch buffers a recorded graph may still use */
+    int n_retired;
     unsigned char *staging;   /* pinned host ring for small uploads (no pageable-copy stream sync) */
     size_t staging_cap;
     size_t staging_used;      /* reset whenever the stream has been synchronised */
     int gemv_max;             /* matmul uses the GEMV kernel for n <= gemv_max */
     int sm_count;
+    int pdl_ok;               /* programmatic dependent launch works here (sm_90+, probed at create) */
+    int pdl;                  /* kernels are launched with it (pdl_ok and not switched off) */
     int capturing;            /* between capture_begin and capture_end */
-    cudaGraphExec_t graphs[GN_CUDA_GRAPH_SLOTS];
+    cudaGraphExec_t graphs[GN_GRAPH_SLOTS];
+    int n_graphs;             /* slots holding a graph */
+    unsigned long long graph_launches;
 };
 
 static inline gn_cuda *gn_cu(gn_backend *be) { return (gn_cuda *)be->impl; }
@@ -52,9 +60,60 @@ static inline const char *gn_cu_str(cublasStatus_t s) { return cublasGetStatusSt
             return gn_cuda_fail((be), #stmt, __FILE__, __LINE__, gn_cu_str(gn_cu_rc_)); \
     } while (0)
 
-/* After a kernel launch: launch-configuration errors and earlier
- * asynchronous faults surface here. */
-#define GN_CU_LAUNCHED(be) GN_CU_CHECK(be, cudaGetLastError())
+/* --- programmatic dependent launch (PDL, sm_90+) ---------------------------
+ * Every kernel of this backend is launched through gn_cu_launch. With PDL on,
+ * a kernel may start while the kernel before it in the stream is still
+ * running; it must call gn_pdl_wait() before it reads anything an earlier
+ * kernel or copy may write (activations, KV pool, step tables) and before it
+ * writes anything. Only immutable data (weights, biases) may be read before
+ * the wait: the GEMV kernel starts streaming its weights that way, hiding the
+ * launch gap and the DRAM latency behind the previous kernel's tail.
+ * gn_pdl_trigger() lets the next kernel be scheduled once every block of this
+ * one has started; the next kernel's wait still waits for this one to finish
+ * and for its writes to be visible. Both are no-ops without PDL (or below
+ * sm_90). */
+__device__ __forceinline__ void gn_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gn_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launches kernel k<<<grid, block, smem>>> on the backend's stream, with the
+ * PDL attribute when `pdl` is set. Returns the launch status. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t gn_cu_launch_ex(gn_backend *be, bool pdl, void (*k)(KArgs...), dim3 grid,
+                                          dim3 block, size_t smem, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = gn_cu(be)->stream;
+    cudaLaunchAttribute attr[1];
+    if (pdl) {
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    return cudaLaunchKernelEx(&cfg, k, std::forward<Args>(args)...);
+}
+
+/* The usual launch: PDL when the backend uses it. A kernel that writes
+ * weights (the benchmark's random fill) must use gn_cu_launch_ex(be, false,
+ * ...) instead: a GEMV after it reads weights before its wait. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t gn_cu_launch(gn_backend *be, void (*k)(KArgs...), dim3 grid, dim3 block,
+                                       size_t smem, Args &&...args) {
+    return gn_cu_launch_ex(be, gn_cu(be)->pdl != 0, k, grid, block, smem, std::forward<Args>(args)...);
+}
+
+/* Launch + check in one statement (inside a function returning int). */
+#define GN_CU_LAUNCH(be, ...) GN_CU_CHECK(be, gn_cu_launch(be, __VA_ARGS__))
 
 /* --- dtype helpers for kernels ------------------------------------------ */
 
@@ -121,9 +180,18 @@ int gn_cuda_convert_f32(gn_backend *be, void *dst, gn_dtype dt, const float *src
 /* y(n, rows) += bias (1, rows), bias in any dtype. */
 int gn_cuda_bias_add(gn_backend *be, float *y, const gn_tensor *bias, int n, int rows);
 
+/* Launches the PDL probe kernel (*p += 1 on the device; p device memory). */
+int gn_cuda_probe_step(gn_backend *be, int *p);
+
 /* kernels_gemv.cu: y(n, w.rows) = x(n, w.cols) · wᵀ + bias for 1 <= n <= 8. */
 int gn_cuda_gemv(gn_backend *be, float *y, const float *x, const gn_tensor *w,
                  const gn_tensor *bias, int n);
+/* The same for n_mats weights sharing x, in one launch (every weight of one
+ * dtype, equal widths, each passing gn_cuda_gemv_ok when n_mats > 1). */
+int gn_cuda_gemv_multi(gn_backend *be, int n_mats, float *const *ys, const float *x,
+                       const gn_tensor *const *ws, const gn_tensor *const *biases, int n);
+/* 1 when the vectorised kernel can read w and x (16-byte aligned rows). */
+int gn_cuda_gemv_ok(const float *x, const gn_tensor *w);
 
 /* kernels_attention.cu: the attention op (KV write + paged causal attention). */
 int gn_cuda_attention(gn_backend *be, float *out, const float *q, const float *k, const float *v,

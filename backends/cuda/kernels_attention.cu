@@ -4,23 +4,25 @@
  *  1. kv_write: token i's k and v rows go to slot pos % block_size of block
  *     block_table[seq * max_blocks + pos / block_size] (pool layout in
  *     engine/backend.h), converted to the pool's dtype.
- *  2. attn: one block of kAttnWarps warps per (token, head). Each warp walks
- *     every kAttnWarps-th visible position of the token's sequence (causal,
- *     sliding window), keeping an online softmax (running max m, sum l, and
- *     the weighted V sum in registers: lane l holds dimension pairs
- *     l, l+32, ... of the head); the warps' partial results are merged in
- *     shared memory. GQA: head h reads kv head h / (n_heads / n_kv_heads).
+ *  2. attn: one block of kAttnWarps warps per (token, head), walking the
+ *     token's visible positions (causal, sliding window) in tiles of 32 with
+ *     an online softmax (details at attn_kernel). GQA: head h reads kv head
+ *     h / (n_heads / n_kv_heads). The grid depends on the batch and the head
+ *     count only, never on the context length, so a captured decode step
+ *     (CUDA graph) stays valid as sequences grow.
  *
- * Same-step tokens see each other's K/V because kernel 2 starts after kernel
- * 1 has finished (stream order). Block ids outside [0, n_blocks) are skipped
- * rather than dereferenced, so a corrupt table cannot write outside the pool. */
+ * Same-step tokens see each other's K/V because kernel 2 waits for kernel 1
+ * to finish (stream order; with PDL, gn_pdl_wait). Block ids outside
+ * [0, n_blocks) are skipped rather than dereferenced, so a corrupt table
+ * cannot write outside the pool. */
 #include <cmath>
+#include <cstring>
 
 #include "cuda_common.cuh"
 
 namespace {
 
-constexpr int kAttnWarps = 4;
+constexpr int kAttnWarps = 8;
 constexpr int kMaxPairsPerLane = 4; /* head_dim <= 2 * 32 * 4 = 256 */
 
 template <typename KV>
@@ -28,6 +30,8 @@ __global__ void kv_write_kernel(KV *__restrict__ pool, const float *__restrict__
                                 const float *__restrict__ v, const int32_t *tok_seq,
                                 const int32_t *tok_pos, const int32_t *block_table, int max_blocks,
                                 int n_blocks, int n_layers, int layer, int block_size, int kvdim) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const int t = blockIdx.x;
     const int pos = tok_pos[t];
     const int blk = block_table[(size_t)tok_seq[t] * max_blocks + pos / block_size];
@@ -42,15 +46,56 @@ __global__ void kv_write_kernel(KV *__restrict__ pool, const float *__restrict__
     }
 }
 
-template <typename KV>
+/* Eight consecutive elements of a K row as floats (p 16-byte aligned). */
+__device__ __forceinline__ void ld8(const float *p, float (&f)[8]) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const __half *p, float (&f)[8]) {
+    const uint4 u = *(const uint4 *)p;
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __half2 h;
+        memcpy(&h, &w[i], 4);
+        const float2 v = __half22float2(h);
+        f[2 * i] = v.x, f[2 * i + 1] = v.y;
+    }
+}
+__device__ __forceinline__ void ld8(const __nv_bfloat16 *p, float (&f)[8]) {
+    const uint4 u = *(const uint4 *)p;
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { /* bf16 -> f32 is a 16-bit shift */
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+/* One block of kAttnWarps warps per (token, head). The visible positions are
+ * cut into tiles of 32; warp w takes tiles w, w + kAttnWarps, ... In a tile
+ * lane j scores position p0 + j on its own (the whole K row, 16-byte loads
+ * all in flight, q·scale broadcast from shared memory), the warp updates its
+ * online softmax (running max m, sum l) once per tile, then accumulates
+ * Σ p_j·V_j with lane l owning dimension pairs l, l+32, ... (V rows read
+ * coalesced, eight positions' loads in flight). The warps' partial results
+ * are merged in shared memory at the end. Compared with one position per
+ * warp step, a decode step of a few hundred positions takes a handful of
+ * dependent memory round trips instead of one per position. */
+template <typename KV, bool VEC>
 __global__ void __launch_bounds__(kAttnWarps * 32)
 attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__restrict__ pool,
             const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_table,
             int max_blocks, int n_blocks, int n_layers, int layer, int n_heads, int n_kv_heads,
             int head_dim, int block_size, int window, float scale) {
+    __shared__ __align__(16) float sq[2 * 32 * kMaxPairsPerLane];
     __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
     __shared__ float2 sm_acc[kAttnWarps][32 * kMaxPairsPerLane];
+    __shared__ size_t sm_off[kAttnWarps][32];
+    __shared__ float sm_p[kAttnWarps][32];
 
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const int t = blockIdx.x, h = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = h / (n_heads / n_kv_heads);
@@ -58,53 +103,85 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
     const int start = window > 0 ? max(0, pos - window + 1) : 0;
     const int npairs = head_dim / 2;
     const size_t kvdim = (size_t)n_kv_heads * head_dim;
+    const size_t blk_stride = (size_t)n_layers * 2 * block_size * kvdim;
+    const size_t layer_off = (size_t)layer * 2 * block_size * kvdim + (size_t)kvh * head_dim;
+    const size_t v_off = (size_t)block_size * kvdim;
     const int32_t *bt = block_table + (size_t)seq * max_blocks;
 
-    float2 qv[kMaxPairsPerLane];
     const float *qh = q + ((size_t)t * n_heads + h) * head_dim;
-#pragma unroll
-    for (int j = 0; j < kMaxPairsPerLane; j++) {
-        const int pi = lane + 32 * j;
-        qv[j] = pi < npairs ? make_float2(qh[2 * pi], qh[2 * pi + 1]) : make_float2(0.0f, 0.0f);
-    }
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) sq[i] = qh[i] * scale;
+    __syncthreads();
 
     float m = -INFINITY, l = 0.0f;
     float2 acc[kMaxPairsPerLane];
 #pragma unroll
     for (int j = 0; j < kMaxPairsPerLane; j++) acc[j] = make_float2(0.0f, 0.0f);
 
-    for (int p = start + warp; p <= pos; p += kAttnWarps) {
-        const int blk = bt[p / block_size];
-        if (blk < 0 || blk >= n_blocks) continue; /* warp-uniform */
-        const KV *kp = pool +
-                       ((((size_t)blk * n_layers + layer) * 2) * block_size + p % block_size) * kvdim +
-                       (size_t)kvh * head_dim;
-        const KV *vp = kp + (size_t)block_size * kvdim;
-        float2 vv[kMaxPairsPerLane];
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kMaxPairsPerLane; j++) {
-            const int pi = lane + 32 * j;
-            if (pi < npairs) {
-                const float2 kk = gn_ld2(kp + 2 * pi);
-                vv[j] = gn_ld2(vp + 2 * pi); /* issued early: independent of the score */
-                s = fmaf(qv[j].x, kk.x, s);
-                s = fmaf(qv[j].y, kk.y, s);
+    for (int p0 = start + warp * 32; p0 <= pos; p0 += kAttnWarps * 32) {
+        /* Scores: lane j <-> position p0 + j. */
+        const int p = p0 + lane;
+        size_t off = 0;
+        bool ok = false;
+        if (p <= pos) {
+            const int blk = bt[p / block_size];
+            ok = blk >= 0 && blk < n_blocks; /* a corrupt table is skipped, not followed */
+            if (ok) off = (size_t)blk * blk_stride + layer_off + (size_t)(p % block_size) * kvdim;
+        }
+        float s = -INFINITY;
+        if (ok) {
+            const KV *kp = pool + off;
+            float a = 0.0f;
+            if (VEC) {
+#pragma unroll 8
+                for (int d = 0; d < head_dim; d += 8) {
+                    float kf[8];
+                    ld8(kp + d, kf);
+                    const float4 q0 = *(const float4 *)&sq[d], q1 = *(const float4 *)&sq[d + 4];
+                    a = fmaf(q0.x, kf[0], a), a = fmaf(q0.y, kf[1], a);
+                    a = fmaf(q0.z, kf[2], a), a = fmaf(q0.w, kf[3], a);
+                    a = fmaf(q1.x, kf[4], a), a = fmaf(q1.y, kf[5], a);
+                    a = fmaf(q1.z, kf[6], a), a = fmaf(q1.w, kf[7], a);
+                }
             } else {
-                vv[j] = make_float2(0.0f, 0.0f);
+#pragma unroll 8
+                for (int d = 0; d < head_dim; d += 2) {
+                    const float2 kk = gn_ld2(kp + d);
+                    a = fmaf(sq[d], kk.x, a);
+                    a = fmaf(sq[d + 1], kk.y, a);
+                }
+            }
+            s = a;
+        }
+        const float tmax = gn_warp_max(s);
+        if (tmax == -INFINITY) continue; /* warp-uniform: nothing visible in this tile */
+        const float mn = fmaxf(m, tmax);
+        const float corr = expf(m - mn); /* 0 on the first tile (m = -inf) */
+        const float pe = ok ? expf(s - mn) : 0.0f;
+        l = l * corr + gn_warp_sum(pe);
+#pragma unroll
+        for (int j = 0; j < kMaxPairsPerLane; j++) acc[j].x *= corr, acc[j].y *= corr;
+        m = mn;
+
+        /* Values: Σ_j p_j V_j over the tile's positions. */
+        sm_off[warp][lane] = off + v_off;
+        sm_p[warp][lane] = pe;
+        __syncwarp();
+        const int cnt = min(32, pos - p0 + 1);
+#pragma unroll 8
+        for (int jj = 0; jj < cnt; jj++) {
+            const float pj = sm_p[warp][jj];
+            const KV *vp = pool + sm_off[warp][jj];
+#pragma unroll
+            for (int j = 0; j < kMaxPairsPerLane; j++) {
+                const int pi = lane + 32 * j;
+                if (pi < npairs && pj != 0.0f) { /* p = 0: skipped rows are never read */
+                    const float2 vv = gn_ld2(vp + 2 * pi);
+                    acc[j].x = fmaf(pj, vv.x, acc[j].x);
+                    acc[j].y = fmaf(pj, vv.y, acc[j].y);
+                }
             }
         }
-        s = gn_warp_sum(s) * scale;
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn); /* 0 on the first position (m = -inf) */
-        const float pe = expf(s - mn);
-        l = l * corr + pe;
-#pragma unroll
-        for (int j = 0; j < kMaxPairsPerLane; j++) {
-            acc[j].x = acc[j].x * corr + pe * vv[j].x;
-            acc[j].y = acc[j].y * corr + pe * vv[j].y;
-        }
-        m = mn;
+        __syncwarp(); /* the next tile rewrites sm_off / sm_p */
     }
 
     if (lane == 0) {
@@ -140,18 +217,22 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
 }
 
 template <typename KV>
-void launch(cudaStream_t s, float *out, const float *q, const float *k, const float *v,
-            const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads, int window,
-            float scale) {
+cudaError_t launch(gn_backend *be, float *out, const float *q, const float *k, const float *v,
+                   const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads, int window,
+                   float scale) {
     const int kvdim = kv->n_kv_heads * kv->head_dim;
     KV *pool = (KV *)kv->data;
-    kv_write_kernel<KV><<<b->n_tokens, kvdim >= 256 ? 256 : 128, 0, s>>>(
-        pool, k, v, b->tok_seq, b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks,
-        kv->n_layers, layer, kv->block_size, kvdim);
-    dim3 grid((unsigned)b->n_tokens, (unsigned)n_heads);
-    attn_kernel<KV><<<grid, kAttnWarps * 32, 0, s>>>(
-        out, q, pool, b->tok_seq, b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks,
-        kv->n_layers, layer, n_heads, kv->n_kv_heads, kv->head_dim, kv->block_size, window, scale);
+    cudaError_t e = gn_cu_launch(be, kv_write_kernel<KV>, b->n_tokens, kvdim >= 256 ? 256 : 128, 0, pool, k,
+                                 v, b->tok_seq, b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks,
+                                 kv->n_layers, layer, kv->block_size, kvdim);
+    if (e != cudaSuccess) return e;
+    /* 16-byte K loads: rows start at multiples of 8 elements, pool aligned. */
+    const bool vec = kv->head_dim % 8 == 0 && (uintptr_t)kv->data % 16 == 0;
+    const dim3 grid((unsigned)b->n_tokens, (unsigned)n_heads);
+    auto kern = vec ? attn_kernel<KV, true> : attn_kernel<KV, false>;
+    return gn_cu_launch(be, kern, grid, kAttnWarps * 32, 0, out, q, (const KV *)pool, b->tok_seq,
+                        b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks, kv->n_layers, layer,
+                        n_heads, kv->n_kv_heads, kv->head_dim, kv->block_size, window, scale);
 }
 
 } // namespace
@@ -169,12 +250,12 @@ extern "C" int gn_cuda_attention(gn_backend *be, float *out, const float *q, con
     if (layer < 0 || layer >= kv->n_layers || kv->block_size <= 0 || b->max_blocks <= 0)
         return gn_errf(&be->err, GN_EINVAL, "%s: attention: layer %d of %d, block_size %d, max_blocks %d",
                        be->name, layer, kv->n_layers, kv->block_size, b->max_blocks);
-    cudaStream_t s = gn_cu(be)->stream;
+    cudaError_t e;
     switch (kv->dtype) {
-    case GN_F32: launch<float>(s, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
-    case GN_F16: launch<__half>(s, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
-    default: launch<__nv_bfloat16>(s, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
+    case GN_F32: e = launch<float>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
+    case GN_F16: e = launch<__half>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
+    default: e = launch<__nv_bfloat16>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
     }
-    GN_CU_LAUNCHED(be);
+    GN_CU_CHECK(be, e);
     return 0;
 }

@@ -1,18 +1,32 @@
 /* kernels_gemv.cu — y(n, R) = x(n, C) · Wᵀ + bias for small batches (n <= 8),
- * the decode-time projections. Memory-bound on W: each weight byte is read
+ * the decode-time projections, for one weight or for up to
+ * GN_MATMUL_MULTI_MAX weights that share x (q/k/v, gate/up: one launch, one
+ * grid over all their rows). Memory-bound on W: each weight byte is read
  * once, with 16-byte streaming loads, and multiplied with fp32 activations
  * (no rounding of x to the weight dtype, unlike the cuBLAS path), fp32
  * accumulation.
  *
- * Layout: a block of 8 warps owns 8·RPW consecutive rows; each warp owns RPW
- * rows (1, 2 or 4, chosen per launch); lane l handles 8-column chunks l,
- * l+32, ... of each row. x is staged
- * in shared memory one column tile at a time (all n rows of it), stored as
- * [n][half][chunk][4] so that the float4 reads of a warp hit distinct banks.
- * The partial dot products are reduced across the warp at the end.
+ * Layout: a block of 8 warps owns 8·RPW consecutive rows of one weight
+ * ("segment"); each warp owns RPW rows (1, 2 or 4, chosen per launch); lane
+ * l handles 8-column chunks l, l+32, ... of each row. x is staged in shared
+ * memory one column tile at a time (all n rows of it, with cp.async: no
+ * registers), stored as [n][half][chunk][4] so that the float4 reads of a
+ * warp hit distinct banks. The partial dot products are reduced across the
+ * warp at the end.
+ *
+ * Latency: a decode GEMV of a 4096x4096 BF16 weight moves 32 MB, ~8 µs at
+ * HBM speed, so the fixed cost of a launch (the launch gap, the first DRAM
+ * round trip, staging x) is a large part of it. Each warp therefore issues
+ * its first batch of weight loads (8 chunks of 16 bytes per lane) and an L2
+ * prefetch of the second before anything else, before even waiting for the
+ * previous kernel (PDL, see cuda_common.cuh): weights never change, so they
+ * may stream in while the kernel that writes x is still finishing; x is
+ * staged only after the wait.
  *
  * A plain warp-per-row kernel handles weights that are not 16-byte aligned or
- * whose width is not a multiple of 8. */
+ * whose width is not a multiple of 8 (one segment per launch). */
+#include <cstring>
+
 #include "cuda_common.cuh"
 
 namespace {
@@ -21,8 +35,26 @@ constexpr int kWarps = 8;
 
 template <int NMAX>
 struct cfg {
-    static constexpr int TC = NMAX <= 2 ? 4096 : NMAX <= 4 ? 2048 : 1024; /* x tile columns */
-    static constexpr size_t smem = (size_t)NMAX * TC * sizeof(float);      /* <= 32 KiB */
+    static constexpr int TC = NMAX == 1 ? 8192 : NMAX == 2 ? 4096 : NMAX <= 4 ? 2048 : 1024; /* x tile columns */
+    static constexpr size_t smem = (size_t)NMAX * TC * sizeof(float); /* 32 KiB */
+};
+
+/* One weight of a launch: rows [0, rows) of w produce y(n, rows). Blocks
+ * [block0, next segment's block0) of the grid belong to it. */
+struct gemv_seg {
+    const void *w;
+    float *y;
+    const void *bias; /* NULL: none */
+    int bias_dt;
+    int rows;
+    int block0;
+};
+
+struct gemv_params {
+    gemv_seg seg[GN_MATMUL_MULTI_MAX];
+    int n_seg;
+    const float *x;
+    int n, C;
 };
 
 /* A chunk of 8 consecutive weights: loaded raw with streaming 16-byte loads
@@ -78,21 +110,87 @@ struct chunk8<float> {
     }
 };
 
-/* RPW rows per warp: each x value read from shared memory serves RPW
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+/* The weight chunks of one iteration: chunk kb + u*32 + lane of each of the
+ * warp's rows, for the tile starting at column c0 (nk chunks wide). */
+template <typename W, int RPW, int kUnroll>
+__device__ __forceinline__ void load_batch(chunk8<W> (&wc)[kUnroll][RPW], const W *w, int row0, int R,
+                                           int C, int c0, int kb, int nk, int lane) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+        const int k = kb + u * 32 + lane;
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            if (k < nk && row0 + r < R) wc[u][r].load(w + (size_t)(row0 + r) * C + c0 + k * 8);
+            else wc[u][r].zero();
+        }
+    }
+}
+
+/* The same chunks as load_batch, only asked into L2 (no registers): the
+ * batch after the first, requested before the wait as well. */
+template <typename W, int RPW, int kUnroll>
+__device__ __forceinline__ void prefetch_batch(const W *w, int row0, int R, int C, int c0, int kb, int nk,
+                                               int lane) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+        const int k = kb + u * 32 + lane;
+#pragma unroll
+        for (int r = 0; r < RPW; r++)
+            if (k < nk && row0 + r < R)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(w + (size_t)(row0 + r) * C + c0 + k * 8));
+    }
+}
+
+/* Blocks per SM: with 16-bit weights the kernel is held to 64 / 80 / 128
+ * registers at n = 1 / 2 / more, so that 4 / 3 / 2 blocks fit on an SM (at
+ * n = 1 a 4096-row weight is then one wave).
+ *
+ * RPW rows per warp: each x value read from shared memory serves RPW
  * weights, so larger batches use more rows per warp (shared-memory traffic
  * per weight byte stays at or below 4x the weight bytes) when the matrix has
  * rows enough to keep every SM busy; kUnroll = 8 / RPW keeps eight 16-byte
  * weight loads in flight per lane. */
 template <typename W, int NMAX, int RPW>
-__global__ void __launch_bounds__(kWarps * 32)
-gemv_vec_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__restrict__ w,
-                const void *bias, int bias_dt, int n, int R, int C) {
+__global__ void __launch_bounds__(kWarps * 32, sizeof(W) == 2 ? (NMAX == 1 ? 4 : NMAX == 2 ? 3 : 2) : 1)
+gemv_vec_kernel(const gemv_params p) {
     constexpr int TC = cfg<NMAX>::TC, kUnroll = 8 / RPW;
-    constexpr int XPER = NMAX * TC / 4 / (kWarps * 32); /* float4s of x per thread per tile */
     extern __shared__ float4 gemv_smem[];
     float *xs = (float *)gemv_smem;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * kWarps + warp) * RPW;
+
+    /* This block's segment (selects, not a dynamically indexed parameter). */
+    const W *w = (const W *)p.seg[0].w;
+    float *y = p.seg[0].y;
+    const void *bias = p.seg[0].bias;
+    int bias_dt = p.seg[0].bias_dt, R = p.seg[0].rows, block0 = 0;
+#pragma unroll
+    for (int i = 1; i < GN_MATMUL_MULTI_MAX; i++) {
+        if (i < p.n_seg && (int)blockIdx.x >= p.seg[i].block0) {
+            w = (const W *)p.seg[i].w;
+            y = p.seg[i].y;
+            bias = p.seg[i].bias;
+            bias_dt = p.seg[i].bias_dt;
+            R = p.seg[i].rows;
+            block0 = p.seg[i].block0;
+        }
+    }
+    const int C = p.C, n = p.n;
+    const int row0 = (((int)blockIdx.x - block0) * kWarps + warp) * RPW;
+
+    /* First batch of weights into registers and the second into L2, before
+     * the wait (weights never change). */
+    chunk8<W> wc[kUnroll][RPW];
+    const int nk0 = min(TC, C) >> 3;
+    load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, 0, 0, nk0, lane);
+    if (nk0 > 32 * kUnroll) prefetch_batch<W, RPW, kUnroll>(w, row0, R, C, 0, 32 * kUnroll, nk0, lane);
+    gn_pdl_wait();
+    gn_pdl_trigger();
 
     float acc[RPW][NMAX];
 #pragma unroll
@@ -103,41 +201,20 @@ gemv_vec_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__r
     for (int c0 = 0; c0 < C; c0 += TC) {
         const int tc = min(TC, C - c0); /* a multiple of 8 */
         const int tc4 = tc >> 2;
-        /* Stage x[:, c0:c0+tc] in shared memory: all loads first, then the
-         * stores. Columns c..c+3 (c % 4 == 0) land in one float4 slot. */
-        float4 xt[XPER];
-#pragma unroll
-        for (int u = 0; u < XPER; u++) {
-            const int idx = threadIdx.x + u * kWarps * 32;
+        if (c0) __syncthreads(); /* everyone is done with the previous tile */
+        /* Stage x[:, c0:c0+tc]: columns c..c+3 (c % 4 == 0) land in one
+         * float4 slot; rows j >= n are zero. */
+        for (int idx = threadIdx.x; idx < NMAX * tc4; idx += kWarps * 32) {
             const int j = idx / tc4, c = (idx - j * tc4) * 4;
-            xt[u] = (j < n && idx < NMAX * tc4)
-                        ? __ldg((const float4 *)(x + (size_t)j * C + c0 + c))
-                        : make_float4(0.f, 0.f, 0.f, 0.f);
+            float *dst = &xs[j * TC + ((c >> 2) & 1) * (TC / 2) + (c >> 3) * 4];
+            if (j < n) cp_async16(dst, p.x + (size_t)j * C + c0 + c);
+            else *(float4 *)dst = make_float4(0.f, 0.f, 0.f, 0.f);
         }
-        __syncthreads(); /* everyone is done with the previous tile */
-#pragma unroll
-        for (int u = 0; u < XPER; u++) {
-            const int idx = threadIdx.x + u * kWarps * 32;
-            if (idx < NMAX * tc4) {
-                const int j = idx / tc4, c = (idx - j * tc4) * 4;
-                *(float4 *)&xs[j * TC + ((c >> 2) & 1) * (TC / 2) + (c >> 3) * 4] = xt[u];
-            }
-        }
+        cp_async_wait_all();
         __syncthreads();
         const int nk = tc >> 3;
         for (int kb = 0; kb < nk; kb += 32 * kUnroll) {
-            chunk8<W> wc[kUnroll][RPW];
-#pragma unroll
-            for (int u = 0; u < kUnroll; u++) {
-                const int k = kb + u * 32 + lane;
-#pragma unroll
-                for (int r = 0; r < RPW; r++) {
-                    if (k < nk && row0 + r < R)
-                        wc[u][r].load(w + (size_t)(row0 + r) * C + c0 + k * 8);
-                    else
-                        wc[u][r].zero();
-                }
-            }
+            /* wc holds this batch (loaded at the end of the previous one). */
 #pragma unroll
             for (int u = 0; u < kUnroll; u++) {
                 const int k = min(kb + u * 32 + lane, nk - 1); /* zero weights past nk */
@@ -163,6 +240,12 @@ gemv_vec_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__r
                     }
                 }
             }
+            /* The next batch: later in this tile, or the first of the next
+             * tile, whose loads then overlap the staging of its x. */
+            if (kb + 32 * kUnroll < nk)
+                load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, c0, kb + 32 * kUnroll, nk, lane);
+            else if (c0 + TC < C)
+                load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, c0 + TC, 0, min(TC, C - c0 - TC) >> 3, lane);
         }
     }
 
@@ -183,6 +266,8 @@ template <typename W>
 __global__ void __launch_bounds__(kWarps * 32)
 gemv_scalar_kernel(float *__restrict__ y, const float *__restrict__ x, const W *__restrict__ w,
                    const void *bias, int bias_dt, int n, int R, int C) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * kWarps + warp;
     if (row >= R) return;
@@ -204,57 +289,108 @@ gemv_scalar_kernel(float *__restrict__ y, const float *__restrict__ x, const W *
     }
 }
 
+/* Fills the segments' first blocks for rows_per_block and returns the grid. */
+unsigned plan(gemv_params &p, int rows_per_block) {
+    unsigned blocks = 0;
+    for (int i = 0; i < p.n_seg; i++) {
+        p.seg[i].block0 = (int)blocks;
+        blocks += (unsigned)((p.seg[i].rows + rows_per_block - 1) / rows_per_block);
+    }
+    return blocks;
+}
+
 template <typename W, int NMAX, int RPW>
-void launch_vec(cudaStream_t s, float *y, const float *x, const W *w, const void *bias, int bias_dt,
-                int n, int R, int C) {
-    constexpr int rows_per_block = kWarps * RPW;
-    const unsigned blocks = (unsigned)((R + rows_per_block - 1) / rows_per_block);
-    gemv_vec_kernel<W, NMAX, RPW><<<blocks, kWarps * 32, cfg<NMAX>::smem, s>>>(y, x, w, bias, bias_dt, n, R, C);
+cudaError_t launch_vec(gn_backend *be, gemv_params &p) {
+    const unsigned blocks = plan(p, kWarps * RPW);
+    return gn_cu_launch(be, gemv_vec_kernel<W, NMAX, RPW>, blocks, kWarps * 32, cfg<NMAX>::smem, p);
 }
 
 template <typename W>
-void launch(cudaStream_t s, bool vec, int sms, float *y, const float *x, const W *w, const void *bias,
-            int bias_dt, int n, int R, int C) {
+cudaError_t launch(gn_backend *be, gemv_params &p) {
     /* Rows per warp: as many as the batch asks for while the grid still
      * covers every SM at least once. */
-    auto fits = [&](int rpw) { return (R + kWarps * rpw - 1) / (kWarps * rpw) >= sms; };
-    if (!vec) {
-        const unsigned blocks = (unsigned)((R + kWarps - 1) / kWarps);
-        gemv_scalar_kernel<W><<<blocks, kWarps * 32, 0, s>>>(y, x, w, bias, bias_dt, n, R, C);
-    } else if (n <= 1) {
-        launch_vec<W, 1, 1>(s, y, x, w, bias, bias_dt, n, R, C);
-    } else if (n <= 2) {
-        launch_vec<W, 2, 1>(s, y, x, w, bias, bias_dt, n, R, C);
-    } else if (n <= 4) {
-        if (fits(2)) launch_vec<W, 4, 2>(s, y, x, w, bias, bias_dt, n, R, C);
-        else launch_vec<W, 4, 1>(s, y, x, w, bias, bias_dt, n, R, C);
-    } else {
-        if (fits(4)) launch_vec<W, 8, 4>(s, y, x, w, bias, bias_dt, n, R, C);
-        else if (fits(2)) launch_vec<W, 8, 2>(s, y, x, w, bias, bias_dt, n, R, C);
-        else launch_vec<W, 8, 1>(s, y, x, w, bias, bias_dt, n, R, C);
-    }
+    const int sms = gn_cu(be)->sm_count > 0 ? gn_cu(be)->sm_count : 108;
+    auto fits = [&](int rpw) {
+        gemv_params q = p;
+        return (int)plan(q, kWarps * rpw) >= sms;
+    };
+    const int n = p.n;
+    if (n <= 1) return launch_vec<W, 1, 1>(be, p);
+    if (n <= 2) return launch_vec<W, 2, 1>(be, p);
+    if (n <= 4) return fits(2) ? launch_vec<W, 4, 2>(be, p) : launch_vec<W, 4, 1>(be, p);
+    if (fits(4)) return launch_vec<W, 8, 4>(be, p);
+    if (fits(2)) return launch_vec<W, 8, 2>(be, p);
+    return launch_vec<W, 8, 1>(be, p);
+}
+
+template <typename W>
+cudaError_t launch_scalar(gn_backend *be, float *y, const float *x, const gn_tensor *w,
+                          const void *bias, int bias_dt, int n) {
+    const int R = (int)w->rows, C = (int)w->cols;
+    const unsigned blocks = (unsigned)((R + kWarps - 1) / kWarps);
+    return gn_cu_launch(be, gemv_scalar_kernel<W>, blocks, kWarps * 32, 0, y, x, (const W *)w->data,
+                        bias, bias_dt, n, R, C);
 }
 
 } // namespace
 
+extern "C" int gn_cuda_gemv_ok(const float *x, const gn_tensor *w) {
+    return ((uintptr_t)w->data % 16 == 0) && ((uintptr_t)x % 16 == 0) && (w->cols % 8 == 0);
+}
+
+extern "C" int gn_cuda_gemv_multi(gn_backend *be, int n_mats, float *const *ys, const float *x,
+                                  const gn_tensor *const *ws, const gn_tensor *const *biases, int n) {
+    if (n < 1 || n > 8 || n_mats < 1 || n_mats > GN_MATMUL_MULTI_MAX)
+        return gn_errf(&be->err, GN_EINVAL, "%s: gemv: n=%d outside 1..8 or %d weights", be->name, n,
+                       n_mats);
+    gemv_params p;
+    memset(&p, 0, sizeof p);
+    p.n_seg = n_mats;
+    p.x = x;
+    p.n = n;
+    p.C = (int)ws[0]->cols;
+    const gn_dtype dt = ws[0]->dtype;
+    for (int i = 0; i < n_mats; i++) {
+        const gn_tensor *b = biases ? biases[i] : NULL;
+        p.seg[i].w = ws[i]->data;
+        p.seg[i].y = ys[i];
+        p.seg[i].bias = b && b->data ? b->data : NULL;
+        p.seg[i].bias_dt = b ? (int)b->dtype : 0;
+        p.seg[i].rows = (int)ws[i]->rows;
+    }
+    /* 16-byte loads need every row start of w and x 16-byte aligned; one
+     * launch needs one weight dtype (backend_cuda.cu only fuses such sets). */
+    bool vec = true;
+    for (int i = 0; i < n_mats; i++)
+        if (!gn_cuda_gemv_ok(x, ws[i]) || ws[i]->dtype != dt) vec = false;
+    if (!vec) {
+        if (n_mats > 1)
+            return gn_errf(&be->err, GN_EINVAL, "%s: gemv: weights unaligned or of mixed dtypes", be->name);
+        const void *bp = p.seg[0].bias;
+        const int bdt = p.seg[0].bias_dt;
+        cudaError_t e;
+        switch (dt) {
+        case GN_F32: e = launch_scalar<float>(be, ys[0], x, ws[0], bp, bdt, n); break;
+        case GN_F16: e = launch_scalar<__half>(be, ys[0], x, ws[0], bp, bdt, n); break;
+        default: e = launch_scalar<__nv_bfloat16>(be, ys[0], x, ws[0], bp, bdt, n); break;
+        }
+        GN_CU_CHECK(be, e);
+        return 0;
+    }
+    cudaError_t e;
+    switch (dt) {
+    case GN_F32: e = launch<float>(be, p); break;
+    case GN_F16: e = launch<__half>(be, p); break;
+    default: e = launch<__nv_bfloat16>(be, p); break;
+    }
+    GN_CU_CHECK(be, e);
+    return 0;
+}
+
 extern "C" int gn_cuda_gemv(gn_backend *be, float *y, const float *x, const gn_tensor *w,
                             const gn_tensor *bias, int n) {
-    if (n < 1 || n > 8)
-        return gn_errf(&be->err, GN_EINVAL, "%s: gemv: n=%d outside 1..8", be->name, n);
-    cudaStream_t s = gn_cu(be)->stream;
-    const int R = (int)w->rows, C = (int)w->cols;
-    const void *bp = bias && bias->data ? bias->data : NULL;
-    const int bdt = bias ? (int)bias->dtype : 0;
-    /* 16-byte loads need every row start of w and x 16-byte aligned. */
-    const bool vec = ((uintptr_t)w->data % 16 == 0) && ((uintptr_t)x % 16 == 0) && (C % 8 == 0);
-    const int sms = gn_cu(be)->sm_count > 0 ? gn_cu(be)->sm_count : 108;
-    switch (w->dtype) {
-    case GN_F32: launch<float>(s, vec, sms, y, x, (const float *)w->data, bp, bdt, n, R, C); break;
-    case GN_F16: launch<__half>(s, vec, sms, y, x, (const __half *)w->data, bp, bdt, n, R, C); break;
-    default:
-        launch<__nv_bfloat16>(s, vec, sms, y, x, (const __nv_bfloat16 *)w->data, bp, bdt, n, R, C);
-        break;
-    }
-    GN_CU_LAUNCHED(be);
-    return 0;
+    float *const ys[1] = {y};
+    const gn_tensor *const ws[1] = {w};
+    const gn_tensor *const bs[1] = {bias};
+    return gn_cuda_gemv_multi(be, 1, ys, x, ws, bs, n);
 }

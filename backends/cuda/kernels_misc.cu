@@ -1,7 +1,9 @@
 /* kernels_misc.cu — the small CUDA kernels: embedding lookup, RMSNorm, RoPE,
  * SwiGLU, add, get_rows, log-softmax, dtype conversion, bias add and the
  * random fill used by benchmarks. Each launcher enqueues on the backend's
- * stream and checks the launch. Arguments were validated by backend_cuda.cu. */
+ * stream through gn_cu_launch (PDL when available: every kernel waits for its
+ * predecessor with gn_pdl_wait before touching memory) and checks the launch.
+ * Arguments were validated by backend_cuda.cu. */
 #include <cfloat>
 #include <cmath>
 
@@ -25,6 +27,8 @@ __device__ float block_sum(float v, float *red) {
 
 template <typename T>
 __global__ void embed_kernel(float *out, const T *table, const int32_t *tokens, int cols) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const int i = blockIdx.x;
     const T *row = table + (size_t)tokens[i] * cols;
     float *o = out + (size_t)i * cols;
@@ -33,45 +37,82 @@ __global__ void embed_kernel(float *out, const T *table, const int32_t *tokens, 
 
 extern "C" int gn_cuda_embed(gn_backend *be, float *out, const gn_tensor *table,
                              const int32_t *tokens, int n) {
-    cudaStream_t s = gn_cu(be)->stream;
     const int cols = (int)table->cols;
     switch (table->dtype) {
-    case GN_F32: embed_kernel<<<n, 256, 0, s>>>(out, (const float *)table->data, tokens, cols); break;
-    case GN_F16: embed_kernel<<<n, 256, 0, s>>>(out, (const __half *)table->data, tokens, cols); break;
-    default: embed_kernel<<<n, 256, 0, s>>>(out, (const __nv_bfloat16 *)table->data, tokens, cols); break;
+    case GN_F32:
+        GN_CU_LAUNCH(be, embed_kernel<float>, n, 256, 0, out, (const float *)table->data, tokens, cols);
+        break;
+    case GN_F16:
+        GN_CU_LAUNCH(be, embed_kernel<__half>, n, 256, 0, out, (const __half *)table->data, tokens, cols);
+        break;
+    default:
+        GN_CU_LAUNCH(be, embed_kernel<__nv_bfloat16>, n, 256, 0, out,
+                     (const __nv_bfloat16 *)table->data, tokens, cols);
+        break;
     }
-    GN_CU_LAUNCHED(be);
     return 0;
 }
 
 /* ---- rmsnorm ------------------------------------------------------------ */
 
-/* One block per row; out may equal x (each thread rewrites what it read). */
-template <typename T>
+/* One block per row; out may equal x (each thread rewrites what it read).
+ * VEC: the row is read once as float4s kept in registers (dim % 4 == 0,
+ * 16-byte aligned rows, dim <= 4 * 4 * blockDim.x), else two scalar passes. */
+template <typename T, bool VEC>
 __global__ void rmsnorm_kernel(float *out, const float *x, const T *w, int dim, float eps) {
     __shared__ float red[32];
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
-    ss = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(ss / (float)dim + eps);
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) o[c] = xr[c] * r * gn_ld(w + c);
+    if (VEC) {
+        constexpr int kPer = 4; /* float4s per thread at most */
+        float4 v[kPer];
+        const int d4 = dim >> 2;
+#pragma unroll
+        for (int u = 0; u < kPer; u++) {
+            const int i = threadIdx.x + u * blockDim.x;
+            v[u] = i < d4 ? ((const float4 *)xr)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+            ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+#pragma unroll
+        for (int u = 0; u < kPer; u++) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < d4) {
+                const T *wp = w + 4 * i;
+                ((float4 *)o)[i] = make_float4(v[u].x * r * gn_ld(wp), v[u].y * r * gn_ld(wp + 1),
+                                               v[u].z * r * gn_ld(wp + 2), v[u].w * r * gn_ld(wp + 3));
+            }
+        }
+    } else {
+        for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int c = threadIdx.x; c < dim; c += blockDim.x) o[c] = xr[c] * r * gn_ld(w + c);
+    }
+}
+
+template <typename T>
+static int rmsnorm_launch(gn_backend *be, float *out, const float *x, const T *w, int n_rows,
+                          int dim, float eps) {
+    const int threads = dim >= 2048 ? 512 : dim >= 512 ? 256 : dim >= 128 ? 64 : 32;
+    const bool vec = dim % 4 == 0 && dim <= 16 * threads && (uintptr_t)x % 16 == 0 &&
+                     (uintptr_t)out % 16 == 0;
+    if (vec) GN_CU_LAUNCH(be, rmsnorm_kernel<T, true>, n_rows, threads, 0, out, x, w, dim, eps);
+    else GN_CU_LAUNCH(be, rmsnorm_kernel<T, false>, n_rows, threads, 0, out, x, w, dim, eps);
+    return 0;
 }
 
 extern "C" int gn_cuda_rmsnorm(gn_backend *be, float *out, const float *x, const gn_tensor *w,
                                int n_rows, int dim, float eps) {
-    cudaStream_t s = gn_cu(be)->stream;
-    int threads = dim >= 2048 ? 512 : dim >= 512 ? 256 : dim >= 128 ? 64 : 32;
     switch (w->dtype) {
-    case GN_F32: rmsnorm_kernel<<<n_rows, threads, 0, s>>>(out, x, (const float *)w->data, dim, eps); break;
-    case GN_F16: rmsnorm_kernel<<<n_rows, threads, 0, s>>>(out, x, (const __half *)w->data, dim, eps); break;
-    default:
-        rmsnorm_kernel<<<n_rows, threads, 0, s>>>(out, x, (const __nv_bfloat16 *)w->data, dim, eps);
-        break;
+    case GN_F32: return rmsnorm_launch(be, out, x, (const float *)w->data, n_rows, dim, eps);
+    case GN_F16: return rmsnorm_launch(be, out, x, (const __half *)w->data, n_rows, dim, eps);
+    default: return rmsnorm_launch(be, out, x, (const __nv_bfloat16 *)w->data, n_rows, dim, eps);
     }
-    GN_CU_LAUNCHED(be);
-    return 0;
 }
 
 /* ---- rope --------------------------------------------------------------- */
@@ -81,6 +122,8 @@ extern "C" int gn_cuda_rmsnorm(gn_backend *be, float *out, const float *x, const
  * thousands of radians. */
 __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_dim, const int32_t *pos,
                             const float *inv_freq) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const int half = head_dim / 2;
     const size_t total = (size_t)n_tok * n_heads * half;
     for (size_t g = blockIdx.x * (size_t)blockDim.x + threadIdx.x; g < total;
@@ -101,15 +144,16 @@ __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_dim, cons
 extern "C" int gn_cuda_rope(gn_backend *be, float *x, int n_tok, int n_heads, int head_dim,
                             const int32_t *pos, const float *inv_freq) {
     size_t total = (size_t)n_tok * n_heads * (head_dim / 2);
-    rope_kernel<<<gn_cu_blocks(total, 256), 256, 0, gn_cu(be)->stream>>>(x, n_tok, n_heads, head_dim,
-                                                                         pos, inv_freq);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, rope_kernel, gn_cu_blocks(total, 256), 256, 0, x, n_tok, n_heads, head_dim, pos,
+                 inv_freq);
     return 0;
 }
 
 /* ---- elementwise -------------------------------------------------------- */
 
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const float g = gate[i];
@@ -119,24 +163,26 @@ __global__ void swiglu_kernel(float *out, const float *gate, const float *up, si
 
 extern "C" int gn_cuda_swiglu(gn_backend *be, float *out, const float *gate, const float *up,
                               size_t n) {
-    swiglu_kernel<<<gn_cu_blocks(n, 256), 256, 0, gn_cu(be)->stream>>>(out, gate, up, n);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, swiglu_kernel, gn_cu_blocks(n, 256), 256, 0, out, gate, up, n);
     return 0;
 }
 
 __global__ void add_kernel(float *x, const float *y, size_t n) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         x[i] += y[i];
 }
 
 extern "C" int gn_cuda_add(gn_backend *be, float *x, const float *y, size_t n) {
-    add_kernel<<<gn_cu_blocks(n, 256), 256, 0, gn_cu(be)->stream>>>(x, y, n);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, add_kernel, gn_cu_blocks(n, 256), 256, 0, x, y, n);
     return 0;
 }
 
 __global__ void get_rows_kernel(float *out, const float *x, const int32_t *rows, int dim) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const float *src = x + (size_t)rows[blockIdx.x] * dim;
     float *dst = out + (size_t)blockIdx.x * dim;
     for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = src[c];
@@ -144,8 +190,7 @@ __global__ void get_rows_kernel(float *out, const float *x, const int32_t *rows,
 
 extern "C" int gn_cuda_get_rows(gn_backend *be, float *out, const float *x, const int32_t *rows,
                                 int n, int dim) {
-    get_rows_kernel<<<n, 256, 0, gn_cu(be)->stream>>>(out, x, rows, dim);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, get_rows_kernel, n, 256, 0, out, x, rows, dim);
     return 0;
 }
 
@@ -156,6 +201,8 @@ extern "C" int gn_cuda_get_rows(gn_backend *be, float *out, const float *x, cons
  * (only allowed when n_cols == ld_x; output rows are n_cols apart). */
 __global__ void log_softmax_kernel(float *out, const float *x, int n_cols, int ld_x) {
     __shared__ float red_m[32], red_s[32];
+    gn_pdl_wait();
+    gn_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * ld_x;
     float *o = out + (size_t)blockIdx.x * n_cols;
     float m = -INFINITY, s = 0.0f;
@@ -206,8 +253,7 @@ __global__ void log_softmax_kernel(float *out, const float *x, int n_cols, int l
 extern "C" int gn_cuda_log_softmax(gn_backend *be, float *out, const float *x, int n_rows,
                                    int n_cols, int ld_x) {
     int threads = n_cols >= 8192 ? 1024 : n_cols >= 1024 ? 256 : 64;
-    log_softmax_kernel<<<n_rows, threads, 0, gn_cu(be)->stream>>>(out, x, n_cols, ld_x);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, log_softmax_kernel, n_rows, threads, 0, out, x, n_cols, ld_x);
     return 0;
 }
 
@@ -215,6 +261,8 @@ extern "C" int gn_cuda_log_softmax(gn_backend *be, float *out, const float *x, i
 
 template <typename T>
 __global__ void convert_kernel(T *dst, const float *src, size_t n) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         gn_st(dst + i, src[i]);
@@ -222,18 +270,17 @@ __global__ void convert_kernel(T *dst, const float *src, size_t n) {
 
 extern "C" int gn_cuda_convert_f32(gn_backend *be, void *dst, gn_dtype dt, const float *src,
                                    size_t n) {
-    cudaStream_t s = gn_cu(be)->stream;
-    if (dt == GN_F16)
-        convert_kernel<<<gn_cu_blocks(n, 256), 256, 0, s>>>((__half *)dst, src, n);
+    const unsigned blocks = gn_cu_blocks(n, 256);
+    if (dt == GN_F16) GN_CU_LAUNCH(be, convert_kernel<__half>, blocks, 256, 0, (__half *)dst, src, n);
     else if (dt == GN_BF16)
-        convert_kernel<<<gn_cu_blocks(n, 256), 256, 0, s>>>((__nv_bfloat16 *)dst, src, n);
-    else
-        convert_kernel<<<gn_cu_blocks(n, 256), 256, 0, s>>>((float *)dst, src, n);
-    GN_CU_LAUNCHED(be);
+        GN_CU_LAUNCH(be, convert_kernel<__nv_bfloat16>, blocks, 256, 0, (__nv_bfloat16 *)dst, src, n);
+    else GN_CU_LAUNCH(be, convert_kernel<float>, blocks, 256, 0, (float *)dst, src, n);
     return 0;
 }
 
 __global__ void bias_add_kernel(float *y, const void *bias, int dt, size_t total, int rows) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x)
         y[i] += gn_ld_dt(bias, dt, i % rows);
@@ -241,9 +288,8 @@ __global__ void bias_add_kernel(float *y, const void *bias, int dt, size_t total
 
 extern "C" int gn_cuda_bias_add(gn_backend *be, float *y, const gn_tensor *bias, int n, int rows) {
     size_t total = (size_t)n * rows;
-    bias_add_kernel<<<gn_cu_blocks(total, 256), 256, 0, gn_cu(be)->stream>>>(y, bias->data,
-                                                                            (int)bias->dtype, total, rows);
-    GN_CU_LAUNCHED(be);
+    GN_CU_LAUNCH(be, bias_add_kernel, gn_cu_blocks(total, 256), 256, 0, y, (const void *)bias->data,
+                 (int)bias->dtype, total, rows);
     return 0;
 }
 
@@ -258,6 +304,8 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
 
 template <typename T>
 __global__ void fill_random_kernel(T *dst, size_t n, uint64_t seed, float scale, float offset) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const uint64_t r = splitmix64(seed * 0x100000001b3ull + i);
@@ -270,14 +318,32 @@ extern "C" int gn_backend_cuda_fill_random(gn_backend *be, void *dst, gn_dtype d
                                            uint64_t seed, float scale, float offset) {
     if (!n) return 0;
     GN_CU_CHECK(be, cudaSetDevice(gn_cu(be)->device));
-    cudaStream_t s = gn_cu(be)->stream;
-    unsigned blocks = gn_cu_blocks(n, 256);
+    const unsigned blocks = gn_cu_blocks(n, 256);
+    /* Never with PDL: the next GEMV may read these weights before its wait. */
+    cudaError_t e;
     if (dt == GN_F32)
-        fill_random_kernel<<<blocks, 256, 0, s>>>((float *)dst, n, seed, scale, offset);
+        e = gn_cu_launch_ex(be, false, fill_random_kernel<float>, blocks, 256, 0, (float *)dst, n, seed, scale,
+                            offset);
     else if (dt == GN_F16)
-        fill_random_kernel<<<blocks, 256, 0, s>>>((__half *)dst, n, seed, scale, offset);
+        e = gn_cu_launch_ex(be, false, fill_random_kernel<__half>, blocks, 256, 0, (__half *)dst, n, seed,
+                            scale, offset);
     else
-        fill_random_kernel<<<blocks, 256, 0, s>>>((__nv_bfloat16 *)dst, n, seed, scale, offset);
-    GN_CU_LAUNCHED(be);
+        e = gn_cu_launch_ex(be, false, fill_random_kernel<__nv_bfloat16>, blocks, 256, 0, (__nv_bfloat16 *)dst,
+                            n, seed, scale, offset);
+    GN_CU_CHECK(be, e);
+    return 0;
+}
+
+/* ---- the PDL probe (backend creation) ---------------------------------- */
+
+/* *p += 1 from one thread, after waiting for the previous work. */
+__global__ void pdl_probe_kernel(int *p) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
+    if (blockIdx.x == 0 && threadIdx.x == 0) *p += 1;
+}
+
+extern "C" int gn_cuda_probe_step(gn_backend *be, int *p) {
+    GN_CU_LAUNCH(be, pdl_probe_kernel, 2, 64, 0, p);
     return 0;
 }

@@ -4,7 +4,9 @@
  *     qwen2, qwen3; BF16, plus F16 and F32 for llama), written by the model
  *     maker, loaded on "cuda:0" and on "cpu-ref", run through gn_runner_step:
  *     three sequences of different lengths prefilled in one batch (every
- *     row's log-probs), then decode steps of all three. Two modes:
+ *     row's log-probs), then decode steps of all three (on the GPU the runner
+ *     replays a recorded CUDA graph from the second decode step on; checked
+ *     by counting the backend's graph launches). Two modes:
  *       precise  prefill of 8 tokens in all (every projection takes the GEMV
  *                kernel: fp32 activations) and an F32 KV cache on the GPU:
  *                |Δ log-prob| <= 5e-4 + 1e-4·|ref|.
@@ -42,6 +44,7 @@
 #include "runner.h"
 
 static gn_backend *g_gpu, *g_ref, *g_cpu;
+static int g_graphs; /* the runner records decode steps (GN_RUNNER_GRAPHS is not 0) */
 static char g_tmp[256];
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
@@ -101,6 +104,7 @@ static float *run_model(const char *dir, gn_backend *be, int precise, const int 
         exit(1);
     }
     row = gn_runner_step_rows(items, n_seqs);
+    unsigned long long launches0 = be->is_host ? 0 : gn_backend_cuda_graph_launches(be);
     for (int d = 0; d < decode; d++) {
         for (int s = 0; s < n_seqs; s++) {
             toks[s * 256] = (s * 53 + d * 29 + 7) % tok_mod; /* teacher-forced, same on both */
@@ -111,6 +115,13 @@ static float *run_model(const char *dir, gn_backend *be, int precise, const int 
             exit(1);
         }
         row += n_seqs;
+    }
+    /* Decode steps of one size: the first runs eagerly, the second is
+     * recorded and replayed, every later one replayed (runner.c). */
+    if (!be->is_host && g_graphs && decode >= 2) {
+        unsigned long long got = gn_backend_cuda_graph_launches(be) - launches0;
+        CHECK(got == (unsigned long long)(decode - 1), "%s on %s: %llu of %d decode steps replayed a graph", dir,
+              be->name, got, decode - 1);
     }
     for (int s = 0; s < n_seqs; s++) gn_seq_free(seqs[s]);
     gn_runner_free(r);
@@ -329,6 +340,8 @@ int main(int argc, char **argv) {
     int use_cpu = standin && !strcmp(standin, "cpu");
     if (!use_cpu && gn_backend_cuda_device_count() == 0) GN_TEST_SKIP("no CUDA device");
     setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *graphs = getenv("GN_RUNNER_GRAPHS");
+    g_graphs = !(graphs && !strcmp(graphs, "0"));
     gn_err e = {0};
     if (!(g_gpu = use_cpu ? gn_backend_cpu_create(0, 0, &e) : gn_backend_cuda_create(0, &e)) || !(g_ref = gn_backend_cpu_create(1, 1, &e)) ||
         !(g_cpu = gn_backend_cpu_create(0, 0, &e))) {

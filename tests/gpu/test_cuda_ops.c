@@ -268,6 +268,120 @@ static void test_matmul(void) {
     }
 }
 
+/* ---- matmul_multi ------------------------------------------------------- */
+
+/* n_mats products sharing x on the GPU through matmul_multi, against the
+ * same products as separate GPU matmuls (the same kernels: equal up to
+ * summation order) and against cpu-ref. `mixed`: weight 1 is F32 while the
+ * others are dt (the backend then runs them one by one); `misalign` offsets
+ * weight 0 by one element (no fused GEMV). */
+static void multi_case(gn_dtype dt, int n_mats, const int *rows, int C, int n, int with_bias,
+                       int gemv_max, int mixed, int misalign) {
+    void *w[GN_MATMUL_MULTI_MAX], *bias[GN_MATMUL_MULTI_MAX];
+    gn_dtype wdt[GN_MATMUL_MULTI_MAX];
+    size_t ny[GN_MATMUL_MULTI_MAX], ny_all = 0;
+    for (int i = 0; i < n_mats; i++) {
+        wdt[i] = mixed && i == 1 ? GN_F32 : dt;
+        w[i] = rand_w(wdt[i], (size_t)rows[i] * C, 1.7f / sqrtf((float)C));
+        bias[i] = rand_w(wdt[i], (size_t)rows[i], 0.5f);
+        ny[i] = (size_t)n * rows[i];
+        ny_all += ny[i];
+    }
+    float *x = rand_f32((size_t)n * C, 1.0f);
+    float *got = malloc(ny_all * 4), *sep = malloc(ny_all * 4), *want = malloc(ny_all * 4);
+    gn_backend *bes[2] = {g_gpu, g_ref};
+    int old = set_gemv_max(gemv_max);
+    for (int b = 0; b < 2; b++) {
+        gn_backend *be = bes[b];
+        unsigned char *wbuf[GN_MATMUL_MULTI_MAX];
+        gn_tensor tw[GN_MATMUL_MULTI_MAX], tb[GN_MATMUL_MULTI_MAX];
+        const gn_tensor *ws[GN_MATMUL_MULTI_MAX], *bs[GN_MATMUL_MULTI_MAX];
+        float *dy[GN_MATMUL_MULTI_MAX];
+        for (int i = 0; i < n_mats; i++) {
+            size_t es = gn_dtype_size(wdt[i]);
+            int off = (b == 0 && misalign && i == 0) ? (int)es : 0;
+            wbuf[i] = put(be, NULL, (size_t)rows[i] * C * es + 16);
+            if (be->ops->upload(be, wbuf[i] + off, w[i], (size_t)rows[i] * C * es)) exit(1);
+            tw[i] = (gn_tensor){wbuf[i] + off, wdt[i], rows[i], C};
+            /* Bias on every other product; one present entry with data NULL. */
+            int has = with_bias && i % 2 == 0;
+            tb[i] = (gn_tensor){has ? put(be, bias[i], (size_t)rows[i] * es) : NULL, wdt[i], 1, rows[i]};
+            ws[i] = &tw[i];
+            bs[i] = &tb[i];
+            dy[i] = put(be, NULL, ny[i] * 4);
+        }
+        float *dx = put(be, x, (size_t)n * C * 4);
+        size_t o = 0;
+        if (b == 0) {
+            CHECK(be->ops->matmul_multi != NULL, "%s has no matmul_multi", be->name);
+            if (be->ops->matmul_multi)
+                op_ok(be, be->ops->matmul_multi(be, n_mats, dy, dx, ws, with_bias ? bs : NULL, n), "matmul_multi");
+            for (int i = 0; i < n_mats; i++) {
+                get(be, got + o, dy[i], ny[i] * 4);
+                o += ny[i];
+            }
+        }
+        o = 0;
+        for (int i = 0; i < n_mats; i++) {
+            op_ok(be, be->ops->matmul(be, dy[i], dx, ws[i], with_bias ? bs[i] : NULL, n), "matmul");
+            get(be, (b == 0 ? sep : want) + o, dy[i], ny[i] * 4);
+            o += ny[i];
+        }
+        for (int i = 0; i < n_mats; i++) {
+            be->ops->free(be, wbuf[i]);
+            if (tb[i].data) be->ops->free(be, tb[i].data);
+            be->ops->free(be, dy[i]);
+        }
+        be->ops->free(be, dx);
+    }
+    set_gemv_max(old);
+    int cublas = n > gemv_max;
+    float atol = 2e-5f, rtol = 1e-4f;
+    if (cublas && dt == GN_BF16) atol = 2e-2f, rtol = 1e-2f;
+    if (cublas && dt == GN_F16) atol = 3e-3f, rtol = 2e-3f;
+    char what[160];
+    snprintf(what, sizeof what, "matmul_multi %s x%d (rows %d..) C=%d n=%d%s via %s%s%s", gn_dtype_name(dt), n_mats,
+             rows[0], C, n, with_bias ? " +bias" : "", cublas ? "cuBLAS" : "GEMV", mixed ? " (mixed dtypes)" : "",
+             misalign ? " (misaligned)" : "");
+    gn_t_close(what, got, want, ny_all, atol, rtol);
+    snprintf(what + strlen(what), sizeof what - strlen(what), " = separate matmuls");
+    gn_t_close(what, got, sep, ny_all, 1e-6f, 1e-6f);
+    for (int i = 0; i < n_mats; i++) free(w[i]), free(bias[i]);
+    free(x), free(got), free(sep), free(want);
+}
+
+static void test_matmul_multi(void) {
+    const int qkv[3] = {256, 64, 64}, gu[2] = {1000, 1000}, four[4] = {100, 37, 300, 8};
+    for (int di = 0; di < 3; di++) {
+        gn_dtype dt = k_dtypes[di];
+        for (int n = 1; n <= 8; n += (n < 2 ? 1 : 3)) /* 1, 2, 5, 8 */
+            multi_case(dt, 3, qkv, 512, n, n % 2, 8, 0, 0);
+        multi_case(dt, 2, gu, 264, 1, 0, 8, 0, 0);
+        multi_case(dt, 2, gu, 264, 4, 0, 8, 0, 0);
+        multi_case(dt, 4, four, 136, 3, 1, 8, 0, 0);  /* ragged segments */
+        multi_case(dt, 1, four, 4104, 2, 1, 8, 0, 0); /* one product, two x tiles */
+        multi_case(dt, 3, qkv, 512, 12, 1, 8, 0, 0);  /* cuBLAS: x converted once */
+        multi_case(dt, 2, gu, 264, 5, 0, 0, 0, 0);    /* cuBLAS forced */
+        if (dt != GN_F32) {
+            multi_case(dt, 3, qkv, 512, 2, 1, 8, 1, 0);  /* mixed dtypes: one by one */
+            multi_case(dt, 3, qkv, 512, 10, 1, 8, 1, 0); /* the same on cuBLAS */
+        }
+        multi_case(dt, 3, qkv, 520, 3, 1, 8, 0, 1); /* misaligned weight 0 */
+    }
+    /* Refusals. */
+    gn_backend *be = g_gpu;
+    if (!be->ops->matmul_multi) return;
+    float *d = put(be, NULL, 4096 * 4);
+    gn_tensor a = {d, GN_F32, 8, 16}, b = {d, GN_F32, 8, 24};
+    const gn_tensor *ws[5] = {&a, &b, &a, &a, &a};
+    float *ys[5] = {d, d, d, d, d};
+    CHECK(be->ops->matmul_multi(be, 2, ys, d, ws, NULL, 1) == GN_EINVAL, "matmul_multi: column mismatch accepted");
+    ws[1] = &a;
+    CHECK(be->ops->matmul_multi(be, 5, ys, d, ws, NULL, 1) == GN_EINVAL, "matmul_multi: 5 products accepted");
+    CHECK(be->ops->matmul_multi(be, 0, ys, d, ws, NULL, 1) == GN_EINVAL, "matmul_multi: 0 products accepted");
+    be->ops->free(be, d);
+}
+
 /* ---- rope ----------------------------------------------------------------- */
 
 static void test_rope(void) {
@@ -583,22 +697,118 @@ static void test_graph(void) {
         free(x), free(x2), free(want), free(got);
     }
     /* A capture that fails (the cuBLAS scratch would have to grow) is
-     * discarded and leaves the backend usable. */
+     * discarded and leaves the backend usable. n is chosen from the scratch
+     * the earlier tests left, so that this matmul certainly needs more. */
     {
-        int n = 300;
+        int n = (int)(gn_backend_cuda_scratch_bytes(be) / ((size_t)C * 2)) + 64;
         float *dx = put(be, NULL, (size_t)n * C * 4), *dy = put(be, NULL, (size_t)n * R * 4);
         CHECK(gn_backend_cuda_capture_begin(be) == 0, "capture_begin: %s", be->err.msg);
         int rc = be->ops->matmul(be, dy, dx, &tw, NULL, n);
         CHECK(rc == GN_EINVAL && strstr(be->err.msg, "capturing"), "growing scratch while capturing: %d %s",
               rc, be->err.msg);
         CHECK(gn_backend_cuda_capture_end(be, -1) == 0, "discarding a capture: %s", be->err.msg);
-        CHECK(gn_backend_cuda_graph_launch(be, 71) == GN_EINVAL, "empty slot must be refused");
+        CHECK(gn_backend_cuda_graph_launch(be, GN_GRAPH_SLOTS - 1) == GN_EINVAL, "empty slot must be refused");
         CHECK(be->ops->matmul(be, dy, dx, &tw, NULL, 2) == 0 && be->ops->synchronize(be) == 0,
               "backend unusable after a discarded capture: %s", be->err.msg);
         be->ops->free(be, dx), be->ops->free(be, dy);
     }
     be->ops->free(be, tw.data);
     free(w);
+}
+
+/* The same recording through the vtable (what the runner uses): q/k/v as one
+ * matmul_multi, rmsnorm and add recorded with graph_begin / graph_end,
+ * replayed on fresh inputs against the ops run eagerly, at a GEMV and at a
+ * cuBLAS batch size; plus the refusals while recording and a bad slot. */
+static void test_graph_vtable(void) {
+    gn_backend *be = g_gpu;
+    const gn_backend_ops *o = be->ops;
+    if (!o->graph_begin || !o->graph_end || !o->graph_launch) {
+        CHECK(g_standin, "%s has no graph hooks", be->name);
+        return;
+    }
+    const int C = 256, rows[3] = {256, 64, 64};
+    void *w[3];
+    gn_tensor tw[3];
+    const gn_tensor *ws[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = rand_w(GN_BF16, (size_t)rows[i] * C, 0.1f);
+        tw[i] = (gn_tensor){put(be, w[i], (size_t)rows[i] * C * 2), GN_BF16, rows[i], C};
+        ws[i] = &tw[i];
+    }
+    void *nw = rand_w(GN_F32, C, 1.0f);
+    gn_tensor tn = {put(be, nw, (size_t)C * 4), GN_F32, 1, C};
+    for (int n = 3; n <= 11; n += 8) {
+        size_t nx = (size_t)n * C, nyt = (size_t)n * (256 + 64 + 64);
+        float *dx = put(be, NULL, nx * 4), *dxb = put(be, NULL, nx * 4);
+        float *dy = put(be, NULL, nyt * 4);
+        float *ys[3] = {dy, dy + (size_t)n * 256, dy + (size_t)n * 320};
+        float *want = malloc(nyt * 4), *got = malloc(nyt * 4), *xh = malloc(nx * 4);
+        /* The step: xb = rmsnorm(x); y = xb · {wq, wk, wv}; x += xb. */
+#define STEP()                                                                   \
+    (o->rmsnorm(be, dxb, dx, &tn, n, C, 1e-5f) || o->matmul_multi(be, 3, ys, dxb, ws, NULL, n) || \
+     o->add(be, dx, dxb, nx))
+        for (size_t i = 0; i < nx; i++) xh[i] = frand();
+        o->upload(be, dx, xh, nx * 4);
+        CHECK(STEP() == 0, "eager step (n=%d): %s", n, be->err.msg); /* grows the scratch */
+        int slot = 40 + n;
+        CHECK(o->graph_begin(be) == 0, "graph_begin: %s", be->err.msg);
+        CHECK(o->upload(be, dx, xh, nx * 4) == GN_EINVAL, "upload while recording must be refused");
+        CHECK(o->download(be, xh, dx, nx * 4) == GN_EINVAL, "download while recording must be refused");
+        CHECK(o->alloc(be, 64) == NULL, "alloc while recording must be refused");
+        int rc = STEP();
+        CHECK(rc == 0, "recorded step (n=%d): %s", n, be->err.msg);
+        CHECK(o->graph_end(be, rc ? -1 : slot) == 0, "graph_end: %s", be->err.msg);
+        for (int rep = 0; rep < 3 && rc == 0; rep++) {
+            for (size_t i = 0; i < nx; i++) xh[i] = frand();
+            o->upload(be, dx, xh, nx * 4);
+            CHECK(STEP() == 0, "eager step: %s", be->err.msg);
+            get(be, want, dy, nyt * 4);
+            float *x2 = malloc(nx * 4);
+            get(be, x2, dx, nx * 4);
+            o->upload(be, dx, xh, nx * 4);
+            float *poison = malloc(nyt * 4);
+            for (size_t i = 0; i < nyt; i++) poison[i] = NAN;
+            o->upload(be, dy, poison, nyt * 4);
+            free(poison);
+            CHECK(o->graph_launch(be, slot) == 0, "graph_launch: %s", be->err.msg);
+            get(be, got, dy, nyt * 4);
+            char what[80];
+            snprintf(what, sizeof what, "vtable graph replay %d (n=%d): q/k/v", rep, n);
+            gn_t_close(what, got, want, nyt, 1e-6f, 1e-6f);
+            get(be, xh, dx, nx * 4);
+            snprintf(what, sizeof what, "vtable graph replay %d (n=%d): residual", rep, n);
+            gn_t_close(what, xh, x2, nx, 0.0f, 0.0f);
+            free(x2);
+        }
+#undef STEP
+        be->ops->free(be, dx), be->ops->free(be, dxb), be->ops->free(be, dy);
+        free(want), free(got), free(xh);
+    }
+    CHECK(o->graph_begin(be) == 0, "graph_begin: %s", be->err.msg);
+    CHECK(o->graph_begin(be) != 0, "nested graph_begin must be refused");
+    CHECK(o->graph_end(be, GN_GRAPH_SLOTS) != 0, "graph_end to slot %d must be refused", GN_GRAPH_SLOTS);
+    CHECK(o->graph_launch(be, GN_GRAPH_SLOTS) != 0, "graph_launch of slot %d must be refused", GN_GRAPH_SLOTS);
+    CHECK(o->synchronize(be) == 0, "backend unusable after a refused graph_end: %s", be->err.msg);
+    for (int i = 0; i < 3; i++) be->ops->free(be, tw[i].data), free(w[i]);
+    be->ops->free(be, tn.data);
+    free(nw);
+}
+
+/* Programmatic dependent launch off: the kernels that read weights before
+ * their wait (GEMV) and the attention chain once more without it, so that a
+ * difference between the two launch modes shows up as a failure here. */
+static void test_pdl_modes(void) {
+    if (g_standin) return;
+    int was = gn_backend_cuda_set_pdl(g_gpu, 1);
+    printf("programmatic dependent launch: %s\n", was ? "on" : "off (unsupported here or GN_CUDA_PDL=0)");
+    gn_backend_cuda_set_pdl(g_gpu, 0);
+    matmul_case(GN_BF16, 4500, 264, 8, 1, 8, 0);
+    matmul_case(GN_BF16, 301, 9000, 1, 0, 8, 0);
+    const int qkv[3] = {256, 64, 64};
+    multi_case(GN_BF16, 3, qkv, 512, 1, 1, 8, 0, 0);
+    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F16});
+    gn_backend_cuda_set_pdl(g_gpu, was);
 }
 
 int main(void) {
@@ -622,11 +832,14 @@ int main(void) {
     test_elementwise();
     test_rmsnorm();
     test_matmul();
+    test_matmul_multi();
     test_rope();
     test_log_softmax();
     test_attention();
     test_errors();
     test_graph();
+    test_graph_vtable();
+    test_pdl_modes();
     g_gpu->ops->destroy(g_gpu);
     g_ref->ops->destroy(g_ref);
     GN_TEST_MAIN_END();
