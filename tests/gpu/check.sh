@@ -93,7 +93,7 @@ fi
 
 # ---- (1) configure -----------------------------------------------------------
 say "configure (Release, CUDA)"
-CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGN_CUDA=ON)
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGN_CUDA=ON -DGN_SERVICE=OFF)
 if command -v nvcc >/dev/null 2>&1; then
   CMAKE_ARGS+=(-DCMAKE_CUDA_COMPILER="$(command -v nvcc)")
   # The CUDA runtime and cuBLAS next to this nvcc, for the test binaries.
