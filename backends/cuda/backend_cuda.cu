@@ -16,6 +16,7 @@ enum {
     GN_CU_STAGED_MAX = 1 << 20,     /* uploads up to this size go through the ring */
     GN_CU_CUBLAS_WS = 32 << 20,     /* cuBLAS workspace (NVIDIA's recommendation for Hopper) */
     GN_CU_GEMV_MAX_LIMIT = 8,       /* the GEMV kernel handles at most this many rows of x */
+    GN_CU_GEMV_MAX_DEFAULT = 1,     /* GEMV for n = 1 only: cuBLAS matches or beats it from n = 2 (H200) */
 };
 
 extern "C" int gn_cuda_fail(gn_backend *be, const char *stmt, const char *file, int line,
@@ -430,7 +431,7 @@ extern "C" gn_backend *gn_backend_cuda_create(int device, gn_err *err) {
     }
     c->device = device;
     snprintf(c->name, sizeof c->name, "cuda:%d", device);
-    c->gemv_max = GN_CU_GEMV_MAX_LIMIT;
+    c->gemv_max = GN_CU_GEMV_MAX_DEFAULT;
     const char *env = getenv("GN_CUDA_GEMV_MAX");
     if (env && *env) {
         int v = atoi(env);

@@ -49,7 +49,7 @@ gn_backend *gn_backend_cuda_create(int device, gn_err *err);
 /* --- Extras for tests and benchmarks (not part of the vtable). ---------- */
 
 /* Largest batch (rows of x) for which matmul and matmul_multi use the GEMV
- * kernel instead of cuBLAS; 0 = always cuBLAS. Default 8, or the environment
+ * kernel instead of cuBLAS; 0 = always cuBLAS. Default 1, or the environment
  * variable GN_CUDA_GEMV_MAX when set at creation. Returns the previous value.
  * (matmul_multi: one GEMV launch over all the weights when they share a dtype
  * and are 16-byte aligned; above the threshold x is converted once and each

@@ -66,8 +66,8 @@ static inline const char *gn_cu_str(cublasStatus_t s) { return cublasGetStatusSt
  * running; it must call gn_pdl_wait() before it reads anything an earlier
  * kernel or copy may write (activations, KV pool, step tables) and before it
  * writes anything. Only immutable data (weights, biases) may be read before
- * the wait: the GEMV kernel starts streaming its weights that way, hiding the
- * launch gap and the DRAM latency behind the previous kernel's tail.
+ * the wait (no kernel does so today: streaming weights before the wait was
+ * measured slower on an H200).
  * gn_pdl_trigger() lets the next kernel be scheduled once every block of this
  * one has started; the next kernel's wait still waits for this one to finish
  * and for its writes to be visible. Both are no-ops without PDL (or below

@@ -7,21 +7,19 @@
  * accumulation.
  *
  * Layout: a block of 8 warps owns 8·RPW consecutive rows of one weight
- * ("segment"); each warp owns RPW rows (1, 2 or 4, chosen per launch); lane
- * l handles 8-column chunks l, l+32, ... of each row. x is staged in shared
- * memory one column tile at a time (all n rows of it, with cp.async: no
- * registers), stored as [n][half][chunk][4] so that the float4 reads of a
- * warp hit distinct banks. The partial dot products are reduced across the
- * warp at the end.
+ * ("segment", chosen per block from the launch parameters); each warp owns
+ * RPW rows (1, 2 or 4, chosen per launch); lane l handles 8-column chunks l,
+ * l+32, ... of each row. x is staged in shared memory one column tile at a
+ * time (all n rows of it), stored as [n][half][chunk][4] so that the float4
+ * reads of a warp hit distinct banks. The partial dot products are reduced
+ * across the warp at the end.
  *
- * Latency: a decode GEMV of a 4096x4096 BF16 weight moves 32 MB, ~8 µs at
- * HBM speed, so the fixed cost of a launch (the launch gap, the first DRAM
- * round trip, staging x) is a large part of it. Each warp therefore issues
- * its first batch of weight loads (8 chunks of 16 bytes per lane) and an L2
- * prefetch of the second before anything else, before even waiting for the
- * previous kernel (PDL, see cuda_common.cuh): weights never change, so they
- * may stream in while the kernel that writes x is still finishing; x is
- * staged only after the wait.
+ * PDL: the kernels wait for the previous kernel (gn_pdl_wait) before
+ * anything else and read nothing before it. (An earlier version streamed its
+ * first weights and an L2 prefetch before the wait, staged x with cp.async,
+ * used 8192-column tiles at n = 1 and forced 4 / 3 blocks per SM through
+ * __launch_bounds__; on an H200 that ran at 40-52 % of the copy roofline
+ * against 63-95 % for this structure, with PDL on or off alike.)
  *
  * A plain warp-per-row kernel handles weights that are not 16-byte aligned or
  * whose width is not a multiple of 8 (one segment per launch). */
@@ -35,8 +33,8 @@ constexpr int kWarps = 8;
 
 template <int NMAX>
 struct cfg {
-    static constexpr int TC = NMAX == 1 ? 8192 : NMAX == 2 ? 4096 : NMAX <= 4 ? 2048 : 1024; /* x tile columns */
-    static constexpr size_t smem = (size_t)NMAX * TC * sizeof(float); /* 32 KiB */
+    static constexpr int TC = NMAX <= 2 ? 4096 : NMAX <= 4 ? 2048 : 1024; /* x tile columns */
+    static constexpr size_t smem = (size_t)NMAX * TC * sizeof(float);      /* <= 32 KiB */
 };
 
 /* One weight of a launch: rows [0, rows) of w produce y(n, rows). Blocks
@@ -110,56 +108,16 @@ struct chunk8<float> {
     }
 };
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
-/* The weight chunks of one iteration: chunk kb + u*32 + lane of each of the
- * warp's rows, for the tile starting at column c0 (nk chunks wide). */
-template <typename W, int RPW, int kUnroll>
-__device__ __forceinline__ void load_batch(chunk8<W> (&wc)[kUnroll][RPW], const W *w, int row0, int R,
-                                           int C, int c0, int kb, int nk, int lane) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
-        const int k = kb + u * 32 + lane;
-#pragma unroll
-        for (int r = 0; r < RPW; r++) {
-            if (k < nk && row0 + r < R) wc[u][r].load(w + (size_t)(row0 + r) * C + c0 + k * 8);
-            else wc[u][r].zero();
-        }
-    }
-}
-
-/* The same chunks as load_batch, only asked into L2 (no registers): the
- * batch after the first, requested before the wait as well. */
-template <typename W, int RPW, int kUnroll>
-__device__ __forceinline__ void prefetch_batch(const W *w, int row0, int R, int C, int c0, int kb, int nk,
-                                               int lane) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
-        const int k = kb + u * 32 + lane;
-#pragma unroll
-        for (int r = 0; r < RPW; r++)
-            if (k < nk && row0 + r < R)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(w + (size_t)(row0 + r) * C + c0 + k * 8));
-    }
-}
-
-/* Blocks per SM: with 16-bit weights the kernel is held to 64 / 80 / 128
- * registers at n = 1 / 2 / more, so that 4 / 3 / 2 blocks fit on an SM (at
- * n = 1 a 4096-row weight is then one wave).
- *
- * RPW rows per warp: each x value read from shared memory serves RPW
+/* RPW rows per warp: each x value read from shared memory serves RPW
  * weights, so larger batches use more rows per warp (shared-memory traffic
  * per weight byte stays at or below 4x the weight bytes) when the matrix has
  * rows enough to keep every SM busy; kUnroll = 8 / RPW keeps eight 16-byte
  * weight loads in flight per lane. */
 template <typename W, int NMAX, int RPW>
-__global__ void __launch_bounds__(kWarps * 32, sizeof(W) == 2 ? (NMAX == 1 ? 4 : NMAX == 2 ? 3 : 2) : 1)
+__global__ void __launch_bounds__(kWarps * 32)
 gemv_vec_kernel(const gemv_params p) {
     constexpr int TC = cfg<NMAX>::TC, kUnroll = 8 / RPW;
+    constexpr int XPER = NMAX * TC / 4 / (kWarps * 32); /* float4s of x per thread per tile */
     extern __shared__ float4 gemv_smem[];
     float *xs = (float *)gemv_smem;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -180,15 +138,10 @@ gemv_vec_kernel(const gemv_params p) {
             block0 = p.seg[i].block0;
         }
     }
+    const float *__restrict__ x = p.x;
     const int C = p.C, n = p.n;
     const int row0 = (((int)blockIdx.x - block0) * kWarps + warp) * RPW;
 
-    /* First batch of weights into registers and the second into L2, before
-     * the wait (weights never change). */
-    chunk8<W> wc[kUnroll][RPW];
-    const int nk0 = min(TC, C) >> 3;
-    load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, 0, 0, nk0, lane);
-    if (nk0 > 32 * kUnroll) prefetch_batch<W, RPW, kUnroll>(w, row0, R, C, 0, 32 * kUnroll, nk0, lane);
     gn_pdl_wait();
     gn_pdl_trigger();
 
@@ -201,20 +154,42 @@ gemv_vec_kernel(const gemv_params p) {
     for (int c0 = 0; c0 < C; c0 += TC) {
         const int tc = min(TC, C - c0); /* a multiple of 8 */
         const int tc4 = tc >> 2;
-        if (c0) __syncthreads(); /* everyone is done with the previous tile */
-        /* Stage x[:, c0:c0+tc]: columns c..c+3 (c % 4 == 0) land in one
-         * float4 slot; rows j >= n are zero. */
-        for (int idx = threadIdx.x; idx < NMAX * tc4; idx += kWarps * 32) {
+        /* Stage x[:, c0:c0+tc] in shared memory: all loads first, then the
+         * stores. Columns c..c+3 (c % 4 == 0) land in one float4 slot; rows
+         * j >= n are zero. */
+        float4 xt[XPER];
+#pragma unroll
+        for (int u = 0; u < XPER; u++) {
+            const int idx = threadIdx.x + u * kWarps * 32;
             const int j = idx / tc4, c = (idx - j * tc4) * 4;
-            float *dst = &xs[j * TC + ((c >> 2) & 1) * (TC / 2) + (c >> 3) * 4];
-            if (j < n) cp_async16(dst, p.x + (size_t)j * C + c0 + c);
-            else *(float4 *)dst = make_float4(0.f, 0.f, 0.f, 0.f);
+            xt[u] = (j < n && idx < NMAX * tc4)
+                        ? __ldg((const float4 *)(x + (size_t)j * C + c0 + c))
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
         }
-        cp_async_wait_all();
+        __syncthreads(); /* everyone is done with the previous tile */
+#pragma unroll
+        for (int u = 0; u < XPER; u++) {
+            const int idx = threadIdx.x + u * kWarps * 32;
+            if (idx < NMAX * tc4) {
+                const int j = idx / tc4, c = (idx - j * tc4) * 4;
+                *(float4 *)&xs[j * TC + ((c >> 2) & 1) * (TC / 2) + (c >> 3) * 4] = xt[u];
+            }
+        }
         __syncthreads();
         const int nk = tc >> 3;
         for (int kb = 0; kb < nk; kb += 32 * kUnroll) {
-            /* wc holds this batch (loaded at the end of the previous one). */
+            chunk8<W> wc[kUnroll][RPW];
+#pragma unroll
+            for (int u = 0; u < kUnroll; u++) {
+                const int k = kb + u * 32 + lane;
+#pragma unroll
+                for (int r = 0; r < RPW; r++) {
+                    if (k < nk && row0 + r < R)
+                        wc[u][r].load(w + (size_t)(row0 + r) * C + c0 + k * 8);
+                    else
+                        wc[u][r].zero();
+                }
+            }
 #pragma unroll
             for (int u = 0; u < kUnroll; u++) {
                 const int k = min(kb + u * 32 + lane, nk - 1); /* zero weights past nk */
@@ -240,12 +215,6 @@ gemv_vec_kernel(const gemv_params p) {
                     }
                 }
             }
-            /* The next batch: later in this tile, or the first of the next
-             * tile, whose loads then overlap the staging of its x. */
-            if (kb + 32 * kUnroll < nk)
-                load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, c0, kb + 32 * kUnroll, nk, lane);
-            else if (c0 + TC < C)
-                load_batch<W, RPW, kUnroll>(wc, w, row0, R, C, c0 + TC, 0, min(TC, C - c0 - TC) >> 3, lane);
         }
     }
 
