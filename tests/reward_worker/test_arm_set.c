@@ -1,0 +1,291 @@
+/* test_arm_set.c — the hot-swap table in process (no Redis, no sockets):
+ * version pinning, promote/drain/unload, split and merge of a request whose
+ * sequences live on two versions (rows == each version's own rows), loads on
+ * demand through the resolver, tokenizer checks, and every allocation failure
+ * of create + load + step handled (run under ASan for leaks). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arm_set.h"
+#include "gn_alloc.h"
+#include "gn_test.h"
+#include "model.h"
+#include "model_maker.h"
+#include "tokenizer.h"
+
+static char g_root[128];
+static char g_dir[4][256]; /* help v1, help v2, harm v1, other tokenizer */
+static char g_hash[4][65];
+static int g_resolves;
+
+static int resolve(void *ud, const char *name, uint32_t version, gn_arm_source *out, gn_err *err) {
+    (void)ud;
+    g_resolves++;
+    int i = -1;
+    if (!strcmp(name, "help") && (version == 0 || version == 2)) i = 1; /* current: 2 */
+    else if (!strcmp(name, "help") && version == 1) i = 0;
+    else if (!strcmp(name, "harm") && version <= 1) i = 2;
+    else if (!strcmp(name, "odd") && version <= 1) i = 3;
+    if (i < 0)
+        return gn_errf(err, GN_ENOTFOUND, "ARM %s@%u is not registered", name, version);
+    memset(out, 0, sizeof *out);
+    out->version = i == 1 ? 2 : 1;
+    snprintf(out->path, sizeof out->path, "%s", g_dir[i]);
+    memcpy(out->tokenizer_hash, g_hash[i == 3 ? 0 : i], sizeof out->tokenizer_hash);
+    out->is_current = i != 0;
+    return 0;
+}
+
+static gn_wire_step_req *make_req(const char *name, uint32_t version, int n, const uint64_t *ids,
+                                  const uint32_t *start, const int32_t *toks, int n_tok) {
+    static Genarm__V1__ModelRef mr;
+    static Genarm__V1__SeqStep ss[8], *sp[8];
+    static gn_wire_step_req req;
+    Genarm__V1__ModelRef m0 = GENARM__V1__MODEL_REF__INIT;
+    mr = m0;
+    mr.name = (char *)name;
+    mr.version = version;
+    gn_wire_step_req r0 = GENARM__V1__STEP_REQUEST__INIT;
+    req = r0;
+    req.model = &mr;
+    req.dtype = GENARM__V1__DTYPE__DTYPE_F32;
+    for (int i = 0; i < n; i++) {
+        Genarm__V1__SeqStep s0 = GENARM__V1__SEQ_STEP__INIT;
+        ss[i] = s0;
+        ss[i].seq_id = ids[i];
+        ss[i].start_pos = start[i];
+        ss[i].tokens = (int32_t *)toks;
+        ss[i].n_tokens = (size_t)n_tok;
+        sp[i] = &ss[i];
+    }
+    req.seqs = sp;
+    req.n_seqs = (size_t)n;
+    return &req;
+}
+
+static int held(gn_arms *a, const char *want) {
+    char buf[512] = "";
+    for (int i = 0; i < gn_arms_count(a); i++) {
+        gn_arm_info ai;
+        gn_arms_get(a, i, &ai);
+        size_t l = strlen(buf);
+        snprintf(buf + l, sizeof buf - l, "%s%s@%u%s", l ? "," : "", ai.name, ai.version,
+                 ai.is_current ? "*" : ai.draining ? "~" : "");
+    }
+    if (strcmp(buf, want))
+        fprintf(stderr, "held: %s, want %s\n", buf, want);
+    return !strcmp(buf, want);
+}
+
+static void test_swap(gn_backend *be) {
+    gn_err e = {0};
+    gn_arms_params p = gn_arms_default_params();
+    p.host.max_seqs = 8;
+    p.max_req_seqs = 8;
+    gn_arms *a = gn_arms_create(be, &p, resolve, NULL, &e);
+    CHECK(a != NULL, "create: %s", e.msg);
+    if (!a)
+        return;
+    CHECK(gn_arms_load(a, "help", 1, g_dir[0], NULL, g_hash[0], 0, &e) == 0, "load help@1: %s", e.msg);
+    CHECK(held(a, "help@1*"), "help@1 current");
+    int32_t toks[4] = {1, 2, 3, 4};
+    uint64_t ids[3] = {1, 2, 3};
+    uint32_t zero[3] = {0, 0, 0}, four[3] = {4, 4, 4};
+    gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 0, 2, ids, zero, toks, 4), 0, &r, &e) == 0 &&
+              r.n_results == 2 && r.results[0]->model_version == 1 && r.model->version == 1,
+          "two sequences on v1: %s", e.msg);
+    /* Copy v1's rows of sequence 1's next step for comparison below. */
+    size_t n_out = r.logprobs ? r.logprobs->cols : 0;
+    CHECK(n_out > 0, "n_out");
+
+    /* Load v2 (not current), then promote: v1 drains. */
+    CHECK(gn_arms_load(a, "help", 2, g_dir[1], NULL, g_hash[1], 0, &e) == 0, "load help@2: %s", e.msg);
+    CHECK(held(a, "help@1*,help@2"), "v2 held, v1 still current");
+    CHECK(gn_arms_promote(a, "help", 2, &e) == 0 && held(a, "help@1~,help@2*"), "promote: v1 draining");
+
+    /* A mixed request: 1 and 2 continue on v1, 3 starts on v2. */
+    uint64_t mix_ids[3] = {1, 3, 2};
+    uint32_t mix_start[3] = {4, 0, 4};
+    gn_wire_step_resp m = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 0, 3, mix_ids, mix_start, toks, 1), 0, &m, &e) == 0 &&
+              m.n_results == 3 && m.n_errors == 0,
+          "mixed step: %s", e.msg);
+    float *mixed = malloc(3 * n_out * sizeof(float));
+    uint32_t mv[3] = {0, 0, 0};
+    for (size_t i = 0; i < m.n_results && i < 3; i++) {
+        mv[i] = m.results[i]->model_version;
+        CHECK(m.results[i]->seq_id == mix_ids[i] && m.results[i]->row_offset == i &&
+                  m.results[i]->seq_len == mix_start[i] + 1,
+              "merged result %zu in request order", i);
+    }
+    CHECK(mv[0] == 1 && mv[1] == 2 && mv[2] == 1, "versions 1,2,1 (got %u,%u,%u)", mv[0], mv[1], mv[2]);
+    if (m.logprobs && m.logprobs->rows == 3)
+        memcpy(mixed, m.logprobs->data.data, 3 * n_out * sizeof(float));
+    /* The same steps again, one version at a time (after rewinding). */
+    uint64_t v1_ids[2] = {1, 2};
+    gn_wire_step_resp s1 = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 1, 2, v1_ids, four, toks, 1), 0, &s1, &e) == 0 &&
+              s1.n_results == 2 && s1.logprobs->rows == 2,
+          "v1 alone (rewound): %s", e.msg);
+    if (s1.logprobs && s1.logprobs->rows == 2) {
+        CHECK(!memcmp(mixed, s1.logprobs->data.data, n_out * sizeof(float)) &&
+                  !memcmp(mixed + 2 * n_out, (float *)s1.logprobs->data.data + n_out, n_out * sizeof(float)),
+              "merged v1 rows == v1's own rows");
+    }
+    uint64_t v2_ids[1] = {3};
+    gn_wire_step_resp s2 = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 2, 1, v2_ids, zero, toks, 1), 0, &s2, &e) == 0 &&
+              s2.n_results == 1,
+          "v2 alone (rewound to 0): %s", e.msg);
+    if (s2.logprobs && s2.logprobs->rows == 1)
+        CHECK(!memcmp(mixed + n_out, s2.logprobs->data.data, n_out * sizeof(float)),
+              "merged v2 row == v2's own row");
+    free(mixed);
+
+    /* Draining v1 refuses new sequences addressed to it explicitly. */
+    uint64_t nid[1] = {9};
+    gn_wire_step_resp d = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 1, 1, nid, zero, toks, 1), 0, &d, &e) == 0 && d.n_errors == 1 &&
+              d.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+          "new sequence on draining v1 refused");
+    /* Release one: v1 stays; release the other: v1 goes. */
+    CHECK(gn_arms_release(a, "help", 0, &ids[0], 1) == 1 && held(a, "help@1~,help@2*"), "v1 stays");
+    CHECK(gn_arms_release(a, "help", 0, &ids[1], 1) == 1 && held(a, "help@2*"), "v1 unloaded when drained");
+
+    /* Tokenizer checks. */
+    CHECK(gn_arms_load(a, "odd", 1, g_dir[3], NULL, g_hash[0], 0, &e) == GN_EMISMATCH &&
+              strstr(e.msg, "tokenizer mismatch"),
+          "registry hash mismatch refused: %s", e.msg);
+    gn_err e1 = {0}, e2 = {0};
+    CHECK(gn_arms_ensure(a, "odd", 0, 0, NULL, &e1) == GN_EMISMATCH &&
+              gn_arms_ensure(a, "odd", 1, 0, NULL, &e2) == GN_EMISMATCH && !strcmp(e1.msg, e2.msg),
+          "on-demand refusal remembered: %s / %s", e1.msg, e2.msg);
+    CHECK(gn_arms_load(a, "help", 7, g_dir[3], NULL, NULL, 0, &e) == GN_EMISMATCH,
+          "a version with another tokenizer than the held one refused: %s", e.msg);
+    CHECK(held(a, "help@2*"), "nothing loaded by refusals");
+    /* On demand through the resolver. */
+    int before = g_resolves;
+    gn_wire_step_resp h = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("harm", 0, 1, nid, zero, toks, 2), 0, &h, &e) == 0 && h.n_results == 1 &&
+              g_resolves == before + 1,
+          "harm loaded on demand: %s", e.msg);
+    CHECK(held(a, "harm@1*,help@2*"), "harm held (slot order)");
+    gn_wire_step_resp u = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("nope", 0, 1, nid, zero, toks, 2), 0, &u, &e) ==
+                  GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+          "unknown ARM: whole-request error");
+    /* Unload: freed once its last sequence goes (idle sweep). */
+    CHECK(gn_arms_unload(a, "harm", 0, &e) == 1 && held(a, "harm@1~,help@2*"), "harm marked");
+    CHECK(gn_arms_sweep(a, 400000) >= 1 && held(a, "help@2*"), "idle sweep frees it and unloads harm");
+    gn_arms_free(a);
+}
+
+/* A first step addressed explicitly to the registry's current version, not
+ * held yet, loads it and swaps right there. */
+static void test_explicit_swap(gn_backend *be) {
+    gn_err e = {0};
+    gn_arms *a = gn_arms_create(be, NULL, resolve, NULL, &e);
+    CHECK(a != NULL, "create: %s", e.msg);
+    if (!a)
+        return;
+    CHECK(gn_arms_load(a, "help", 1, g_dir[0], NULL, g_hash[0], 0, &e) == 0 && held(a, "help@1*"),
+          "help@1 current (the only one): %s", e.msg);
+    int32_t toks[2] = {1, 2};
+    uint64_t ids[2] = {1, 2};
+    uint32_t zero[2] = {0, 0};
+    gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 0, 1, ids, zero, toks, 2), 0, &r, &e) == 0 && r.n_results == 1,
+          "seq 1 on v1");
+    gn_wire_step_resp r2 = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("help", 2, 1, ids + 1, zero, toks, 2), 0, &r2, &e) == 0 &&
+              r2.n_results == 1 && r2.results[0]->model_version == 2,
+          "explicit v2 loads on demand: %s", e.msg);
+    CHECK(held(a, "help@1~,help@2*"), "v2 current (registry says so), v1 draining with seq 1");
+    gn_arms_free(a);
+
+    /* Full: a load on demand beyond max_models is CAPACITY, nothing dropped. */
+    gn_arms_params p = gn_arms_default_params();
+    p.max_models = 1;
+    a = gn_arms_create(be, &p, resolve, NULL, &e);
+    CHECK(a && gn_arms_load(a, "help", 1, g_dir[0], NULL, NULL, 0, &e) == 0, "one slot: %s", e.msg);
+    gn_wire_step_resp r3 = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(a && gn_arms_step(a, make_req("harm", 0, 1, ids, zero, toks, 2), 0, &r3, &e) ==
+                   GENARM__V1__ERROR_CODE__ERROR_CAPACITY && held(a, "help@1*"),
+          "harm with no free slot: CAPACITY (%s)", e.msg);
+    gn_arms_free(a);
+}
+
+/* Every allocation failure in create + load + a mixed step is an error, not a
+ * crash (ASan reports leaks). */
+static void test_alloc_failures(gn_backend *be) {
+    int ok_run = 0;
+    for (long n = 0; n < 5000 && !ok_run; n++) {
+        gn_err e = {0};
+        gn_alloc_fail_after(n);
+        gn_arms_params p = gn_arms_default_params();
+        p.host.max_seqs = 4;
+        p.max_req_seqs = 4;
+        gn_arms *a = gn_arms_create(be, &p, resolve, NULL, &e);
+        int rc = a ? 0 : -1;
+        if (!rc)
+            rc = gn_arms_load(a, "help", 1, g_dir[0], NULL, g_hash[0], 0, &e);
+        if (!rc)
+            rc = gn_arms_ensure(a, "help", 2, 1, NULL, &e);
+        int32_t toks[2] = {1, 2};
+        uint64_t ids[1] = {5};
+        uint32_t zero[1] = {0};
+        gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+        if (!rc)
+            rc = gn_arms_step(a, make_req("help", 0, 1, ids, zero, toks, 2), 0, &r, &e);
+        if (!rc && r.n_errors)
+            rc = -1;
+        gn_arms_free(a);
+        long made = gn_alloc_fail_after(-1);
+        if (rc == 0 && made <= n)
+            ok_run = 1;
+    }
+    CHECK(ok_run, "a run with no injected failure completes");
+}
+
+int main(void) {
+    snprintf(g_root, sizeof g_root, "/tmp/gn_test_arms_XXXXXX");
+    if (!mkdtemp(g_root))
+        GN_TEST_SKIP("mkdtemp");
+    gn_err e = {0};
+    const uint64_t seeds[4] = {11, 22, 33, 44};
+    gn_backend_params bp = gn_backend_default_params();
+    bp.n_threads = 1;
+    gn_backend *be = gn_backend_create("cpu", &bp, &e);
+    CHECK(be != NULL, "backend: %s", e.msg);
+    for (int i = 0; i < 4 && be; i++) {
+        snprintf(g_dir[i], sizeof g_dir[i], "%s/m%d", g_root, i);
+        gn_make_model_params mp = gn_make_model_default_params();
+        mp.arch = "llama";
+        mp.dim = 32;
+        mp.n_layers = 1;
+        mp.ffn_dim = 64;
+        mp.init_std = 0.15f;
+        mp.seed = seeds[i];
+        if (i == 3)
+            mp.tok_merges = 200;
+        CHECK(gn_make_model(&mp, g_dir[i], &e) == 0, "make model %d: %s", i, e.msg);
+        gn_model *m = gn_model_load(g_dir[i], be, NULL, &e);
+        CHECK(m != NULL, "load %d: %s", i, e.msg);
+        if (m)
+            snprintf(g_hash[i], sizeof g_hash[i], "%s", gn_tok_hash(gn_model_tokenizer(m)));
+        gn_model_free(m);
+    }
+    if (be && !gn_t_fail) {
+        test_swap(be);
+        test_explicit_swap(be);
+        test_alloc_failures(be);
+    }
+    gn_backend_free(be);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+    if (system(cmd)) {
+    }
+    GN_TEST_MAIN_END();
+}
