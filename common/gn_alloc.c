@@ -1,27 +1,26 @@
 #include "gn_alloc.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-static long g_fail_countdown = -1; /* < 0: never fail */
-static long g_count;
+/* Atomic so that allocating from several threads is race-free; the
+ * injection itself is only meaningful in single-threaded tests. */
+static atomic_long g_fail_countdown = -1; /* < 0: never fail */
+static atomic_long g_count;
 
 static int should_fail(void) {
-    g_count++;
-    if (g_fail_countdown < 0) return 0;
-    if (g_fail_countdown == 0) {
-        g_fail_countdown = -1;
-        return 1;
-    }
-    g_fail_countdown--;
+    atomic_fetch_add_explicit(&g_count, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&g_fail_countdown, memory_order_relaxed) < 0) return 0;
+    long left = atomic_fetch_sub_explicit(&g_fail_countdown, 1, memory_order_relaxed);
+    if (left == 0) return 1; /* now -1: disabled again */
     return 0;
 }
 
 long gn_alloc_fail_after(long n) {
-    long c = g_count;
-    g_count = 0;
-    g_fail_countdown = n;
+    long c = atomic_exchange_explicit(&g_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_fail_countdown, n, memory_order_relaxed);
     return c;
 }
 
