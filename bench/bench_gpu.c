@@ -5,7 +5,8 @@
  * gn_runner_step, log-probs downloaded every step), with the runner's
  * recorded decode steps (CUDA graphs, the default) and without them
  * (GN_RUNNER_GRAPHS=0 when the runner is created), and the achieved fraction
- * of HBM bandwidth:
+ * of HBM bandwidth (plus batch 1 recorded with programmatic dependent launch
+ * off, and with the fused decode ops off: gn_backend_cuda_set_fuse):
  *
  *     weight bytes read per step × steps/s ÷ device-to-device copy bandwidth
  *
@@ -476,6 +477,17 @@ int main(int argc, char **argv) {
             gn_backend_cuda_set_pdl(be, 1);
             printf("  %-3s %5d %14s %14.3f %10.1f %12.0f %8.1f%%   (graph, PDL off)\n", s->name, 1, "", 1e3 / sn,
                    sn, wb * sn / 1e9, 100.0 * wb * sn / 1e9 / copy_gbps);
+        }
+        /* The effect of the fused decode ops (add_rmsnorm, rope_qk, KV write
+         * inside attention): batch 1 recorded without them. */
+        {
+            int was = gn_backend_cuda_set_fuse(be, 0);
+            gn_runner *rn = make_runner(m, ctx, 1, 1);
+            double sn = decode_rate(m, rn, 1, prompt_len, steps, lp_base, lp_arm);
+            gn_runner_free(rn);
+            gn_backend_cuda_set_fuse(be, was);
+            printf("  %-3s %5d %14s %14.3f %10.1f %12.0f %8.1f%%   (graph, fused ops off)\n", s->name, 1, "",
+                   1e3 / sn, sn, wb * sn / 1e9, 100.0 * wb * sn / 1e9 / copy_gbps);
         }
         if (si == 0) m1 = m, r1 = r;
         else m7 = m, r7 = r;

@@ -125,6 +125,29 @@ typedef struct gn_backend_ops {
     int (*graph_begin)(gn_backend *be);
     int (*graph_end)(gn_backend *be, int slot);
     int (*graph_launch)(gn_backend *be, int slot);
+
+    /* Optional fused ops (NULL: the runner composes the ops above). Each is
+     * defined as the composition it replaces and must match it within the
+     * tolerance of the ops themselves; they exist to save launches between
+     * the projections of a decode step. */
+
+    /* Residual add + RMSNorm: x(n_rows, dim) += y, then out = rmsnorm(x)·w of
+     * the updated x (as add, then rmsnorm). out may equal y, must not alias x. */
+    int (*add_rmsnorm)(gn_backend *be, float *x, const float *y, float *out, const gn_tensor *w,
+                       int n_rows, int dim, float eps);
+
+    /* RoPE on q(n_tok, n_heads, head_dim) and k(n_tok, n_kv_heads, head_dim)
+     * in place, in one launch: as rope(q, n_heads) then rope(k, n_kv_heads). */
+    int (*rope_qk)(gn_backend *be, float *q, float *k, int n_tok, int n_heads, int n_kv_heads,
+                   int head_dim, const int32_t *pos, const float *inv_freq);
+
+    /* RoPE + attention: as rope_qk(q, k, b->n_tokens, n_heads, kv->n_kv_heads,
+     * kv->head_dim, b->tok_pos, inv_freq) followed by attention(out, q, k, v,
+     * ...). Afterwards q and k hold unspecified values (a backend may rotate
+     * them inside its attention kernel without writing them back). */
+    int (*rope_attention)(gn_backend *be, float *out, float *q, float *k, const float *v,
+                          const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads,
+                          int sliding_window, float scale, const float *inv_freq);
 } gn_backend_ops;
 
 #define GN_MATMUL_MULTI_MAX 4

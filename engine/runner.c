@@ -16,6 +16,10 @@
  *   xb = rmsnorm(x);  x += (silu(xb·Wgate) * (xb·Wup))·Wdown
  * then, only for the rows that need log-probs: rmsnorm, lm_head, log_softmax
  * over the first gn_model_n_out() columns.
+ * Backends with the optional fused ops save launches: rope_attention (or
+ * else rope_qk) rotates q and k together with (before) attention; add_rmsnorm does each residual add together with the norm after
+ * it (ffn_norm, the next layer's attn_norm, and after the last layer the
+ * final norm of all rows, so the logit rows are taken from its output).
  *
  * All scratch (activations, logits, step tables) is sized once at create, in
  * backend memory, with overflow-checked arithmetic; the per-step path does
@@ -424,10 +428,15 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
     int dim = c->dim, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, ffn = c->ffn_dim;
     size_t nd = (size_t)n * (size_t)dim;
 
+    /* fused: the backend has add_rmsnorm, so each residual add also computes
+     * the next norm (ffn_norm; the next layer's attn_norm; after the last
+     * layer the final norm, over all n rows, left in xb). */
+    const int fused = o->add_rmsnorm != NULL;
     OP(o->embed(be, r->x, &w->embed, r->d_tokens, n), "embed", -1);
     for (int l = 0; l < c->n_layers; l++) {
         const gn_layer_weights *L = &w->layers[l];
-        OP(o->rmsnorm(be, r->xb, r->x, &L->attn_norm, n, dim, c->norm_eps), "attn_norm", l);
+        if (!fused || l == 0)
+            OP(o->rmsnorm(be, r->xb, r->x, &L->attn_norm, n, dim, c->norm_eps), "attn_norm", l);
         if (o->matmul_multi) {
             float *const ys[3] = {r->q, r->k, r->v};
             const gn_tensor *const ws[3] = {&L->wq, &L->wk, &L->wv}, *const bs[3] = {&L->bq, &L->bk, &L->bv};
@@ -441,13 +450,27 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
             OP(o->rmsnorm(be, r->q, r->q, &L->q_norm, n * nh, hd, c->norm_eps), "q_norm", l);
             OP(o->rmsnorm(be, r->k, r->k, &L->k_norm, n * nkv, hd, c->norm_eps), "k_norm", l);
         }
-        OP(o->rope(be, r->q, n, nh, hd, r->d_tok_pos, r->inv_freq), "rope q", l);
-        OP(o->rope(be, r->k, n, nkv, hd, r->d_tok_pos, r->inv_freq), "rope k", l);
-        OP(o->attention(be, r->att, r->q, r->k, r->v, &r->pool, l, ab, nh, c->sliding_window, r->scale),
-           "attention", l);
+        if (o->rope_attention) {
+            OP(o->rope_attention(be, r->att, r->q, r->k, r->v, &r->pool, l, ab, nh, c->sliding_window, r->scale,
+                                 r->inv_freq),
+               "rope+attention", l);
+        } else {
+            if (o->rope_qk) {
+                OP(o->rope_qk(be, r->q, r->k, n, nh, nkv, hd, r->d_tok_pos, r->inv_freq), "rope q/k", l);
+            } else {
+                OP(o->rope(be, r->q, n, nh, hd, r->d_tok_pos, r->inv_freq), "rope q", l);
+                OP(o->rope(be, r->k, n, nkv, hd, r->d_tok_pos, r->inv_freq), "rope k", l);
+            }
+            OP(o->attention(be, r->att, r->q, r->k, r->v, &r->pool, l, ab, nh, c->sliding_window, r->scale),
+               "attention", l);
+        }
         OP(o->matmul(be, r->xb, r->att, &L->wo, NULL, n), "o_proj", l);
-        OP(o->add(be, r->x, r->xb, nd), "residual", l);
-        OP(o->rmsnorm(be, r->xb, r->x, &L->ffn_norm, n, dim, c->norm_eps), "ffn_norm", l);
+        if (fused) {
+            OP(o->add_rmsnorm(be, r->x, r->xb, r->xb, &L->ffn_norm, n, dim, c->norm_eps), "residual+ffn_norm", l);
+        } else {
+            OP(o->add(be, r->x, r->xb, nd), "residual", l);
+            OP(o->rmsnorm(be, r->xb, r->x, &L->ffn_norm, n, dim, c->norm_eps), "ffn_norm", l);
+        }
         if (o->matmul_multi) {
             float *const ys[2] = {r->gate, r->up};
             const gn_tensor *const ws[2] = {&L->w_gate, &L->w_up};
@@ -458,16 +481,29 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
         }
         OP(o->swiglu(be, r->gate, r->gate, r->up, (size_t)n * (size_t)ffn), "swiglu", l);
         OP(o->matmul(be, r->xb, r->gate, &L->w_down, NULL, n), "down_proj", l);
-        OP(o->add(be, r->x, r->xb, nd), "residual", l);
+        if (fused) {
+            const gn_tensor *nw = l + 1 < c->n_layers ? &w->layers[l + 1].attn_norm : &w->final_norm;
+            OP(o->add_rmsnorm(be, r->x, r->xb, r->xb, nw, n, dim, c->norm_eps), "residual+norm", l);
+        } else {
+            OP(o->add(be, r->x, r->xb, nd), "residual", l);
+        }
     }
     /* Final norm, lm_head and log-softmax only on the rows that need them, a
      * group of logit_rows at a time. */
     for (int g0 = 0; g0 < n_rows; g0 += r->logit_rows) {
         int cnt = n_rows - g0 < r->logit_rows ? n_rows - g0 : r->logit_rows;
         float *dst = out_host ? out_host + (size_t)g0 * (size_t)r->n_out : NULL;
-        OP(o->get_rows(be, r->xr, r->x, r->d_rows + g0, cnt, dim), "get_rows", -1);
-        OP(o->rmsnorm(be, r->xr, r->xr, &w->final_norm, cnt, dim, c->norm_eps), "final norm", -1);
-        OP(o->matmul(be, r->logits, r->xr, &w->lm_head, NULL, cnt), "lm_head", -1);
+        const float *xin = r->xr;
+        if (!fused) {
+            OP(o->get_rows(be, r->xr, r->x, r->d_rows + g0, cnt, dim), "get_rows", -1);
+            OP(o->rmsnorm(be, r->xr, r->xr, &w->final_norm, cnt, dim, c->norm_eps), "final norm", -1);
+        } else if (n_rows == n) {
+            /* Every token wants its row, in order (rows 0 .. n-1): read xb in place. */
+            xin = r->xb + (size_t)g0 * (size_t)dim;
+        } else {
+            OP(o->get_rows(be, r->xr, r->xb, r->d_rows + g0, cnt, dim), "get_rows", -1);
+        }
+        OP(o->matmul(be, r->logits, xin, &w->lm_head, NULL, cnt), "lm_head", -1);
         if (be->is_host) {
             OP(o->log_softmax(be, dst, r->logits, cnt, r->n_out, r->n_vocab), "log_softmax", -1);
         } else {

@@ -275,6 +275,23 @@ static int fast_add(gn_backend *be, float *x, const float *y, size_t n) {
     return 0;
 }
 
+/* The optional fused ops (backend.h), as the compositions they stand for:
+ * the same results bit for bit; the runner's fused path runs on the CPU too. */
+static int fast_add_rmsnorm(gn_backend *be, float *x, const float *y, float *out, const gn_tensor *w,
+                            int n_rows, int dim, float eps) {
+    if (n_rows < 0 || dim <= 0 || out == x)
+        return gn_errf(&be->err, GN_EINVAL, "add_rmsnorm: rows=%d dim=%d%s", n_rows, dim,
+                       out == x ? " (out aliases x)" : "");
+    int rc = fast_add(be, x, y, (size_t)n_rows * (size_t)dim);
+    return rc ? rc : fast_rmsnorm(be, out, x, w, n_rows, dim, eps);
+}
+
+static int fast_rope_qk(gn_backend *be, float *q, float *k, int n_tok, int n_heads, int n_kv_heads,
+                        int head_dim, const int32_t *pos, const float *inv_freq) {
+    int rc = fast_rope(be, q, n_tok, n_heads, head_dim, pos, inv_freq);
+    return rc ? rc : fast_rope(be, k, n_tok, n_kv_heads, head_dim, pos, inv_freq);
+}
+
 static int fast_get_rows(gn_backend *be, float *out, const float *x, const int32_t *rows, int n,
                          int dim) {
     (void)be;
@@ -361,4 +378,6 @@ const gn_backend_ops gn_cpu_fast_ops = {
     .get_rows = fast_get_rows,
     .attention = gn_cpu_attention_fast,
     .log_softmax = fast_log_softmax,
+    .add_rmsnorm = fast_add_rmsnorm,
+    .rope_qk = fast_rope_qk,
 };

@@ -16,7 +16,8 @@ enum {
     GN_CU_STAGED_MAX = 1 << 20,     /* uploads up to this size go through the ring */
     GN_CU_CUBLAS_WS = 32 << 20,     /* cuBLAS workspace (NVIDIA's recommendation for Hopper) */
     GN_CU_GEMV_MAX_LIMIT = 8,       /* the GEMV kernel handles at most this many rows of x */
-    GN_CU_GEMV_MAX_DEFAULT = 1,     /* GEMV for n = 1 only: cuBLAS matches or beats it from n = 2 (H200) */
+    GN_CU_GEMV_MAX_DEFAULT = 4,     /* GEMV for n <= 4: it beats cuBLAS at n = 2..4 on the 7B q/k/v and
+                                       4096-row shapes and loses at n = 8 (H200, bench_gpu) */
 };
 
 extern "C" int gn_cuda_fail(gn_backend *be, const char *stmt, const char *file, int line,
@@ -302,6 +303,26 @@ static int cu_rope(gn_backend *be, float *x, int n_tok, int n_heads, int head_di
     return gn_cuda_rope(be, x, n_tok, n_heads, head_dim, pos, inv_freq);
 }
 
+static int cu_add_rmsnorm(gn_backend *be, float *x, const float *y, float *out, const gn_tensor *w,
+                          int n_rows, int dim, float eps) {
+    if (n_rows < 0 || dim <= 0 || !w || (size_t)w->rows * (size_t)w->cols != (size_t)dim || out == x)
+        return gn_errf(&be->err, GN_EINVAL, "%s: add_rmsnorm: bad shape rows=%d dim=%d%s", be->name,
+                       n_rows, dim, out == x ? " (out aliases x)" : "");
+    if (n_rows == 0) return 0;
+    if (cu_enter(be)) return GN_EBACKEND;
+    return gn_cuda_add_rmsnorm(be, x, y, out, w, n_rows, dim, eps);
+}
+
+static int cu_rope_qk(gn_backend *be, float *q, float *k, int n_tok, int n_heads, int n_kv_heads,
+                      int head_dim, const int32_t *pos, const float *inv_freq) {
+    if (n_tok < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2)
+        return gn_errf(&be->err, GN_EINVAL, "%s: rope_qk: bad shape tok=%d heads=%d/%d head_dim=%d",
+                       be->name, n_tok, n_heads, n_kv_heads, head_dim);
+    if (n_tok == 0) return 0;
+    if (cu_enter(be)) return GN_EBACKEND;
+    return gn_cuda_rope_qk(be, q, k, n_tok, n_heads, n_kv_heads, head_dim, pos, inv_freq);
+}
+
 static int cu_swiglu(gn_backend *be, float *out, const float *gate, const float *up, size_t n) {
     if (!n) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
@@ -332,6 +353,17 @@ static int cu_attention(gn_backend *be, float *out, const float *q, const float 
     return gn_cuda_attention(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale);
 }
 
+static int cu_rope_attention(gn_backend *be, float *out, float *q, float *k, const float *v,
+                             const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads,
+                             int sliding_window, float scale, const float *inv_freq) {
+    if (b->n_tokens < 0 || !inv_freq)
+        return gn_errf(&be->err, GN_EINVAL, "%s: rope_attention: n_tokens %d, inv_freq %p", be->name,
+                       b->n_tokens, (const void *)inv_freq);
+    if (b->n_tokens == 0) return 0;
+    if (cu_enter(be)) return GN_EBACKEND;
+    return gn_cuda_rope_attention(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale, inv_freq);
+}
+
 static int cu_log_softmax(gn_backend *be, float *out, const float *x, int n_rows, int n_cols,
                           int ld_x) {
     if (n_rows < 0 || n_cols <= 0 || n_cols > ld_x || (out == x && n_cols != ld_x))
@@ -350,7 +382,15 @@ static const gn_backend_ops cu_ops = {
     cu_destroy,      cu_alloc,       cu_free,      cu_upload,    cu_download,     cu_synchronize,
     cu_embed,        cu_rmsnorm,     cu_matmul,    cu_rope,      cu_swiglu,       cu_add,
     cu_get_rows,     cu_attention,   cu_log_softmax, cu_matmul_multi, cu_graph_begin, cu_graph_end,
-    cu_graph_launch,
+    cu_graph_launch, cu_add_rmsnorm, cu_rope_qk,     cu_rope_attention,
+};
+
+/* The same without the optional fused ops (gn_backend_cuda_set_fuse(be, 0)). */
+static const gn_backend_ops cu_ops_unfused = {
+    cu_destroy,      cu_alloc,       cu_free,      cu_upload,    cu_download,     cu_synchronize,
+    cu_embed,        cu_rmsnorm,     cu_matmul,    cu_rope,      cu_swiglu,       cu_add,
+    cu_get_rows,     cu_attention,   cu_log_softmax, cu_matmul_multi, cu_graph_begin, cu_graph_end,
+    cu_graph_launch, NULL,           NULL,           NULL,
 };
 
 /* ---- programmatic dependent launch ---------------------------------------- */
@@ -437,7 +477,9 @@ extern "C" gn_backend *gn_backend_cuda_create(int device, gn_err *err) {
         int v = atoi(env);
         c->gemv_max = v < 0 ? 0 : v > GN_CU_GEMV_MAX_LIMIT ? GN_CU_GEMV_MAX_LIMIT : v;
     }
-    be->ops = &cu_ops;
+    const char *fuse = getenv("GN_CUDA_FUSE");
+    c->fuse = !(fuse && !strcmp(fuse, "0"));
+    be->ops = c->fuse ? &cu_ops : &cu_ops_unfused;
     be->name = c->name;
     be->kv_dtype = GN_F16;
     be->is_host = 0;
@@ -480,6 +522,14 @@ extern "C" int gn_backend_cuda_set_pdl(gn_backend *be, int on) {
     gn_cuda *c = gn_cu(be);
     int old = c->pdl;
     c->pdl = on && c->pdl_ok;
+    return old;
+}
+
+extern "C" int gn_backend_cuda_set_fuse(gn_backend *be, int on) {
+    gn_cuda *c = gn_cu(be);
+    int old = c->fuse;
+    c->fuse = on != 0;
+    be->ops = c->fuse ? &cu_ops : &cu_ops_unfused;
     return old;
 }
 

@@ -5,7 +5,11 @@
  * stream. Weights stay in their stored dtype on the device (BF16/F16/F32);
  * projections use a GEMV kernel for small batches and cuBLAS (fp32
  * accumulation, TF32 off) above; matmul_multi fuses weights that share their
- * input (q/k/v, gate/up) into one GEMV launch. Kernels are launched with
+ * input (q/k/v, gate/up) into one GEMV launch. The optional fused ops
+ * add_rmsnorm, rope_qk and rope_attention are provided, and in a
+ * decode-shaped batch (one token per sequence) attention writes the new K/V
+ * rows (and rope_attention rotates q and k) inside the attention kernel
+ * instead of separate launches (see set_fuse). Kernels are launched with
  * programmatic dependent launch where the device has it (see set_pdl), and
  * the vtable's graph hooks record ops into CUDA graphs (see capture_begin).
  * Weights must only change through upload(): a GEMV streams its weights
@@ -49,7 +53,8 @@ gn_backend *gn_backend_cuda_create(int device, gn_err *err);
 /* --- Extras for tests and benchmarks (not part of the vtable). ---------- */
 
 /* Largest batch (rows of x) for which matmul and matmul_multi use the GEMV
- * kernel instead of cuBLAS; 0 = always cuBLAS. Default 1, or the environment
+ * kernel instead of cuBLAS; 0 = always cuBLAS. Default 4 (GEMV wins at n = 2..4
+ * on 7B shapes, cuBLAS at 8; H200), or the environment
  * variable GN_CUDA_GEMV_MAX when set at creation. Returns the previous value.
  * (matmul_multi: one GEMV launch over all the weights when they share a dtype
  * and are 16-byte aligned; above the threshold x is converted once and each
@@ -75,6 +80,16 @@ int gn_backend_cuda_copy_bandwidth(gn_backend *be, size_t nbytes, int iters, dou
  * set_pdl(be, 0/1) switches it (1 only takes effect where the probe passed)
  * and returns the previous state. */
 int gn_backend_cuda_set_pdl(gn_backend *be, int on);
+
+/* The fused decode ops: add_rmsnorm, rope_qk and rope_attention in the op
+ * table, and the KV write (and RoPE) folded into the attention kernel for
+ * one-token-per-sequence batches.
+ * On unless the environment variable GN_CUDA_FUSE=0 was set at creation.
+ * set_fuse(be, 0/1) swaps be->ops between the table with and without the
+ * optional ops and returns the previous state; switch only between steps,
+ * before creating the runners meant to use the new state (a recorded step
+ * keeps the kernels it was recorded with). For A/B measurements and tests. */
+int gn_backend_cuda_set_fuse(gn_backend *be, int on);
 
 /* Bytes of the cuBLAS input-conversion scratch allocated now (it grows on
  * demand outside graph capture; see below). */

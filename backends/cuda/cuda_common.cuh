@@ -32,6 +32,7 @@ struct gn_cuda {
     int sm_count;
     int pdl_ok;               /* programmatic dependent launch works here (sm_90+, probed at create) */
     int pdl;                  /* kernels are launched with it (pdl_ok and not switched off) */
+    int fuse;                 /* fused ops on: add_rmsnorm/rope_qk in the table, KV write in attention */
     int capturing;            /* between capture_begin and capture_end */
     cudaGraphExec_t graphs[GN_GRAPH_SLOTS];
     int n_graphs;             /* slots holding a graph */
@@ -170,6 +171,11 @@ int gn_cuda_rmsnorm(gn_backend *be, float *out, const float *x, const gn_tensor 
 int gn_cuda_rope(gn_backend *be, float *x, int n_tok, int n_heads, int head_dim,
                  const int32_t *pos, const float *inv_freq);
 int gn_cuda_swiglu(gn_backend *be, float *out, const float *gate, const float *up, size_t n);
+/* The optional fused ops (backend.h): add_rmsnorm and rope_qk. */
+int gn_cuda_add_rmsnorm(gn_backend *be, float *x, const float *y, float *out, const gn_tensor *w,
+                        int n_rows, int dim, float eps);
+int gn_cuda_rope_qk(gn_backend *be, float *q, float *k, int n_tok, int n_heads, int n_kv_heads,
+                    int head_dim, const int32_t *pos, const float *inv_freq);
 int gn_cuda_add(gn_backend *be, float *x, const float *y, size_t n);
 int gn_cuda_get_rows(gn_backend *be, float *out, const float *x, const int32_t *rows, int n,
                      int dim);
@@ -197,4 +203,8 @@ int gn_cuda_gemv_ok(const float *x, const gn_tensor *w);
 int gn_cuda_attention(gn_backend *be, float *out, const float *q, const float *k, const float *v,
                       const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads,
                       int sliding_window, float scale);
+/* The optional rope_attention op (backend.h): RoPE on q and k, then attention. */
+int gn_cuda_rope_attention(gn_backend *be, float *out, float *q, float *k, const float *v,
+                           const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads,
+                           int sliding_window, float scale, const float *inv_freq);
 }

@@ -1,6 +1,7 @@
 /* kernels_attention.cu — the attention op over the paged KV pool.
  *
- * Two kernels on the backend's stream:
+ * A batch that holds several tokens of one sequence (prefill) runs two
+ * kernels on the backend's stream:
  *  1. kv_write: token i's k and v rows go to slot pos % block_size of block
  *     block_table[seq * max_blocks + pos / block_size] (pool layout in
  *     engine/backend.h), converted to the pool's dtype.
@@ -12,9 +13,22 @@
  *     (CUDA graph) stays valid as sequences grow.
  *
  * Same-step tokens see each other's K/V because kernel 2 waits for kernel 1
- * to finish (stream order; with PDL, gn_pdl_wait). Block ids outside
- * [0, n_blocks) are skipped rather than dereferenced, so a corrupt table
- * cannot write outside the pool. */
+ * to finish (stream order; with PDL, gn_pdl_wait).
+ *
+ * A decode-shaped batch (n_tokens == n_seqs: every listed sequence has at
+ * least one token, as the runner builds them, so each has exactly one) runs
+ * kernel 2 alone, with the KV write folded in: the block of (token, head)
+ * stages its token's own K/V row of its kv head, rounded to the pool dtype,
+ * in shared memory and reads position pos from there (the only position of
+ * this step it can see), and the first head of each kv group writes the row
+ * to the pool for later steps. Every other visible position was written by
+ * an earlier step, so no block waits for another; the results are those of
+ * the two-kernel path (the same rounded values are read). rope_attention
+ * on such a batch also rotates q and that K row there (q is not written
+ * back); on any other batch it runs the rope_qk kernel first.
+ *
+ * Block ids outside [0, n_blocks) are skipped rather than dereferenced, so a
+ * corrupt table cannot write outside the pool. */
 #include <cmath>
 #include <cstring>
 
@@ -72,6 +86,69 @@ __device__ __forceinline__ void ld8(const __nv_bfloat16 *p, float (&f)[8]) {
     }
 }
 
+/* q·k over head_dim for one K row kp (16-byte aligned when VEC); sq is q·scale
+ * in shared memory. */
+template <bool VEC, typename KV>
+__device__ __forceinline__ float qk_dot(const KV *kp, const float *sq, int head_dim) {
+    float a = 0.0f;
+    if (VEC) {
+#pragma unroll 8
+        for (int d = 0; d < head_dim; d += 8) {
+            float kf[8];
+            ld8(kp + d, kf);
+            const float4 q0 = *(const float4 *)&sq[d], q1 = *(const float4 *)&sq[d + 4];
+            a = fmaf(q0.x, kf[0], a), a = fmaf(q0.y, kf[1], a);
+            a = fmaf(q0.z, kf[2], a), a = fmaf(q0.w, kf[3], a);
+            a = fmaf(q1.x, kf[4], a), a = fmaf(q1.y, kf[5], a);
+            a = fmaf(q1.z, kf[6], a), a = fmaf(q1.w, kf[7], a);
+        }
+    } else {
+#pragma unroll 8
+        for (int d = 0; d < head_dim; d += 2) {
+            const float2 kk = gn_ld2(kp + d);
+            a = fmaf(sq[d], kk.x, a);
+            a = fmaf(sq[d + 1], kk.y, a);
+        }
+    }
+    return a;
+}
+
+/* acc += pj · V row vp (lane owns dimension pairs lane, lane + 32, ...). */
+template <typename KV>
+__device__ __forceinline__ void pv_acc(float2 (&acc)[kMaxPairsPerLane], const KV *vp, float pj, int lane,
+                                       int npairs) {
+#pragma unroll
+    for (int j = 0; j < kMaxPairsPerLane; j++) {
+        const int pi = lane + 32 * j;
+        if (pi < npairs) {
+            const float2 vv = gn_ld2(vp + 2 * pi);
+            acc[j].x = fmaf(pj, vv.x, acc[j].x);
+            acc[j].y = fmaf(pj, vv.y, acc[j].y);
+        }
+    }
+}
+
+/* Stages q·scale and this token's K row (pool dtype) rotated by RoPE, as
+ * rope_kernel rotates them. Not inlined: precise sincosf's rare slow path
+ * would otherwise cost the attention loop registers. */
+template <typename KV>
+__device__ __noinline__ void rope_stage(float *sq, KV *s_k, const float *qh, const float *kr,
+                                        const float *inv_freq, int pos, int npairs, float scale) {
+    for (int i = threadIdx.x; i < npairs; i += blockDim.x) {
+        float sn, cs;
+        sincosf((float)pos * inv_freq[i], &sn, &cs);
+        const float a = qh[i], b = qh[i + npairs];
+        sq[i] = (a * cs - b * sn) * scale;
+        sq[i + npairs] = (b * cs + a * sn) * scale;
+        const float ka = kr[i], kb = kr[i + npairs];
+        gn_st(&s_k[i], ka * cs - kb * sn);
+        gn_st(&s_k[i + npairs], kb * cs + ka * sn);
+    }
+}
+
+/* sm_off value of the position whose V row is this block's own (decode). */
+constexpr size_t kSelfRow = ~(size_t)0;
+
 /* One block of kAttnWarps warps per (token, head). The visible positions are
  * cut into tiles of 32; warp w takes tiles w, w + kAttnWarps, ... In a tile
  * lane j scores position p0 + j on its own (the whole K row, 16-byte loads
@@ -85,13 +162,15 @@ __device__ __forceinline__ void ld8(const __nv_bfloat16 *p, float (&f)[8]) {
 template <typename KV, bool VEC>
 __global__ void __launch_bounds__(kAttnWarps * 32)
 attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__restrict__ pool,
-            const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_table,
-            int max_blocks, int n_blocks, int n_layers, int layer, int n_heads, int n_kv_heads,
-            int head_dim, int block_size, int window, float scale) {
+            KV *pool_w, const float *k_new, const float *v_new, const float *inv_freq,
+            const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_table, int max_blocks,
+            int n_blocks, int n_layers, int layer, int n_heads, int n_kv_heads, int head_dim,
+            int block_size, int window, float scale) {
     __shared__ __align__(16) float sq[2 * 32 * kMaxPairsPerLane];
     __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
     __shared__ float2 sm_acc[kAttnWarps][32 * kMaxPairsPerLane];
     __shared__ size_t sm_off[kAttnWarps][32];
+    __shared__ __align__(16) KV s_k[2 * 32 * kMaxPairsPerLane], s_v[2 * 32 * kMaxPairsPerLane];
     __shared__ float sm_p[kAttnWarps][32];
 
     gn_pdl_wait();
@@ -109,8 +188,34 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
     const int32_t *bt = block_table + (size_t)seq * max_blocks;
 
     const float *qh = q + ((size_t)t * n_heads + h) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) sq[i] = qh[i] * scale;
+    /* Decode (k_new set): this token's K/V row of kv head kvh. With inv_freq
+     * (only with k_new), q and that K row are rotated here as rope_kernel
+     * does (pair i, i + head_dim/2 by pos * inv_freq[i]); q in memory is not. */
+    const bool self = k_new != nullptr;
+    const float *kr = self ? k_new + (size_t)t * kvdim + (size_t)kvh * head_dim : nullptr;
+    if (inv_freq) {
+        rope_stage(sq, s_k, qh, kr, inv_freq, pos, npairs, scale);
+    } else {
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) sq[i] = qh[i] * scale;
+        if (self)
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) gn_st(&s_k[i], kr[i]);
+    }
+    if (self) {
+        const float *vr = v_new + (size_t)t * kvdim + (size_t)kvh * head_dim;
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) gn_st(&s_v[i], vr[i]);
+    }
     __syncthreads();
+    if (self && h % (n_heads / n_kv_heads) == 0) {
+        const int blk = bt[pos / block_size];
+        if (blk >= 0 && blk < n_blocks) {
+            /* pool_w: the same pool; the row written is never read through pool. */
+            KV *kd = pool_w + (size_t)blk * blk_stride + layer_off + (size_t)(pos % block_size) * kvdim;
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+                kd[i] = s_k[i];
+                kd[v_off + i] = s_v[i];
+            }
+        }
+    }
 
     float m = -INFINITY, l = 0.0f;
     float2 acc[kMaxPairsPerLane];
@@ -129,28 +234,9 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
         }
         float s = -INFINITY;
         if (ok) {
-            const KV *kp = pool + off;
-            float a = 0.0f;
-            if (VEC) {
-#pragma unroll 8
-                for (int d = 0; d < head_dim; d += 8) {
-                    float kf[8];
-                    ld8(kp + d, kf);
-                    const float4 q0 = *(const float4 *)&sq[d], q1 = *(const float4 *)&sq[d + 4];
-                    a = fmaf(q0.x, kf[0], a), a = fmaf(q0.y, kf[1], a);
-                    a = fmaf(q0.z, kf[2], a), a = fmaf(q0.w, kf[3], a);
-                    a = fmaf(q1.x, kf[4], a), a = fmaf(q1.y, kf[5], a);
-                    a = fmaf(q1.z, kf[6], a), a = fmaf(q1.w, kf[7], a);
-                }
-            } else {
-#pragma unroll 8
-                for (int d = 0; d < head_dim; d += 2) {
-                    const float2 kk = gn_ld2(kp + d);
-                    a = fmaf(sq[d], kk.x, a);
-                    a = fmaf(sq[d + 1], kk.y, a);
-                }
-            }
-            s = a;
+            /* Separate calls keep the pool loads global (read-only path). */
+            s = self && p == pos ? qk_dot<VEC>((const KV *)s_k, sq, head_dim)
+                                 : qk_dot<VEC>(pool + off, sq, head_dim);
         }
         const float tmax = gn_warp_max(s);
         if (tmax == -INFINITY) continue; /* warp-uniform: nothing visible in this tile */
@@ -163,23 +249,17 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
         m = mn;
 
         /* Values: Σ_j p_j V_j over the tile's positions. */
-        sm_off[warp][lane] = off + v_off;
+        sm_off[warp][lane] = self && p == pos ? kSelfRow : off + v_off;
         sm_p[warp][lane] = pe;
         __syncwarp();
         const int cnt = min(32, pos - p0 + 1);
 #pragma unroll 8
         for (int jj = 0; jj < cnt; jj++) {
             const float pj = sm_p[warp][jj];
-            const KV *vp = pool + sm_off[warp][jj];
-#pragma unroll
-            for (int j = 0; j < kMaxPairsPerLane; j++) {
-                const int pi = lane + 32 * j;
-                if (pi < npairs && pj != 0.0f) { /* p = 0: skipped rows are never read */
-                    const float2 vv = gn_ld2(vp + 2 * pi);
-                    acc[j].x = fmaf(pj, vv.x, acc[j].x);
-                    acc[j].y = fmaf(pj, vv.y, acc[j].y);
-                }
-            }
+            if (pj == 0.0f) continue; /* warp-uniform; p = 0: skipped rows are never read */
+            const size_t o = sm_off[warp][jj];
+            if (o == kSelfRow) pv_acc(acc, (const KV *)s_v, pj, lane, npairs);
+            else pv_acc(acc, pool + o, pj, lane, npairs);
         }
         __syncwarp(); /* the next tile rewrites sm_off / sm_p */
     }
@@ -216,31 +296,37 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
     }
 }
 
+/* inv_freq non-NULL (decode-shaped rope_attention only): q and k not yet rotated. */
 template <typename KV>
 cudaError_t launch(gn_backend *be, float *out, const float *q, const float *k, const float *v,
                    const gn_kv_pool *kv, int layer, const gn_attn_batch *b, int n_heads, int window,
-                   float scale) {
+                   float scale, const float *inv_freq) {
     const int kvdim = kv->n_kv_heads * kv->head_dim;
     KV *pool = (KV *)kv->data;
-    cudaError_t e = gn_cu_launch(be, kv_write_kernel<KV>, b->n_tokens, kvdim >= 256 ? 256 : 128, 0, pool, k,
-                                 v, b->tok_seq, b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks,
-                                 kv->n_layers, layer, kv->block_size, kvdim);
-    if (e != cudaSuccess) return e;
+    /* Decode-shaped: the KV write (and RoPE) happen inside attn_kernel (see the top). */
+    const bool fused = gn_cu(be)->fuse && b->n_tokens == b->n_seqs;
+    if (!fused) {
+        cudaError_t e = gn_cu_launch(be, kv_write_kernel<KV>, b->n_tokens, kvdim >= 256 ? 256 : 128, 0, pool,
+                                     k, v, b->tok_seq, b->tok_pos, b->block_table, b->max_blocks,
+                                     kv->n_blocks, kv->n_layers, layer, kv->block_size, kvdim);
+        if (e != cudaSuccess) return e;
+    }
     /* 16-byte K loads: rows start at multiples of 8 elements, pool aligned. */
     const bool vec = kv->head_dim % 8 == 0 && (uintptr_t)kv->data % 16 == 0;
     const dim3 grid((unsigned)b->n_tokens, (unsigned)n_heads);
     auto kern = vec ? attn_kernel<KV, true> : attn_kernel<KV, false>;
-    return gn_cu_launch(be, kern, grid, kAttnWarps * 32, 0, out, q, (const KV *)pool, b->tok_seq,
-                        b->tok_pos, b->block_table, b->max_blocks, kv->n_blocks, kv->n_layers, layer,
-                        n_heads, kv->n_kv_heads, kv->head_dim, kv->block_size, window, scale);
+    return gn_cu_launch(be, kern, grid, kAttnWarps * 32, 0, out, q, (const KV *)pool, pool,
+                        fused ? k : nullptr, fused ? v : nullptr, inv_freq, b->tok_seq, b->tok_pos,
+                        b->block_table, b->max_blocks, kv->n_blocks, kv->n_layers, layer, n_heads, kv->n_kv_heads,
+                        kv->head_dim, kv->block_size, window, scale);
 }
 
 } // namespace
 
-extern "C" int gn_cuda_attention(gn_backend *be, float *out, const float *q, const float *k,
-                                 const float *v, const gn_kv_pool *kv, int layer,
-                                 const gn_attn_batch *b, int n_heads, int sliding_window,
-                                 float scale) {
+extern "C" int gn_cuda_rope_attention(gn_backend *be, float *out, float *q, float *k,
+                                      const float *v, const gn_kv_pool *kv, int layer,
+                                      const gn_attn_batch *b, int n_heads, int sliding_window,
+                                      float scale, const float *inv_freq) {
     if (kv->head_dim <= 0 || kv->head_dim % 2 || kv->head_dim > 2 * 32 * kMaxPairsPerLane)
         return gn_errf(&be->err, GN_EUNSUP, "%s: attention: head_dim %d unsupported (even, <= %d)",
                        be->name, kv->head_dim, 2 * 32 * kMaxPairsPerLane);
@@ -250,12 +336,29 @@ extern "C" int gn_cuda_attention(gn_backend *be, float *out, const float *q, con
     if (layer < 0 || layer >= kv->n_layers || kv->block_size <= 0 || b->max_blocks <= 0)
         return gn_errf(&be->err, GN_EINVAL, "%s: attention: layer %d of %d, block_size %d, max_blocks %d",
                        be->name, layer, kv->n_layers, kv->block_size, b->max_blocks);
+    /* RoPE goes inside the attention kernel only where the KV write does. */
+    if (inv_freq && !(gn_cu(be)->fuse && b->n_tokens == b->n_seqs)) {
+        int rc = gn_cuda_rope_qk(be, q, k, b->n_tokens, n_heads, kv->n_kv_heads, kv->head_dim, b->tok_pos,
+                                 inv_freq);
+        if (rc) return rc;
+        inv_freq = nullptr;
+    }
     cudaError_t e;
+    const int w = sliding_window;
     switch (kv->dtype) {
-    case GN_F32: e = launch<float>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
-    case GN_F16: e = launch<__half>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
-    default: e = launch<__nv_bfloat16>(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale); break;
+    case GN_F32: e = launch<float>(be, out, q, k, v, kv, layer, b, n_heads, w, scale, inv_freq); break;
+    case GN_F16: e = launch<__half>(be, out, q, k, v, kv, layer, b, n_heads, w, scale, inv_freq); break;
+    default: e = launch<__nv_bfloat16>(be, out, q, k, v, kv, layer, b, n_heads, w, scale, inv_freq); break;
     }
     GN_CU_CHECK(be, e);
     return 0;
+}
+
+extern "C" int gn_cuda_attention(gn_backend *be, float *out, const float *q, const float *k,
+                                 const float *v, const gn_kv_pool *kv, int layer,
+                                 const gn_attn_batch *b, int n_heads, int sliding_window,
+                                 float scale) {
+    /* Without inv_freq q and k are only read. */
+    return gn_cuda_rope_attention(be, out, (float *)q, (float *)k, v, kv, layer, b, n_heads, sliding_window,
+                                  scale, nullptr);
 }

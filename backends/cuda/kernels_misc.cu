@@ -1,6 +1,7 @@
-/* kernels_misc.cu — the small CUDA kernels: embedding lookup, RMSNorm, RoPE,
- * SwiGLU, add, get_rows, log-softmax, dtype conversion, bias add and the
- * random fill used by benchmarks. Each launcher enqueues on the backend's
+/* kernels_misc.cu — the small CUDA kernels: embedding lookup, RMSNorm (also
+ * fused with the residual add), RoPE (also q and k in one launch), SwiGLU,
+ * add, get_rows, log-softmax, dtype conversion, bias add and the random fill
+ * used by benchmarks. Each launcher enqueues on the backend's
  * stream through gn_cu_launch (PDL when available: every kernel waits for its
  * predecessor with gn_pdl_wait before touching memory) and checks the launch.
  * Arguments were validated by backend_cuda.cu. */
@@ -115,6 +116,82 @@ extern "C" int gn_cuda_rmsnorm(gn_backend *be, float *out, const float *x, const
     }
 }
 
+/* ---- add + rmsnorm (fused) ------------------------------------------------ */
+
+/* One block per row: x += y, written back, then out = rmsnorm(x)·w from the
+ * sums kept in registers (VEC: float4s, as rmsnorm_kernel). Each thread reads
+ * its y elements before it writes out, so out may equal y (not x). */
+template <typename T, bool VEC>
+__global__ void add_rmsnorm_kernel(float *x, const float *y, float *out, const T *w, int dim,
+                                   float eps) {
+    __shared__ float red[32];
+    gn_pdl_wait();
+    gn_pdl_trigger();
+    float *xr = x + (size_t)blockIdx.x * dim;
+    const float *yr = y + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    if (VEC) {
+        constexpr int kPer = 4;
+        float4 v[kPer];
+        const int d4 = dim >> 2;
+#pragma unroll
+        for (int u = 0; u < kPer; u++) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < d4) {
+                const float4 a = ((const float4 *)xr)[i], b = ((const float4 *)yr)[i];
+                v[u] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+                ((float4 *)xr)[i] = v[u];
+            } else {
+                v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+#pragma unroll
+        for (int u = 0; u < kPer; u++) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < d4) {
+                const T *wp = w + 4 * i;
+                ((float4 *)o)[i] = make_float4(v[u].x * r * gn_ld(wp), v[u].y * r * gn_ld(wp + 1),
+                                               v[u].z * r * gn_ld(wp + 2), v[u].w * r * gn_ld(wp + 3));
+            }
+        }
+    } else {
+        /* Pass 1 adds and writes x; pass 2 re-reads this thread's own x
+         * elements (same indices), so no barrier is needed between them. */
+        for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+            const float a = xr[c] + yr[c];
+            xr[c] = a;
+            ss += a * a;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int c = threadIdx.x; c < dim; c += blockDim.x) o[c] = xr[c] * r * gn_ld(w + c);
+    }
+}
+
+template <typename T>
+static int add_rmsnorm_launch(gn_backend *be, float *x, const float *y, float *out, const T *w,
+                              int n_rows, int dim, float eps) {
+    const int threads = dim >= 2048 ? 512 : dim >= 512 ? 256 : dim >= 128 ? 64 : 32;
+    const bool vec = dim % 4 == 0 && dim <= 16 * threads && (uintptr_t)x % 16 == 0 &&
+                     (uintptr_t)y % 16 == 0 && (uintptr_t)out % 16 == 0;
+    if (vec) GN_CU_LAUNCH(be, add_rmsnorm_kernel<T, true>, n_rows, threads, 0, x, y, out, w, dim, eps);
+    else GN_CU_LAUNCH(be, add_rmsnorm_kernel<T, false>, n_rows, threads, 0, x, y, out, w, dim, eps);
+    return 0;
+}
+
+extern "C" int gn_cuda_add_rmsnorm(gn_backend *be, float *x, const float *y, float *out,
+                                   const gn_tensor *w, int n_rows, int dim, float eps) {
+    switch (w->dtype) {
+    case GN_F32: return add_rmsnorm_launch(be, x, y, out, (const float *)w->data, n_rows, dim, eps);
+    case GN_F16: return add_rmsnorm_launch(be, x, y, out, (const __half *)w->data, n_rows, dim, eps);
+    default: return add_rmsnorm_launch(be, x, y, out, (const __nv_bfloat16 *)w->data, n_rows, dim, eps);
+    }
+}
+
 /* ---- rope --------------------------------------------------------------- */
 
 /* One thread per (token, head, pair i): rotate (x[i], x[i + half]) by
@@ -146,6 +223,42 @@ extern "C" int gn_cuda_rope(gn_backend *be, float *x, int n_tok, int n_heads, in
     size_t total = (size_t)n_tok * n_heads * (head_dim / 2);
     GN_CU_LAUNCH(be, rope_kernel, gn_cu_blocks(total, 256), 256, 0, x, n_tok, n_heads, head_dim, pos,
                  inv_freq);
+    return 0;
+}
+
+/* rope_qk: one thread per (token, head, pair) over q's heads then k's, in
+ * one grid-stride loop; each rotation is exactly rope_kernel's. */
+__global__ void rope_qk_kernel(float *q, float *k, int n_tok, int n_heads, int n_kv_heads,
+                               int head_dim, const int32_t *pos, const float *inv_freq) {
+    gn_pdl_wait();
+    gn_pdl_trigger();
+    const int half = head_dim / 2;
+    const size_t nq = (size_t)n_tok * n_heads * half;
+    const size_t total = nq + (size_t)n_tok * n_kv_heads * half;
+    for (size_t g = blockIdx.x * (size_t)blockDim.x + threadIdx.x; g < total;
+         g += (size_t)gridDim.x * blockDim.x) {
+        const bool isq = g < nq;
+        const size_t gg = isq ? g : g - nq;
+        const int nh = isq ? n_heads : n_kv_heads;
+        const int i = (int)(gg % half);
+        const size_t th = gg / half; /* token * nh + head */
+        const int t = (int)(th / nh);
+        const float ang = (float)pos[t] * inv_freq[i];
+        float sn, cs;
+        sincosf(ang, &sn, &cs);
+        float *h = (isq ? q : k) + th * head_dim;
+        const float a = h[i], b = h[i + half];
+        h[i] = a * cs - b * sn;
+        h[i + half] = b * cs + a * sn;
+    }
+}
+
+extern "C" int gn_cuda_rope_qk(gn_backend *be, float *q, float *k, int n_tok, int n_heads,
+                               int n_kv_heads, int head_dim, const int32_t *pos,
+                               const float *inv_freq) {
+    size_t total = (size_t)n_tok * (n_heads + n_kv_heads) * (head_dim / 2);
+    GN_CU_LAUNCH(be, rope_qk_kernel, gn_cu_blocks(total, 256), 256, 0, q, k, n_tok, n_heads, n_kv_heads,
+                 head_dim, pos, inv_freq);
     return 0;
 }
 

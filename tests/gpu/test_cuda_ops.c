@@ -1,6 +1,7 @@
 /* test_cuda_ops.c — every op of the CUDA backend against the CPU reference
  * table ("cpu-ref"), on random inputs of awkward shapes, every weight dtype,
  * GQA, several sequences of different lengths over scattered paged blocks,
+ * the optional fused ops against the compositions they replace,
  * both matmul paths (GEMV kernel and cuBLAS), the KV pool layout, CUDA graph
  * capture/replay, and the error paths. Tolerance atol + rtol·|ref| per
  * element (gn_t_close prints the worst mismatch); each case's tolerance is
@@ -413,6 +414,112 @@ static void test_rope(void) {
     }
 }
 
+/* ---- fused optional ops (add_rmsnorm, rope_qk) --------------------------- */
+
+/* GN_CUDA_FUSE=0 in the environment: the backend was created without them. */
+static int fuse_env_off(void) {
+    const char *env = getenv("GN_CUDA_FUSE");
+    return env && !strcmp(env, "0");
+}
+
+/* Each fused op on the GPU against the composition it stands for on cpu-ref
+ * (add then rmsnorm; rope on q then on k). The CUDA backend must provide
+ * them; a stand-in without them is skipped. */
+static void test_add_rmsnorm(void) {
+    if (!g_gpu->ops->add_rmsnorm) {
+        CHECK(g_standin || fuse_env_off(), "%s has no add_rmsnorm", g_gpu->name);
+        return;
+    }
+    const int dims[4] = {4096, 1000, 130, 64};
+    for (int di = 0; di < 3; di++) {
+        for (int k = 0; k < 4; k++) {
+            gn_dtype dt = k_dtypes[di];
+            int dim = dims[k], rows = k == 3 ? 67 : 5;
+            size_t ne = (size_t)rows * dim, nb = ne * 4;
+            float *x = rand_f32(ne, 3.0f), *y = rand_f32(ne, 2.0f);
+            void *w = rand_w(dt, (size_t)dim, 1.5f);
+            float *gx = malloc(nb), *go = malloc(nb), *wx = malloc(nb), *wo = malloc(nb);
+            for (int out_is_y = 0; out_is_y < 2; out_is_y++) {
+                gn_backend *bes[2] = {g_gpu, g_ref};
+                float *xs[2] = {gx, wx}, *os[2] = {go, wo};
+                for (int b = 0; b < 2; b++) {
+                    gn_backend *be = bes[b];
+                    gn_tensor tw = {put(be, w, (size_t)dim * gn_dtype_size(dt)), dt, 1, dim};
+                    float *dx = put(be, x, nb), *dy = put(be, y, nb);
+                    float *dout = out_is_y ? dy : put(be, NULL, nb);
+                    if (b == 0) {
+                        op_ok(be, be->ops->add_rmsnorm(be, dx, dy, dout, &tw, rows, dim, 1e-5f), "add_rmsnorm");
+                    } else {
+                        op_ok(be, be->ops->add(be, dx, dy, ne), "add");
+                        op_ok(be, be->ops->rmsnorm(be, dout, dx, &tw, rows, dim, 1e-5f), "rmsnorm");
+                    }
+                    get(be, xs[b], dx, nb);
+                    get(be, os[b], dout, nb);
+                    if (!out_is_y) be->ops->free(be, dout);
+                    be->ops->free(be, dx);
+                    be->ops->free(be, dy);
+                    be->ops->free(be, tw.data);
+                }
+                char what[96];
+                snprintf(what, sizeof what, "add_rmsnorm %s dim %d%s: x", gn_dtype_name(dt), dim,
+                         out_is_y ? " (out = y)" : "");
+                gn_t_close(what, gx, wx, ne, 0.0f, 0.0f); /* one fp32 add: exact */
+                snprintf(what, sizeof what, "add_rmsnorm %s dim %d%s: out", gn_dtype_name(dt), dim,
+                         out_is_y ? " (out = y)" : "");
+                gn_t_close(what, go, wo, ne, 1e-5f, 1e-5f); /* as rmsnorm */
+            }
+            free(x), free(y), free(w), free(gx), free(go), free(wx), free(wo);
+        }
+    }
+    /* out aliasing x is refused. */
+    float *d = put(g_gpu, NULL, 64 * 4);
+    gn_tensor tw = {put(g_gpu, NULL, 64 * 4), GN_F32, 1, 64};
+    CHECK(g_gpu->ops->add_rmsnorm(g_gpu, d, d + 32, d, &tw, 1, 32, 1e-5f) == GN_EINVAL,
+          "add_rmsnorm with out == x accepted");
+    g_gpu->ops->free(g_gpu, d);
+    g_gpu->ops->free(g_gpu, tw.data);
+}
+
+static void test_rope_qk(void) {
+    if (!g_gpu->ops->rope_qk) {
+        CHECK(g_standin || fuse_env_off(), "%s has no rope_qk", g_gpu->name);
+        return;
+    }
+    const int hds[3] = {64, 128, 80};
+    const int heads[3][2] = {{8, 2}, {32, 8}, {5, 5}};
+    for (int k = 0; k < 3; k++) {
+        int n_tok = 7, nh = heads[k][0], nkv = heads[k][1], hd = hds[k], half = hd / 2;
+        size_t nq = (size_t)n_tok * nh * hd, nk = (size_t)n_tok * nkv * hd;
+        float *q = rand_f32(nq, 2.0f), *kk = rand_f32(nk, 2.0f);
+        float *inv = malloc((size_t)half * 4);
+        for (int i = 0; i < half; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
+        int32_t pos[7] = {0, 1, 2, 77, 1000, 4095, 5000};
+        float *gq = malloc(nq * 4), *gk = malloc(nk * 4), *wq = malloc(nq * 4), *wk = malloc(nk * 4);
+        gn_backend *bes[2] = {g_gpu, g_ref};
+        float *qs[2] = {gq, wq}, *ks[2] = {gk, wk};
+        for (int b = 0; b < 2; b++) {
+            gn_backend *be = bes[b];
+            float *dq = put(be, q, nq * 4), *dk = put(be, kk, nk * 4), *dinv = put(be, inv, (size_t)half * 4);
+            int32_t *dpos = put(be, pos, sizeof pos);
+            if (b == 0) {
+                op_ok(be, be->ops->rope_qk(be, dq, dk, n_tok, nh, nkv, hd, dpos, dinv), "rope_qk");
+            } else {
+                op_ok(be, be->ops->rope(be, dq, n_tok, nh, hd, dpos, dinv), "rope q");
+                op_ok(be, be->ops->rope(be, dk, n_tok, nkv, hd, dpos, dinv), "rope k");
+            }
+            get(be, qs[b], dq, nq * 4);
+            get(be, ks[b], dk, nk * 4);
+            be->ops->free(be, dq), be->ops->free(be, dk), be->ops->free(be, dinv), be->ops->free(be, dpos);
+        }
+        char what[80];
+        snprintf(what, sizeof what, "rope_qk head_dim %d heads %d/%d: q", hd, nh, nkv);
+        gn_t_close(what, gq, wq, nq, 2e-6f, 2e-6f); /* as rope */
+        snprintf(what, sizeof what, "rope_qk head_dim %d heads %d/%d: k", hd, nh, nkv);
+        gn_t_close(what, gk, wk, nk, 2e-6f, 2e-6f);
+        free(q), free(kk), free(inv), free(gq), free(gk), free(wq), free(wk);
+    }
+}
+
 /* ---- log_softmax ------------------------------------------------------- */
 
 static void test_log_softmax(void) {
@@ -450,10 +557,14 @@ static void test_log_softmax(void) {
 typedef struct {
     int n_layers, n_kv, n_heads, hd, bs, n_blocks, max_blocks, window;
     gn_dtype gpu_kv;
+    int rope; /* 1: rope_attention on the GPU vs rope q, rope k, attention on cpu-ref */
 } attn_cfg;
 
 /* Runs a prefill of three sequences of different lengths in one batch, then
- * four decode steps of all three, on both backends, comparing every step's
+ * four decode steps of all three (on CUDA: the KV write folded into the
+ * attention kernel unless set_fuse(0)), on both backends,
+ * optionally with RoPE first (c.rope: the GPU's rope_attention, which on
+ * decode steps rotates inside the attention kernel), comparing every step's
  * output and finally the pool contents (layout check, exact for an F32
  * pool). Blocks are handed out in a scrambled order. */
 static void attn_case(attn_cfg c) {
@@ -483,6 +594,11 @@ static void attn_case(attn_cfg c) {
     }
     int32_t *dtable[2];
     for (int b = 0; b < 2; b++) dtable[b] = put(bes[b], table, (size_t)NS * c.max_blocks * 4);
+    float *inv = malloc((size_t)(c.hd / 2) * 4), *dinv[2];
+    for (int i = 0; i < c.hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / c.hd);
+    for (int b = 0; b < 2; b++) dinv[b] = put(bes[b], inv, (size_t)(c.hd / 2) * 4);
+    if (c.rope && !g_gpu->ops->rope_attention)
+        CHECK(g_standin || fuse_env_off(), "%s has no rope_attention", g_gpu->name);
 
     int len[NS] = {0, 0, 0};
     float tol_a = c.gpu_kv == GN_F32 ? 1e-5f : c.gpu_kv == GN_F16 ? 2e-3f : 1.5e-2f;
@@ -512,9 +628,20 @@ static void attn_case(attn_cfg c) {
             float *dq = put(be, q, (size_t)nt * qrow * 4), *dk = put(be, k, (size_t)nt * kvrow * 4);
             float *dv = put(be, v, (size_t)nt * kvrow * 4), *dout = put(be, NULL, (size_t)nt * qrow * 4);
             gn_attn_batch ab = {nt, NS, dseq, dpos, dlen, dtable[b], c.max_blocks, max_len};
-            op_ok(be, be->ops->attention(be, dout, dq, dk, dv, &pools[b], layer, &ab, c.n_heads,
-                                         c.window, 1.0f / sqrtf((float)c.hd)),
-                  "attention");
+            float sc = 1.0f / sqrtf((float)c.hd);
+            if (c.rope && b == 0 && be->ops->rope_attention) {
+                op_ok(be, be->ops->rope_attention(be, dout, dq, dk, dv, &pools[b], layer, &ab, c.n_heads,
+                                                  c.window, sc, dinv[b]),
+                      "rope_attention");
+            } else {
+                if (c.rope) {
+                    op_ok(be, be->ops->rope(be, dq, nt, c.n_heads, c.hd, dpos, dinv[b]), "rope q");
+                    op_ok(be, be->ops->rope(be, dk, nt, c.n_kv, c.hd, dpos, dinv[b]), "rope k");
+                }
+                op_ok(be, be->ops->attention(be, dout, dq, dk, dv, &pools[b], layer, &ab, c.n_heads,
+                                             c.window, sc),
+                      "attention");
+            }
             get(be, outs[b], dout, (size_t)nt * qrow * 4);
             be->ops->free(be, dseq), be->ops->free(be, dpos), be->ops->free(be, dlen);
             be->ops->free(be, dq), be->ops->free(be, dk), be->ops->free(be, dv);
@@ -522,8 +649,9 @@ static void attn_case(attn_cfg c) {
         }
         char what[160];
         snprintf(what, sizeof what,
-                 "attention %s kv, hd %d, heads %d/%d, block %d, window %d, step %d (%d tokens)",
-                 gn_dtype_name(c.gpu_kv), c.hd, c.n_heads, c.n_kv, c.bs, c.window, step, nt);
+                 "%sattention %s kv, hd %d, heads %d/%d, block %d, window %d, step %d (%d tokens)",
+                 c.rope ? "rope_" : "", gn_dtype_name(c.gpu_kv), c.hd, c.n_heads, c.n_kv, c.bs, c.window, step,
+                 nt);
         gn_t_close(what, got, want, (size_t)nt * qrow, tol_a, tol_r);
         for (int s = 0; s < NS; s++) len[s] = seq_len[s];
         free(q), free(k), free(v), free(got), free(want);
@@ -564,20 +692,25 @@ static void attn_case(attn_cfg c) {
     for (int b = 0; b < 2; b++) {
         bes[b]->ops->free(bes[b], pools[b].data);
         bes[b]->ops->free(bes[b], dtable[b]);
+        bes[b]->ops->free(bes[b], dinv[b]);
     }
-    free(table), free(perm);
+    free(table), free(perm), free(inv);
 }
 
 static void test_attention(void) {
-    /* n_layers, n_kv, n_heads, hd, bs, n_blocks, max_blocks, window, gpu kv dtype */
+    /* n_layers, n_kv, n_heads, hd, bs, n_blocks, max_blocks, window, gpu kv dtype, rope */
     attn_cfg cases[] = {
-        {2, 2, 6, 64, 16, 24, 8, 0, GN_F32},   /* GQA 3, the layout check is exact */
-        {2, 2, 6, 64, 16, 24, 8, 0, GN_F16},
-        {2, 2, 6, 64, 16, 24, 8, 0, GN_BF16},
-        {3, 1, 4, 128, 5, 40, 12, 0, GN_F32},  /* MQA, odd block size, last layer */
-        {1, 4, 4, 80, 7, 30, 10, 0, GN_F16},   /* head_dim 80, MHA */
-        {2, 2, 8, 128, 16, 24, 8, 9, GN_F32},  /* sliding window 9 */
-        {2, 2, 8, 256, 4, 60, 20, 6, GN_F16},  /* head_dim 256 (the maximum) */
+        {2, 2, 6, 64, 16, 24, 8, 0, GN_F32, 0},   /* GQA 3, the layout check is exact */
+        {2, 2, 6, 64, 16, 24, 8, 0, GN_F16, 0},
+        {2, 2, 6, 64, 16, 24, 8, 0, GN_BF16, 0},
+        {3, 1, 4, 128, 5, 40, 12, 0, GN_F32, 0},  /* MQA, odd block size, last layer */
+        {1, 4, 4, 80, 7, 30, 10, 0, GN_F16, 0},   /* head_dim 80, MHA */
+        {2, 2, 8, 128, 16, 24, 8, 9, GN_F32, 0},  /* sliding window 9 */
+        {2, 2, 8, 256, 4, 60, 20, 6, GN_F16, 0},  /* head_dim 256 (the maximum) */
+        /* rope_attention (RoPE inside the attention kernel on decode steps) */
+        {2, 2, 6, 64, 16, 24, 8, 0, GN_F32, 1},
+        {2, 2, 8, 128, 16, 24, 8, 9, GN_F16, 1},
+        {3, 1, 4, 80, 5, 40, 12, 0, GN_BF16, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (!g_standin || cases[i].gpu_kv == GN_F32) attn_case(cases[i]);
@@ -807,8 +940,27 @@ static void test_pdl_modes(void) {
     matmul_case(GN_BF16, 301, 9000, 1, 0, 8, 0);
     const int qkv[3] = {256, 64, 64};
     multi_case(GN_BF16, 3, qkv, 512, 1, 1, 8, 0, 0);
-    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F16});
+    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F16, 0});
+    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F16, 1});
     gn_backend_cuda_set_pdl(g_gpu, was);
+}
+
+/* Fused decode ops off: the op table loses add_rmsnorm / rope_qk and decode
+ * steps write K/V with the separate kernel; attention still matches cpu-ref
+ * (the decode steps of attn_case otherwise run the fused KV write). */
+static void test_unfused(void) {
+    if (g_standin) return;
+    int was = gn_backend_cuda_set_fuse(g_gpu, 0);
+    CHECK(was == !fuse_env_off(), "fused ops %s at creation (GN_CUDA_FUSE %s)", was ? "on" : "off",
+          fuse_env_off() ? "=0" : "unset");
+    CHECK(!g_gpu->ops->add_rmsnorm && !g_gpu->ops->rope_qk && !g_gpu->ops->rope_attention,
+          "unfused table still has fused ops");
+    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F16, 0});
+    attn_case((attn_cfg){2, 2, 8, 128, 16, 24, 8, 9, GN_F32, 0});
+    attn_case((attn_cfg){2, 2, 6, 64, 16, 24, 8, 0, GN_F32, 1}); /* no rope_attention: composition */
+    gn_backend_cuda_set_fuse(g_gpu, was);
+    CHECK(!was || (g_gpu->ops->add_rmsnorm && g_gpu->ops->rope_qk && g_gpu->ops->rope_attention),
+          "fused ops not restored");
 }
 
 int main(void) {
@@ -834,12 +986,15 @@ int main(void) {
     test_matmul();
     test_matmul_multi();
     test_rope();
+    test_add_rmsnorm();
+    test_rope_qk();
     test_log_softmax();
     test_attention();
     test_errors();
     test_graph();
     test_graph_vtable();
     test_pdl_modes();
+    test_unfused();
     g_gpu->ops->destroy(g_gpu);
     g_ref->ops->destroy(g_ref);
     GN_TEST_MAIN_END();
