@@ -15,7 +15,8 @@
  * across the warp at the end.
  *
  * PDL: the kernels wait for the previous kernel (gn_pdl_wait) before
- * anything else and read nothing before it. (An earlier version streamed its
+ * anything else and read nothing before it; the vector kernel lets the next
+ * kernel launch (gn_pdl_trigger) only after its main loop. (An earlier version streamed its
  * first weights and an L2 prefetch before the wait, staged x with cp.async,
  * used 8192-column tiles at n = 1 and forced 4 / 3 blocks per SM through
  * __launch_bounds__; on an H200 that ran at 40-52 % of the copy roofline
@@ -143,7 +144,6 @@ gemv_vec_kernel(const gemv_params p) {
     const int row0 = (((int)blockIdx.x - block0) * kWarps + warp) * RPW;
 
     gn_pdl_wait();
-    gn_pdl_trigger();
 
     float acc[RPW][NMAX];
 #pragma unroll
@@ -218,6 +218,9 @@ gemv_vec_kernel(const gemv_params p) {
         }
     }
 
+    /* Let the next kernel in only now: triggered at the start, its waiting
+     * blocks would sit on the SMs through every later wave of this one. */
+    gn_pdl_trigger();
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
         const int row = row0 + r;
