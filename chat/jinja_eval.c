@@ -201,7 +201,7 @@ int jv_from_json(R *r, const json_t *j, jval *out, int depth) {
             if (!array_index_key(k, strlen(k), &idx)) continue;
             int pos = o->n;
             while (pos > 0) {
-                double prev;
+                double prev = 0;
                 array_index_key(o->keys[pos - 1], o->klens[pos - 1], &prev);
                 if (prev < idx) break;
                 pos--;

@@ -225,7 +225,9 @@ static seen_current *seen_slot(worker *w, const char *name) {
     if (w->n_seen == MAX_SEEN)
         return NULL;
     seen_current *s = &w->seen[w->n_seen++];
-    snprintf(s->name, sizeof s->name, "%s", name);
+    size_t len = strnlen(name, sizeof s->name - 1); /* names are checked to fit (control.h) */
+    memcpy(s->name, name, len);
+    s->name[len] = '\0';
     s->version[0] = 0;
     return s;
 }
