@@ -3,22 +3,41 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "gn_alloc.h"
+
+/* One 64-bit word publishes a job and hands out its tasks:
+ *
+ *     bits 63..44  generation (which job)     20 bits
+ *     bits 43..22  n_tasks of that job        22 bits
+ *     bits 21..0   next task index to claim   22 bits
+ *
+ * A thread claims a task with one fetch_add. Because the claim carries the
+ * job's generation and size, a worker that wakes late (descheduled on a busy
+ * machine) can never run a task of the wrong job: it either claims a valid
+ * index of the job that is live now, or an index past the end and goes back
+ * to waiting. The caller waits for n_tasks completed tasks, not for every
+ * worker to check in, so a descheduled worker never stalls a job: the
+ * threads that are running simply take all of its tasks. */
+#define GEN_SHIFT 44
+#define NT_SHIFT 22
+#define IDX_MASK ((UINT64_C(1) << NT_SHIFT) - 1)
+/* Failed claims (one per thread per job) also bump the index: keep it far
+ * below the field's limit so it never carries into n_tasks. */
+#define MAX_TASKS (1 << 20)
 
 struct gn_pool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint generation;  /* bumped for every job */
-    atomic_int next_task;
-    atomic_int n_done;       /* workers finished with the current job */
+    _Atomic uint64_t job;  /* see above */
+    atomic_int n_done;     /* tasks of the live job completed */
     atomic_int stop;
-    gn_pool_fn fn;
+    gn_pool_fn fn;         /* written before the job word is published */
     void *ctx;
-    int n_tasks;
 };
 
 typedef struct {
@@ -26,11 +45,19 @@ typedef struct {
     int id;
 } worker_arg;
 
-static void run_tasks(gn_pool *p, int thread) {
+static inline uint64_t gen_of(uint64_t w) { return w >> GEN_SHIFT; }
+
+/* Claims and runs tasks while the claimed index is inside the job it belongs
+ * to. Returns the generation of the last claim. */
+static uint64_t run_tasks(gn_pool *p, int thread) {
     for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
-        if (t >= p->n_tasks) break;
+        uint64_t w = atomic_fetch_add_explicit(&p->job, 1, memory_order_acq_rel);
+        int n_tasks = (int)((w >> NT_SHIFT) & IDX_MASK);
+        int t = (int)(w & IDX_MASK);
+        if (t >= n_tasks) return gen_of(w);
+        /* The job cannot end before this task does, so fn/ctx are this job's. */
         p->fn(p->ctx, t, thread);
+        atomic_fetch_add_explicit(&p->n_done, 1, memory_order_release);
     }
 }
 
@@ -39,11 +66,10 @@ static void *worker_main(void *arg) {
     gn_pool *p = wa->p;
     int id = wa->id;
     gn_free(wa);
-    unsigned seen = 0;
+    uint64_t seen = 0;
     for (;;) {
-        unsigned g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+        while (gen_of(atomic_load_explicit(&p->job, memory_order_acquire)) == seen &&
                !atomic_load(&p->stop)) {
             if (++spins < 20000) {
 #if defined(__x86_64__)
@@ -52,14 +78,12 @@ static void *worker_main(void *arg) {
                 continue;
             }
             pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
+            while (gen_of(atomic_load(&p->job)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) return NULL;
-        seen = g;
-        run_tasks(p, id);
-        atomic_fetch_add_explicit(&p->n_done, 1, memory_order_release);
+        seen = run_tasks(p, id);
     }
 }
 
@@ -115,26 +139,46 @@ void gn_pool_free(gn_pool *p) {
 
 int gn_pool_size(const gn_pool *p) { return p->n_threads; }
 
+/* A job of more than MAX_TASKS tasks runs as consecutive slices. */
+typedef struct {
+    gn_pool_fn fn;
+    void *ctx;
+    int offset;
+} slice_job;
+
+static void slice_task(void *ctx, int task, int thread) {
+    slice_job *s = ctx;
+    s->fn(s->ctx, s->offset + task, thread);
+}
+
 void gn_pool_run(gn_pool *p, gn_pool_fn fn, void *ctx, int n_tasks) {
     if (n_tasks <= 0) return;
     if (p->n_threads == 1 || n_tasks == 1) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
+    if (n_tasks > MAX_TASKS) {
+        for (int off = 0; off < n_tasks; off += MAX_TASKS) {
+            slice_job s = {fn, ctx, off};
+            gn_pool_run(p, slice_task, &s, n_tasks - off < MAX_TASKS ? n_tasks - off : MAX_TASKS);
+        }
+        return;
+    }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
     atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
+    uint64_t gen = gen_of(atomic_load_explicit(&p->job, memory_order_relaxed)) + 1;
+    uint64_t w = ((gen & ((UINT64_C(1) << (64 - GEN_SHIFT)) - 1)) << GEN_SHIFT) |
+                 ((uint64_t)n_tasks << NT_SHIFT);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    atomic_store_explicit(&p->job, w, memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
-    /* Wait for the workers. When the machine is oversubscribed a worker may be
-     * descheduled: after a short spin give the core away instead of burning it. */
+    /* Every task was claimed; wait for those still running elsewhere. After a
+     * short spin give the core away: the thread we wait for may need it. */
     int spins = 0;
-    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) {
+    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < n_tasks) {
         if (++spins < 2000) {
 #if defined(__x86_64__)
             __builtin_ia32_pause();
