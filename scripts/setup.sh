@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake pkg-config xz-utils
           libjansson-dev libpcre2-dev libicu-dev libopenblas-dev
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev redis-server
-          libmicrohttpd-dev prometheus curl)
+          libmicrohttpd-dev prometheus curl python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,219 @@
+/* coordinator — the GenARM Serve front process: OpenAI-compatible HTTP
+ * (http_server.h), API keys and profiles from Redis (auth_redis.h), and the
+ * distributed per-step loop over the base and reward workers
+ * (dist_backend.h), or with --inproc the single-process engine
+ * (inproc_backend.h) with the registry's current ARM versions.
+ *
+ *   coordinator --listen 127.0.0.1:PORT --redis 127.0.0.1:PORT
+ *               --base tcp://127.0.0.1:P --base-model DIR [--inproc]
+ *               [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]
+ *               [--max-batch N] [--drain-timeout-s S] [--id NAME]
+ *               [--ready-file PATH] [--threads N] [--sample-threads N]
+ *
+ * --listen may use port 0; --ready-file then receives "host:port" once the
+ * server listens. SIGTERM/SIGINT: /ready turns 503, new requests get 503,
+ * running streams finish (at most --drain-timeout-s, default 60), then the
+ * process exits 0. Exit 1 on a start-up failure, 2 on a bad command line.
+ * Logs: key=value lines on stderr. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth_redis.h"
+#include "control.h"
+#include "dist_backend.h"
+#include "gn_alloc.h"
+#include "http_server.h"
+#include "inproc_backend.h"
+#include "metrics.h"
+#include "wire.h"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: coordinator --listen HOST:PORT --redis HOST:PORT --base tcp://HOST:PORT --base-model DIR\n"
+               "                   [--inproc] [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]\n"
+               "                   [--max-batch N] [--drain-timeout-s S] [--id NAME] [--ready-file PATH]\n"
+               "                   [--threads N] [--sample-threads N]\n");
+}
+
+static int split_hostport(const char *s, char *host, size_t cap, int *port) {
+    const char *c = strrchr(s, ':');
+    if (!c || c == s || (size_t)(c - s) >= cap) return -1;
+    memcpy(host, s, (size_t)(c - s));
+    host[c - s] = 0;
+    char *end;
+    long p = strtol(c + 1, &end, 10);
+    if (*end || p < 0 || p > 65535) return -1;
+    *port = (int)p;
+    return 0;
+}
+
+typedef struct opts {
+    const char *listen, *redis, *base, *base_model, *model_id, *id, *ready_file;
+    int inproc, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
+} opts;
+
+static int parse_args(int argc, char **argv, opts *o) {
+    memset(o, 0, sizeof *o);
+    o->drain_timeout_s = 60;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(a, "--inproc")) {
+            o->inproc = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "coordinator: %s needs a value\n", a);
+            return -1;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--listen")) o->listen = v;
+        else if (!strcmp(a, "--redis")) o->redis = v;
+        else if (!strcmp(a, "--base")) o->base = v;
+        else if (!strcmp(a, "--base-model")) o->base_model = v;
+        else if (!strcmp(a, "--model-id")) o->model_id = v;
+        else if (!strcmp(a, "--id")) o->id = v;
+        else if (!strcmp(a, "--ready-file")) o->ready_file = v;
+        else if (!strcmp(a, "--step-timeout-ms")) o->step_timeout_ms = atoi(v);
+        else if (!strcmp(a, "--arm-wait-ms")) o->arm_wait_ms = atoi(v);
+        else if (!strcmp(a, "--max-batch")) o->max_batch = atoi(v);
+        else if (!strcmp(a, "--drain-timeout-s")) o->drain_timeout_s = atoi(v);
+        else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (!strcmp(a, "--sample-threads")) o->sample_threads = atoi(v);
+        else {
+            fprintf(stderr, "coordinator: unknown option %s\n", a);
+            return -1;
+        }
+    }
+    if (!o->listen || !o->redis || !o->base_model || (!o->base && !o->inproc)) {
+        fprintf(stderr, "coordinator: --listen, --redis, --base-model and --base (or --inproc) are required\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* --inproc: the registry's ARMs at their current versions. */
+static gn_inproc *make_inproc(const opts *o, const char *rhost, int rport, gn_coord_metrics *m, gn_err *e) {
+    gn_ctl *c = gn_ctl_connect(rhost, rport, 2000, e);
+    if (!c) return NULL;
+    gn_ctl_arm_info *arms = NULL;
+    size_t n = 0;
+    gn_inproc *x = NULL;
+    if (gn_ctl_arm_list(c, &arms, &n, e) == 0) {
+        gn_inproc_params p;
+        memset(&p, 0, sizeof p);
+        p.base_dir = o->base_model;
+        p.model_id = o->model_id;
+        p.n_threads = o->threads;
+        p.metrics = m;
+        for (size_t i = 0; i < n && p.n_arms < GN_INPROC_MAX_ARMS; i++)
+            for (size_t k = 0; k < arms[i].n_versions; k++)
+                if (strcmp(arms[i].versions[k].version, arms[i].current) == 0) {
+                    p.arm_names[p.n_arms] = arms[i].name;
+                    p.arm_dirs[p.n_arms++] = arms[i].versions[k].path;
+                }
+        x = gn_inproc_create(&p, e);
+        gn_ctl_arm_list_free(arms, n);
+    }
+    gn_ctl_free(c);
+    return x;
+}
+
+int main(int argc, char **argv) {
+    opts o;
+    if (parse_args(argc, argv, &o)) {
+        usage(stderr);
+        return 2;
+    }
+    char lhost[256], rhost[256];
+    int lport, rport;
+    if (split_hostport(o.listen, lhost, sizeof lhost, &lport) || split_hostport(o.redis, rhost, sizeof rhost, &rport) ||
+        rport == 0) {
+        fprintf(stderr, "coordinator: --listen and --redis want HOST:PORT\n");
+        return 2;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    gn_err e = {0};
+    int rc = 1;
+    gn_coord_metrics *metrics = NULL;
+    gn_auth_redis *auth = NULL;
+    gn_dist *dist = NULL;
+    gn_inproc *inproc = NULL;
+    gn_coord_server *srv = NULL;
+    if (!(metrics = gn_coord_metrics_create(&e))) goto out;
+    if (!(auth = gn_auth_redis_create(rhost, rport, 2000, &e))) goto out;
+    gn_coord_backend be;
+    if (o.inproc) {
+        if (!(inproc = make_inproc(&o, rhost, rport, metrics, &e))) goto out;
+        be = gn_inproc_backend(inproc);
+    } else {
+        gn_dist_params dp = gn_dist_default_params();
+        dp.base_endpoint = o.base;
+        dp.base_model_dir = o.base_model;
+        dp.redis_host = rhost;
+        dp.redis_port = rport;
+        if (o.step_timeout_ms > 0) dp.step_timeout_ms = o.step_timeout_ms;
+        if (o.arm_wait_ms > 0) dp.arm_wait_ms = o.arm_wait_ms;
+        if (o.max_batch > 0) dp.max_batch = o.max_batch;
+        if (o.sample_threads > 0) dp.sample_threads = o.sample_threads;
+        dp.model_id = o.model_id;
+        dp.coordinator_id = o.id;
+        dp.metrics = metrics;
+        if (!(dist = gn_dist_create(&dp, &e))) goto out;
+        be = gn_dist_backend(dist);
+    }
+    gn_coord_auth ai = gn_auth_redis_iface(auth);
+    gn_coord_server_params sp = gn_coord_server_default_params();
+    sp.bind_addr = lhost;
+    sp.port = lport;
+    sp.backend = be;
+    sp.auth = &ai;
+    sp.metrics = metrics;
+    if (!(srv = gn_coord_server_start(&sp, &e))) goto out;
+    gn_wire_log("info", "coordinator", "event=listening addr=%s:%d backend=%s model=%s", lhost,
+                gn_coord_server_port(srv), o.inproc ? "inproc" : "dist", be.model_id);
+    if (o.ready_file) {
+        char tmp[1100];
+        snprintf(tmp, sizeof tmp, "%s.tmp", o.ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (f) {
+            fprintf(f, "%s:%d\n", lhost, gn_coord_server_port(srv));
+            fclose(f);
+            rename(tmp, o.ready_file);
+        }
+    }
+    while (!g_stop) usleep(50000);
+    int left = gn_coord_server_drain(srv);
+    gn_wire_log("info", "coordinator", "event=draining inflight=%d", left);
+    time_t t0 = time(NULL);
+    while ((left = gn_coord_server_inflight(srv)) > 0 && time(NULL) - t0 < o.drain_timeout_s) usleep(50000);
+    gn_wire_log("info", "coordinator", "event=stopping inflight=%d", left);
+    rc = 0;
+out:
+    if (rc) gn_wire_log("error", "coordinator", "event=start_failed msg=\"%s\"", e.msg);
+    gn_coord_server_stop(srv);
+    gn_dist_free(dist);
+    gn_inproc_free(inproc);
+    gn_auth_redis_free(auth);
+    gn_coord_metrics_free(metrics);
+    return rc;
+}

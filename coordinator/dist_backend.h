@@ -1,0 +1,79 @@
+/* dist_backend.h — the distributed gn_coord_backend: a scheduler thread that
+ * runs GenARM decoding as per-step exchanges with a base_worker and the
+ * reward_workers over ZeroMQ (wire/step_client.h), with continuous batching.
+ *
+ * Every step: the active sequences (each choice of each job is one sequence;
+ * new ones join between steps) go to the base worker in one StepRequest
+ * (prefill for new ones: each model gets its OWN prompt tokens, rendered with
+ * its own chat template for chat requests; all share the continuation) and to
+ * every reward worker holding a needed ARM version (one StepRequest per
+ * worker and ARM version), all sent before any reply is awaited; the replies
+ * are gathered against one deadline, combined per sequence with
+ * gn_guidance_combine, sampled with the sequence's own RNG, and turned into
+ * streamed text with gn_gen_text (stop strings, hold-back). EOS, a stop
+ * string or max_tokens ends a sequence; a finished or cancelled sequence is
+ * released on every worker that holds it.
+ *
+ * ARM versions: a job's ARMs are pinned at submit to the registry's current
+ * version (read from Redis) and that version is named explicitly in every
+ * StepRequest, so a promotion never moves a running sequence. The reward
+ * worker for name@version comes from the worker registry; when none holds
+ * it the job is parked on control's waiting list (a reward worker loads the
+ * ARM) and resumes when the registry lists a holder, or fails after
+ * arm_wait_ms with an error naming the ARM.
+ *
+ * Failures: a worker that times out or answers with an error fails only the
+ * sequences that needed it (their job's done() carries the error); the others
+ * go on.
+ *
+ * Thread-safety: the gn_coord_backend callbacks may be called from any
+ * thread; create/free from one thread. */
+#ifndef GN_DIST_BACKEND_H
+#define GN_DIST_BACKEND_H
+
+#include "coord_backend.h"
+#include "gn_err.h"
+#include "metrics.h"
+
+typedef struct gn_dist_params {
+    const char *base_endpoint;  /* required: the base_worker, "tcp://host:port" */
+    const char *base_model_dir; /* required: tokenizer, config (EOS ids, context) and chat template */
+    const char *redis_host;     /* required */
+    int redis_port;             /* required */
+    int redis_timeout_ms;       /* default 2000 */
+    int step_timeout_ms;        /* a worker's reply to one step, default 30000 */
+    int arm_wait_ms;            /* how long a job waits for a worker holding its ARM, default 30000 */
+    int max_batch;              /* sequences per step, default 64 */
+    int sample_threads;         /* threads combining and sampling a step's sequences, default 1;
+                                   the result does not depend on it (each sequence owns its RNG) */
+    const char *model_id;       /* served model name; default: basename of base_model_dir */
+    const char *coordinator_id; /* names this coordinator in logs and parked requests; default "coord" */
+    gn_coord_metrics *metrics;  /* optional (borrowed) */
+} gn_dist_params;
+
+gn_dist_params gn_dist_default_params(void);
+
+typedef struct gn_dist gn_dist;
+
+/* Loads the base tokenizer/config/template, connects to Redis, starts the
+ * scheduler thread. The workers may come up later. NULL with err on failure. */
+gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err);
+
+/* The backend interface over d (d must outlive every use of it). */
+gn_coord_backend gn_dist_backend(gn_dist *d);
+
+/* Step statistics since creation (for benchmarks): steps run, total seconds
+ * in steps, seconds waiting for workers (send..last reply), tokens sampled. */
+typedef struct gn_dist_stats {
+    long steps;
+    long tokens;
+    double step_s;
+    double wait_s;
+} gn_dist_stats;
+void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out);
+
+/* Cancels every job still queued or running (done() reports "abort"), stops
+ * the thread, releases the sequences on the workers, frees. NULL is a no-op. */
+void gn_dist_free(gn_dist *d);
+
+#endif
