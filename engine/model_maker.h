@@ -60,4 +60,15 @@ int gn_make_model(const gn_make_model_params *p, const char *dir, gn_err *err);
 int gn_make_tokenizer(const char *dir, int n_merges, int model_max_length, int *n_vocab, int *bos,
                       int *eos, gn_err *err);
 
+/* The same, learning the merges from `text` (len bytes, 1 .. 256 MiB, any
+ * content, borrowed; the whole text is pre-tokenized and counted: about 48
+ * bytes of scratch per input byte, and each merge rescans the distinct words).
+ * gn_make_tokenizer(...) is this function on the embedded text.
+ * Deterministic: the output is a function of text and n_merges. Errors:
+ * GN_EINVAL (empty text, merges out of [0, 4000]), GN_ERANGE (too long),
+ * GN_ENOMEM, GN_EIO (writing). */
+int gn_make_tokenizer_from_text(const char *dir, const char *text, size_t len, int n_merges,
+                                int model_max_length, int *n_vocab, int *bos, int *eos,
+                                gn_err *err);
+
 #endif

@@ -313,10 +313,20 @@ static int write_json(const char *dir, const char *name, json_t *j, size_t flags
 
 int gn_make_tokenizer(const char *dir, int n_merges, int model_max_length, int *n_vocab, int *bos,
                       int *eos, gn_err *err) {
+    return gn_make_tokenizer_from_text(dir, k_text, sizeof k_text - 1, n_merges, model_max_length,
+                                       n_vocab, bos, eos, err);
+}
+
+int gn_make_tokenizer_from_text(const char *dir, const char *text, size_t len, int n_merges,
+                                int model_max_length, int *n_vocab, int *bos, int *eos,
+                                gn_err *err) {
     if (n_merges < 0 || n_merges > 4000)
         return gn_errf(err, GN_EINVAL, "tokenizer merges %d out of range [0, 4000]", n_merges);
-    const unsigned char *s = (const unsigned char *)k_text;
-    size_t n = sizeof k_text - 1;
+    if (!text || len == 0) return gn_errf(err, GN_EINVAL, "tokenizer maker: empty training text");
+    if (len > ((size_t)256 << 20))
+        return gn_errf(err, GN_ERANGE, "tokenizer maker: training text of %zu bytes exceeds 256 MiB", len);
+    const unsigned char *s = (const unsigned char *)text;
+    size_t n = len;
     int rc = 0, n_words = 0;
     word *w = gn_calloc(n, sizeof *w);
     int *syms = gn_malloc(sizeof *syms * n);
