@@ -7,7 +7,8 @@
 #
 # usage: deploy/run_local.sh [--build DIR] [--base DIR] [--arm1 DIR] [--arm2 DIR]
 #                            [--redis-port N] [--http-port N] [--prompt TEXT]
-#                            [--max-tokens N] [--keep] [--workdir DIR]
+#                            [--max-tokens N] [--keep] [--workdir DIR] [--names A,B]
+# --names: the two ARMs' (and profiles') names (default concise,verbose).
 # Without --base/--arm1/--arm2 it makes tiny random models with genarm-make-model
 # (the real Llama-2 tokenizer from BUILD/fixtures/tokenizers/llama2).
 # Ports default to random free ones. Needs redis-server, curl and python3.
@@ -16,6 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$ROOT/build
 BASE= ; ARM1= ; ARM2= ; RPORT= ; HPORT= ; KEEP=0 ; WORK=
+N1=concise ; N2=verbose
 PROMPT="Once upon a time"
 MAXTOK=24
 while [ $# -gt 0 ]; do
@@ -30,7 +32,8 @@ while [ $# -gt 0 ]; do
         --max-tokens) MAXTOK=$2; shift 2 ;;
         --workdir) WORK=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+        --names) N1=${2%%,*}; N2=${2#*,}; shift 2 ;;
+        -h|--help) sed -n 2,14p "$0"; exit 0 ;;
         *) echo "run_local.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -87,21 +90,21 @@ redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --protec
     > "$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "${ADMIN[@]}" tenant list > /dev/null 2>&1 && break; sleep 0.1; done
-"${ADMIN[@]}" arm register concise --version 1 --path "$ARM1" > /dev/null
-"${ADMIN[@]}" arm register verbose --version 1 --path "$ARM2" > /dev/null
+"${ADMIN[@]}" arm register "$N1" --version 1 --path "$ARM1" > /dev/null
+"${ADMIN[@]}" arm register "$N2" --version 1 --path "$ARM2" > /dev/null
 "${ADMIN[@]}" tenant add acme --name "ACME Corp" > /dev/null
 KEY=$("${ADMIN[@]}" key create acme)
-"${ADMIN[@]}" profile set acme concise --arm concise:1.0 --beta 0.5 > /dev/null
-"${ADMIN[@]}" profile set acme verbose --arm verbose:1.0 --beta 0.5 > /dev/null
+"${ADMIN[@]}" profile set acme "$N1" --arm "$N1:1.0" --beta 0.5 > /dev/null
+"${ADMIN[@]}" profile set acme "$N2" --arm "$N2:1.0" --beta 0.5 > /dev/null
 
 # ---- workers + coordinator --------------------------------------------------------------------
 "$BUILD/base_worker/base_worker" --model "$BASE" --bind 'tcp://127.0.0.1:*' --threads 1 \
     --ready-file "$WORK/base.ep" > "$WORK/base_worker.log" 2>&1 &
 PIDS+=($!)
-"$BUILD/reward_worker/reward_worker" --bind 'tcp://127.0.0.1:*' --redis "$REDIS" --worker-id rw1 --arm concise \
+"$BUILD/reward_worker/reward_worker" --bind 'tcp://127.0.0.1:*' --redis "$REDIS" --worker-id rw1 --arm "$N1" \
     --threads 1 --ready-file "$WORK/rw1.ep" > "$WORK/reward_worker1.log" 2>&1 &
 PIDS+=($!)
-"$BUILD/reward_worker/reward_worker" --bind 'tcp://127.0.0.1:*' --redis "$REDIS" --worker-id rw2 --arm verbose \
+"$BUILD/reward_worker/reward_worker" --bind 'tcp://127.0.0.1:*' --redis "$REDIS" --worker-id rw2 --arm "$N2" \
     --threads 1 --ready-file "$WORK/rw2.ep" > "$WORK/reward_worker2.log" 2>&1 &
 PIDS+=($!)
 wait_file "$WORK/base.ep" 60
@@ -116,7 +119,7 @@ URL=http://127.0.0.1:$HPORT
 echo "GenARM Serve on $URL (redis $REDIS, logs in $WORK)"
 echo "API key: $KEY"
 ANSWERS=()
-for prof in concise verbose; do
+for prof in "$N1" "$N2"; do
     echo
     echo "== profile '$prof': $PROMPT"
     BODY=$(python3 -c 'import json,sys; print(json.dumps({"model": "genarm-tiny", "prompt": sys.argv[1],
@@ -144,7 +147,7 @@ if [ "$KEEP" = 1 ]; then
     echo
     echo "running; try:"
     echo "  curl -N $URL/v1/completions -H 'Authorization: Bearer $KEY' -H 'Content-Type: application/json' \\"
-    echo "       -d '{\"model\":\"genarm-tiny\",\"prompt\":\"Hello\",\"profile\":\"concise\",\"stream\":true}'"
+    echo "       -d '{\"model\":\"genarm-tiny\",\"prompt\":\"Hello\",\"profile\":\"'"$N1"'\",\"stream\":true}'"
     echo "Ctrl-C stops everything."
     while sleep 3600; do :; done
 fi

@@ -45,3 +45,9 @@ done
 echo
 echo "Full evaluation (60 held-out prompts, beta sweep, two-ARM front): eval/run_eval.sh -> models/eval/"
 echo "Retrain every model from scratch (about 7 minutes on one core): scripts/train_demo.sh"
+
+echo
+echo "The same models served on this machine: redis-server, base_worker, two reward_workers and the"
+echo "coordinator on loopback (deploy/run_local.sh), the prompt answered under each tenant profile (T=0):"
+deploy/run_local.sh --build "$build" --base models/base --arm1 models/arm-positive --arm2 models/arm-concise \
+  --names positive,concise --prompt "$prompt" --max-tokens 32
