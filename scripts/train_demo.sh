@@ -72,8 +72,6 @@ for m in base arm-positive arm-concise; do
   mkdir -p "models/$m"
   cp "$work/$m"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json} \
     "models/$m/"
-  # genarm-train copies config.json from the float32 init; the weights are BF16 (--save-dtype).
-  sed -i 's/"torch_dtype": "float32"/"torch_dtype": "bfloat16"/' "models/$m/config.json"
 done
 
 step "evaluation on the held-out prompts"

@@ -415,6 +415,32 @@ static int copy_if_present(const char *src_dir, const char *out_dir, const char 
     return rc;
 }
 
+/* The copied config.json must name the dtype the weights are saved in. */
+static int set_torch_dtype(const char *out_dir, gn_dtype dtype, gn_err *err) {
+    char *path = gn_fs_join(out_dir, "config.json"), *text = NULL, *out = NULL;
+    size_t len = 0;
+    json_t *cfg = NULL;
+    int rc = path ? gn_fs_read_file(path, 1 << 20, &text, &len, err) : gn_errf(err, GN_ENOMEM, "out of memory");
+    if (!rc) {
+        json_error_t je;
+        cfg = json_loadb(text, len, 0, &je);
+        if (!json_is_object(cfg))
+            rc = gn_errf(err, GN_EFORMAT, "%s: not a JSON object (line %d: %s)", path, je.line, je.text);
+    }
+    if (!rc) {
+        const char *name = dtype == GN_F32 ? "float32" : dtype == GN_F16 ? "float16" : "bfloat16";
+        if (json_object_set_new(cfg, "torch_dtype", json_string(name)) ||
+            !(out = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER)))
+            rc = gn_errf(err, GN_ENOMEM, "out of memory");
+    }
+    if (!rc) rc = gn_fs_write_file(path, out, strlen(out), err);
+    free(out);
+    json_decref(cfg);
+    gn_free(text);
+    gn_free(path);
+    return rc;
+}
+
 int gn_train_model_save(const gn_train_model *m, const char *src_dir, const char *out_dir,
                         gn_dtype dtype, gn_err *err) {
     static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
@@ -422,6 +448,7 @@ int gn_train_model_save(const gn_train_model *m, const char *src_dir, const char
     int rc = gn_fs_mkdirs(out_dir, err);
     for (size_t i = 0; !rc && i < sizeof files / sizeof files[0]; i++)
         rc = copy_if_present(src_dir, out_dir, files[i], err);
+    if (!rc) rc = set_torch_dtype(out_dir, dtype, err);
     if (rc) return rc;
     char *path = gn_fs_join(out_dir, "model.safetensors");
     if (!path) return gn_errf(err, GN_ENOMEM, "out of memory");

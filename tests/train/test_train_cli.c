@@ -58,6 +58,8 @@ int main(void) {
     CHECK(exists(lm, "model.safetensors") && exists(lm, "config.json") && exists(lm, "tokenizer.json") &&
               exists(lm, "generation_config.json") && exists(lm, "trainer_state.json"),
           "lm checkpoint files");
+    snprintf(p, sizeof p, "%s/config.json", lm);
+    CHECK(file_has(p, "\"torch_dtype\": \"bfloat16\""), "config.json names the saved dtype (bf16)");
 
     snprintf(p, sizeof p, "%s/pairs.jsonl", tmp);
     f = fopen(p, "w");
