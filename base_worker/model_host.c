@@ -7,7 +7,6 @@
 
 #include "gn_alloc.h"
 
-#define ERR_MSG_MAX 200
 
 typedef struct slot {
     uint64_t id;
@@ -29,9 +28,7 @@ struct gn_host {
     int *item_req;                    /* (max_seqs) request index of each runner item */
     Genarm__V1__SeqResult *res;       /* (max_seqs) */
     Genarm__V1__SeqResult **res_ptr;  /* (max_seqs) */
-    Genarm__V1__Error *errs;          /* (max_seqs) */
-    Genarm__V1__Error **err_ptr;      /* (max_seqs) */
-    char (*err_msg)[ERR_MSG_MAX];     /* (max_seqs) */
+    gn_wire_seq_errors *errors;       /* (max_seqs) error replies */
     Genarm__V1__Tensor tensor;
     Genarm__V1__ModelRef model_ref;
     float *out;                       /* (out_cap) float32 log-probs from the runner */
@@ -74,11 +71,9 @@ gn_host *gn_host_create(gn_model *m, const gn_host_params *pin, gn_err *err) {
     h->item_req = gn_calloc(n, sizeof *h->item_req);
     h->res = gn_calloc(n, sizeof *h->res);
     h->res_ptr = gn_calloc(n, sizeof *h->res_ptr);
-    h->errs = gn_calloc(n, sizeof *h->errs);
-    h->err_ptr = gn_calloc(n, sizeof *h->err_ptr);
-    h->err_msg = gn_calloc(n, sizeof *h->err_msg);
+    h->errors = gn_wire_seq_errors_create(p.max_seqs);
     if (!h->slots || !h->items || !h->item_slot || !h->item_req || !h->res || !h->res_ptr ||
-        !h->errs || !h->err_ptr || !h->err_msg) {
+        !h->errors) {
         gn_errf(err, GN_ENOMEM, "host: out of memory");
         gn_host_free(h);
         return NULL;
@@ -107,9 +102,7 @@ void gn_host_free(gn_host *h) {
     gn_free(h->item_req);
     gn_free(h->res);
     gn_free(h->res_ptr);
-    gn_free(h->errs);
-    gn_free(h->err_ptr);
-    gn_free(h->err_msg);
+    gn_wire_seq_errors_free(h->errors);
     gn_free(h->out);
     gn_free(h->bytes);
     gn_free(h);
@@ -126,25 +119,6 @@ static void drop_slot(gn_host *h, int i) {
     gn_seq_free(h->slots[i].seq);
     memset(&h->slots[i], 0, sizeof h->slots[i]);
     h->n_live--;
-}
-
-static void add_error(gn_host *h, gn_wire_step_resp *resp, uint64_t seq_id, int code,
-                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static void add_error(gn_host *h, gn_wire_step_resp *resp, uint64_t seq_id, int code,
-                      const char *fmt, ...) {
-    size_t k = resp->n_errors++;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(h->err_msg[k], ERR_MSG_MAX, fmt, ap);
-    va_end(ap);
-    Genarm__V1__Error e = GENARM__V1__ERROR__INIT;
-    e.code = (Genarm__V1__ErrorCode)code;
-    e.message = h->err_msg[k];
-    e.seq_id = seq_id;
-    e.has_seq = 1;
-    h->errs[k] = e;
-    h->err_ptr[k] = &h->errs[k];
 }
 
 /* Grows a scratch buffer to at least need bytes (never shrinks). */
@@ -171,8 +145,7 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
                 h->p.max_seqs);
         return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
     }
-    resp->n_errors = 0;
-    resp->errors = h->err_ptr;
+    gn_wire_seq_errors_attach(h->errors, resp);
     resp->n_results = 0;
     resp->results = h->res_ptr;
     resp->model = &h->model_ref;
@@ -192,13 +165,13 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
                 break;
             }
         if (bad >= 0) {
-            add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE,
+            gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE,
                       "token %d: id %d out of range [0, %d)", bad, s->tokens[bad], h->n_vocab);
             continue;
         }
         if (s->n_tokens == 0 || s->n_tokens > (size_t)h->max_ctx ||
             s->start_pos > (uint32_t)h->max_ctx - s->n_tokens) {
-            add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CONTEXT_OVERFLOW,
+            gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CONTEXT_OVERFLOW,
                       "%u tokens held + %zu new exceed the context limit %d", s->start_pos,
                       s->n_tokens, h->max_ctx);
             continue;
@@ -206,7 +179,7 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         int k = find_slot(h, s->seq_id);
         if (k < 0) {
             if (s->start_pos != 0) {
-                add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
+                gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
                           "sequence not held (released, expired or never started) but start_pos "
                           "is %u; resend from 0",
                           s->start_pos);
@@ -215,14 +188,14 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
             for (k = 0; k < h->p.max_seqs && h->slots[k].used; k++) {
             }
             if (k == h->p.max_seqs) {
-                add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
+                gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
                           "all %d sequence slots are in use", h->p.max_seqs);
                 continue;
             }
             gn_err e2 = {0};
             gn_seq *seq = gn_seq_create(h->r, &e2);
             if (!seq) {
-                add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", e2.msg);
+                gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", e2.msg);
                 continue;
             }
             slot sl = {.id = s->seq_id, .seq = seq, .last_used_ms = now_ms, .used = 1, .fresh = 1};
@@ -231,7 +204,7 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         } else {
             int len = gn_seq_len(h->slots[k].seq);
             if (s->start_pos > (uint32_t)len) {
-                add_error(h, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_POS_MISMATCH,
+                gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_POS_MISMATCH,
                           "start_pos %u but the worker holds %d tokens", s->start_pos, len);
                 continue;
             }

@@ -46,9 +46,7 @@ struct gn_arms {
     int *gcursor;                   /* (max_models) */
     Genarm__V1__SeqResult *res;     /* (max_req_seqs) merged reply */
     Genarm__V1__SeqResult **res_ptr;
-    Genarm__V1__Error *errs;
-    Genarm__V1__Error **err_ptr;
-    char (*err_msg)[ERR_MSG_MAX];
+    gn_wire_seq_errors *errors;     /* (max_req_seqs) merged error replies */
     Genarm__V1__Tensor tensor;
     uint8_t *bytes;
     size_t bytes_cap;
@@ -112,12 +110,10 @@ gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *pin, gn_arms_resol
     a->gcursor = gn_calloc(nm, sizeof *a->gcursor);
     a->res = gn_calloc(ns, sizeof *a->res);
     a->res_ptr = gn_calloc(ns, sizeof *a->res_ptr);
-    a->errs = gn_calloc(ns, sizeof *a->errs);
-    a->err_ptr = gn_calloc(ns, sizeof *a->err_ptr);
-    a->err_msg = gn_calloc(ns, sizeof *a->err_msg);
+    a->errors = gn_wire_seq_errors_create((int)ns);
     if (!a->e || !a->seq_entry || !a->group_of_entry || !a->group_entry || !a->sub || !a->gresp ||
-        !a->gcode || !a->gmsg || !a->gcursor || !a->res || !a->res_ptr || !a->errs ||
-        !a->err_ptr || !a->err_msg) {
+        !a->gcode || !a->gmsg || !a->gcursor || !a->res || !a->res_ptr ||
+        !a->errors) {
         gn_errf(err, GN_ENOMEM, "arm set: out of memory");
         gn_arms_free(a);
         return NULL;
@@ -151,9 +147,7 @@ void gn_arms_free(gn_arms *a) {
     gn_free(a->gcursor);
     gn_free(a->res);
     gn_free(a->res_ptr);
-    gn_free(a->errs);
-    gn_free(a->err_ptr);
-    gn_free(a->err_msg);
+    gn_wire_seq_errors_free(a->errors);
     gn_free(a->bytes);
     gn_free(a);
 }
@@ -371,25 +365,6 @@ int gn_arms_unload(gn_arms *a, const char *name, uint32_t version, gn_err *err) 
 
 /* ---- steps -------------------------------------------------------------------- */
 
-static void own_error(gn_arms *a, gn_wire_step_resp *resp, uint64_t seq_id, int code,
-                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static void own_error(gn_arms *a, gn_wire_step_resp *resp, uint64_t seq_id, int code,
-                      const char *fmt, ...) {
-    size_t k = resp->n_errors++;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(a->err_msg[k], ERR_MSG_MAX, fmt, ap);
-    va_end(ap);
-    Genarm__V1__Error e = GENARM__V1__ERROR__INIT;
-    e.code = (Genarm__V1__ErrorCode)code;
-    e.message = a->err_msg[k];
-    e.seq_id = seq_id;
-    e.has_seq = 1;
-    a->errs[k] = e;
-    a->err_ptr[k] = &a->errs[k];
-}
-
 static int grow(void **buf, size_t *cap, size_t need) {
     if (need <= *cap)
         return 0;
@@ -402,13 +377,13 @@ static int grow(void **buf, size_t *cap, size_t need) {
 }
 
 /* The entry that serves sequence s of a request for (name, version), or -1
- * with an own error added. cur is the current entry (-1 if none). */
+ * with an error added to resp. cur is the current entry (-1 if none). */
 static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Genarm__V1__SeqStep *s,
                  gn_wire_step_resp *resp) {
     if (explicit_k >= 0) {
         arm_entry *e = &a->e[explicit_k];
         if (e->draining && gn_host_seq_len(e->h, s->seq_id) < 0) {
-            own_error(a, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+            gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
                       "ARM %s@%u is draining (superseded or unloaded) and takes no new "
                       "sequences; start it on version 0 (current)",
                       name, e->version);
@@ -420,7 +395,7 @@ static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Ge
         if (a->e[i].used && !strcmp(a->e[i].name, name) && gn_host_seq_len(a->e[i].h, s->seq_id) >= 0)
             return i;
     if (cur < 0) {
-        own_error(a, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+        gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
                   "ARM %s has no current version on this worker", name);
         return -1;
     }
@@ -483,8 +458,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
     }
 
     /* Route every sequence; group by version. */
-    resp->n_errors = 0;
-    resp->errors = a->err_ptr;
+    gn_wire_seq_errors_attach(a->errors, resp);
     resp->n_results = 0;
     resp->results = a->res_ptr;
     int n_groups = 0;
@@ -561,7 +535,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         const gn_wire_step_resp *gr = &a->gresp[g];
         uint64_t sid = req->seqs[i]->seq_id;
         if (a->gcode[g]) {
-            own_error(a, resp, sid, a->gcode[g], "ARM %s@%u: %s", name, a->e[k].version, a->gmsg[g]);
+            gn_wire_seq_errors_add(a->errors, resp, sid, a->gcode[g], "ARM %s@%u: %s", name, a->e[k].version, a->gmsg[g]);
             continue;
         }
         if ((size_t)a->gcursor[g] < gr->n_results && gr->results[a->gcursor[g]]->seq_id == sid) {
@@ -582,7 +556,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         }
         for (size_t j = 0; j < gr->n_errors; j++) /* the host refused this sequence */
             if (gr->errors[j]->seq_id == sid) {
-                own_error(a, resp, sid, gr->errors[j]->code, "ARM %s@%u: %s", name,
+                gn_wire_seq_errors_add(a->errors, resp, sid, gr->errors[j]->code, "ARM %s@%u: %s", name,
                           a->e[k].version, gr->errors[j]->message);
                 break;
             }

@@ -266,3 +266,59 @@ void gn_wire_log(const char *level, const char *comp, const char *fmt, ...) {
             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
             (int)(tv.tv_usec / 1000), level, comp, fields);
 }
+
+/* ---- per-sequence errors -------------------------------------------------- */
+
+#define SEQ_ERR_MSG_MAX 240
+
+struct gn_wire_seq_errors {
+    int cap;
+    Genarm__V1__Error *errs;        /* (cap) */
+    Genarm__V1__Error **ptr;        /* (cap) */
+    char (*msg)[SEQ_ERR_MSG_MAX];   /* (cap) */
+};
+
+gn_wire_seq_errors *gn_wire_seq_errors_create(int max_seqs) {
+    gn_wire_seq_errors *e = gn_calloc(1, sizeof *e);
+    if (!e) return NULL;
+    size_t n = max_seqs > 0 ? (size_t)max_seqs : 1;
+    e->cap = (int)n;
+    e->errs = gn_calloc(n, sizeof *e->errs);
+    e->ptr = gn_calloc(n, sizeof *e->ptr);
+    e->msg = gn_calloc(n, sizeof *e->msg);
+    if (!e->errs || !e->ptr || !e->msg) {
+        gn_wire_seq_errors_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void gn_wire_seq_errors_free(gn_wire_seq_errors *e) {
+    if (!e) return;
+    gn_free(e->errs);
+    gn_free(e->ptr);
+    gn_free(e->msg);
+    gn_free(e);
+}
+
+void gn_wire_seq_errors_attach(gn_wire_seq_errors *e, gn_wire_step_resp *resp) {
+    resp->n_errors = 0;
+    resp->errors = e->ptr;
+}
+
+void gn_wire_seq_errors_add(gn_wire_seq_errors *e, gn_wire_step_resp *resp, uint64_t seq_id,
+                            int wire_code, const char *fmt, ...) {
+    if (resp->n_errors >= (size_t)e->cap) return;
+    size_t k = resp->n_errors++;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg[k], SEQ_ERR_MSG_MAX, fmt, ap);
+    va_end(ap);
+    Genarm__V1__Error er = GENARM__V1__ERROR__INIT;
+    er.code = (Genarm__V1__ErrorCode)wire_code;
+    er.message = e->msg[k];
+    er.seq_id = seq_id;
+    er.has_seq = 1;
+    e->errs[k] = er;
+    e->ptr[k] = &e->errs[k];
+}

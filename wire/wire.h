@@ -94,6 +94,21 @@ int gn_wire_step_check(const gn_wire_step_req *req, const gn_wire_limits *lim, i
  * and every result's rows lie inside the tensor. Returns 0 or GN_EFORMAT. */
 int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err);
 
+/* Per-sequence error entries of step responses: scratch a worker sizes once
+ * (create) and reuses every step. Not thread-safe; one per serving thread. */
+typedef struct gn_wire_seq_errors gn_wire_seq_errors;
+
+/* Room for max_seqs errors per response. NULL on allocation failure. */
+gn_wire_seq_errors *gn_wire_seq_errors_create(int max_seqs);
+void gn_wire_seq_errors_free(gn_wire_seq_errors *e);
+/* Points resp->errors at e's storage and empties it (n_errors = 0). */
+void gn_wire_seq_errors_attach(gn_wire_seq_errors *e, gn_wire_step_resp *resp);
+/* Appends an error for sequence seq_id with a genarm.v1.ErrorCode and a
+ * printf-style message (truncated to 240 bytes). resp must be attached to e;
+ * entries beyond max_seqs are dropped (callers add at most one per sequence). */
+void gn_wire_seq_errors_add(gn_wire_seq_errors *e, gn_wire_step_resp *resp, uint64_t seq_id,
+                            int wire_code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
 /* Name of a genarm.v1.ErrorCode ("BAD_FRAME"...), never NULL. */
 const char *gn_wire_code_name(int wire_code);
 

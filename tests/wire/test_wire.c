@@ -375,6 +375,28 @@ static void test_alloc_failures(void) {
     gn_free(buf);
 }
 
+static void test_seq_errors(void) {
+    gn_wire_seq_errors *e = gn_wire_seq_errors_create(2);
+    CHECK(e != NULL, "create");
+    if (!e) return;
+    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
+    gn_wire_seq_errors_attach(e, &resp);
+    CHECK(resp.n_errors == 0 && resp.errors != NULL, "attach empties the list");
+    gn_wire_seq_errors_add(e, &resp, 7, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ, "seq %d unknown", 7);
+    gn_wire_seq_errors_add(e, &resp, 9, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", "full");
+    gn_wire_seq_errors_add(e, &resp, 11, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "dropped");
+    CHECK(resp.n_errors == 2, "a third error beyond max_seqs 2 is dropped (n %zu)", resp.n_errors);
+    CHECK(resp.errors[0]->seq_id == 7 && resp.errors[0]->has_seq &&
+              resp.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ &&
+              !strcmp(resp.errors[0]->message, "seq 7 unknown"),
+          "first error");
+    CHECK(resp.errors[1]->seq_id == 9 && !strcmp(resp.errors[1]->message, "full"), "second error");
+    gn_wire_seq_errors_attach(e, &resp);
+    CHECK(resp.n_errors == 0, "attach again starts a new response");
+    gn_wire_seq_errors_free(e);
+    gn_wire_seq_errors_free(NULL);
+}
+
 int main(void) {
     test_dtypes();
     test_packing();
@@ -382,5 +404,6 @@ int main(void) {
     test_envelope();
     test_step_check();
     test_alloc_failures();
+    test_seq_errors();
     GN_TEST_MAIN_END();
 }
