@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "gn_alloc.h"
+#include "gn_cli.h"
 #include "model.h"
 #include "model_host.h"
 #include "step_server.h"
@@ -45,18 +46,6 @@ static void usage(FILE *f) {
                "                   [--worker-id ID] [--ready-file PATH]\n");
 }
 
-static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "base_worker: %s %s: expected an integer in [%d, %d]\n", flag, v, lo, hi);
-        return -1;
-    }
-    *out = (int)x;
-    return 0;
-}
-
 static int parse_opts(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->device = "cpu";
@@ -79,10 +68,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--worker-id")) o->worker_id = v;
         else if (!strcmp(a, "--ready-file")) o->ready_file = v;
-        else if (!strcmp(a, "--threads")) { if (parse_int(a, v, 0, 1024, &o->threads)) return -1; }
-        else if (!strcmp(a, "--max-seqs")) { if (parse_int(a, v, 1, 65536, &o->max_seqs)) return -1; }
-        else if (!strcmp(a, "--max-ctx")) { if (parse_int(a, v, 0, 1 << 24, &o->max_ctx)) return -1; }
-        else if (!strcmp(a, "--kv-blocks")) { if (parse_int(a, v, 0, 1 << 30, &o->kv_blocks)) return -1; }
+        else if (!strcmp(a, "--threads")) { if (gn_cli_int("base_worker", a, v, 0, 1024, &o->threads)) return -1; }
+        else if (!strcmp(a, "--max-seqs")) { if (gn_cli_int("base_worker", a, v, 1, 65536, &o->max_seqs)) return -1; }
+        else if (!strcmp(a, "--max-ctx")) { if (gn_cli_int("base_worker", a, v, 0, 1 << 24, &o->max_ctx)) return -1; }
+        else if (!strcmp(a, "--kv-blocks")) { if (gn_cli_int("base_worker", a, v, 0, 1 << 30, &o->kv_blocks)) return -1; }
         else if (!strcmp(a, "--idle-timeout-s")) {
             char *end;
             o->idle_timeout_s = strtod(v, &end);

@@ -32,6 +32,7 @@
 #include "backend.h"
 #include "control.h"
 #include "gn_alloc.h"
+#include "gn_cli.h"
 #include "step_server.h"
 #include "wire.h"
 
@@ -92,18 +93,6 @@ static void usage(FILE *f) {
             "                     [--capacity N] [--ready-file F] [--idle-timeout-s S]\n"
             "                     [--heartbeat-ms MS] [--advertise ENDPOINT] [--max-arms N]\n"
             "                     [--no-load-waiting]\n");
-}
-
-static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "reward_worker: %s %s: expected an integer in [%d, %d]\n", flag, v, lo, hi);
-        return -1;
-    }
-    *out = (int)x;
-    return 0;
 }
 
 /* A registry version string as the protocol's uint32 (>= 1). */
@@ -175,10 +164,10 @@ static int parse_opts(int argc, char **argv, opts *o) {
             }
             o->arms[o->n_arms++] = v;
         }
-        else if (!strcmp(a, "--threads")) { if (parse_int(a, v, 0, 1024, &o->threads)) return -1; }
-        else if (!strcmp(a, "--capacity")) { if (parse_int(a, v, 1, 65536, &o->capacity)) return -1; }
-        else if (!strcmp(a, "--heartbeat-ms")) { if (parse_int(a, v, 20, 600000, &o->heartbeat_ms)) return -1; }
-        else if (!strcmp(a, "--max-arms")) { if (parse_int(a, v, 1, GN_CTL_WORKER_MAX_ARMS, &o->max_arms)) return -1; }
+        else if (!strcmp(a, "--threads")) { if (gn_cli_int("reward_worker", a, v, 0, 1024, &o->threads)) return -1; }
+        else if (!strcmp(a, "--capacity")) { if (gn_cli_int("reward_worker", a, v, 1, 65536, &o->capacity)) return -1; }
+        else if (!strcmp(a, "--heartbeat-ms")) { if (gn_cli_int("reward_worker", a, v, 20, 600000, &o->heartbeat_ms)) return -1; }
+        else if (!strcmp(a, "--max-arms")) { if (gn_cli_int("reward_worker", a, v, 1, GN_CTL_WORKER_MAX_ARMS, &o->max_arms)) return -1; }
         else if (!strcmp(a, "--idle-timeout-s")) {
             char *end;
             o->idle_timeout_s = strtod(v, &end);
@@ -210,7 +199,7 @@ static int split_host_port(const char *s, char *host, size_t cap, int *port) {
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = 0;
     int p;
-    if (parse_int("--redis", colon + 1, 1, 65535, &p))
+    if (gn_cli_int("reward_worker", "--redis", colon + 1, 1, 65535, &p))
         return -1;
     *port = p;
     return 0;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gn_cli.h"
 #include "gn_err.h"
 #include "model_maker.h"
 
@@ -31,18 +32,6 @@ static void usage(FILE *f) {
             "  --merges N         generated tokenizer: BPE merges (254, i.e. 512 ids)\n"
             "  --lora-out DIR     also write a random PEFT LoRA adapter (q/k/v, alpha 16)\n"
             "  --lora-rank R      adapter rank (8)\n");
-}
-
-static int parse_int(const char *flag, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "genarm-make-model: %s: '%s' is not an integer in [%ld, %ld]\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -92,19 +81,19 @@ int main(int argc, char **argv) {
             }
             p.seed = s;
         }
-        else if (!strcmp(f, "--dim")) { bad = parse_int(f, v, 1, 16384, &x); p.dim = (int)x; }
-        else if (!strcmp(f, "--layers")) { bad = parse_int(f, v, 1, 256, &x); p.n_layers = (int)x; }
-        else if (!strcmp(f, "--heads")) { bad = parse_int(f, v, 1, 256, &x); p.n_heads = (int)x; }
-        else if (!strcmp(f, "--kv-heads")) { bad = parse_int(f, v, 1, 256, &x); p.n_kv_heads = (int)x; }
-        else if (!strcmp(f, "--head-dim")) { bad = parse_int(f, v, 0, 1024, &x); p.head_dim = (int)x; }
-        else if (!strcmp(f, "--ffn")) { bad = parse_int(f, v, 1, 65536, &x); p.ffn_dim = (int)x; }
-        else if (!strcmp(f, "--vocab")) { bad = parse_int(f, v, 0, 1 << 22, &x); p.n_vocab = (int)x; }
-        else if (!strcmp(f, "--max-pos")) { bad = parse_int(f, v, 0, 1 << 24, &x); p.max_pos = (int)x; }
-        else if (!strcmp(f, "--sliding-window")) { bad = parse_int(f, v, 0, 1 << 24, &x); p.sliding_window = (int)x; }
-        else if (!strcmp(f, "--tied")) { bad = parse_int(f, v, 0, 1, &x); p.tied = (int)x; }
-        else if (!strcmp(f, "--shards")) { bad = parse_int(f, v, 1, 1000, &x); p.shards = (int)x; }
-        else if (!strcmp(f, "--merges")) { bad = parse_int(f, v, 0, 4000, &x); p.tok_merges = (int)x; }
-        else if (!strcmp(f, "--lora-rank")) { bad = parse_int(f, v, 1, 1024, &x); p.lora_rank = (int)x; }
+        else if (!strcmp(f, "--dim")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 16384, &x); p.dim = (int)x; }
+        else if (!strcmp(f, "--layers")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 256, &x); p.n_layers = (int)x; }
+        else if (!strcmp(f, "--heads")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 256, &x); p.n_heads = (int)x; }
+        else if (!strcmp(f, "--kv-heads")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 256, &x); p.n_kv_heads = (int)x; }
+        else if (!strcmp(f, "--head-dim")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 1024, &x); p.head_dim = (int)x; }
+        else if (!strcmp(f, "--ffn")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 65536, &x); p.ffn_dim = (int)x; }
+        else if (!strcmp(f, "--vocab")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 1 << 22, &x); p.n_vocab = (int)x; }
+        else if (!strcmp(f, "--max-pos")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 1 << 24, &x); p.max_pos = (int)x; }
+        else if (!strcmp(f, "--sliding-window")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 1 << 24, &x); p.sliding_window = (int)x; }
+        else if (!strcmp(f, "--tied")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 1, &x); p.tied = (int)x; }
+        else if (!strcmp(f, "--shards")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 1000, &x); p.shards = (int)x; }
+        else if (!strcmp(f, "--merges")) { bad = gn_cli_long("genarm-make-model", f, v, 0, 4000, &x); p.tok_merges = (int)x; }
+        else if (!strcmp(f, "--lora-rank")) { bad = gn_cli_long("genarm-make-model", f, v, 1, 1024, &x); p.lora_rank = (int)x; }
         else {
             fprintf(stderr, "genarm-make-model: unknown option %s\n", f);
             usage(stderr);
