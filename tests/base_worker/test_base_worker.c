@@ -29,6 +29,7 @@
 #include "gn_alloc.h"
 #include "gn_half.h"
 #include "gn_test.h"
+#include "worker_proc.h"
 #include "model.h"
 #include "model_maker.h"
 #include "runner.h"
@@ -116,47 +117,16 @@ static int start_worker(worker *w, const char *name, const char *const *extra) {
         }
     if (slot < 0)
         return -1;
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = gn_t_spawn(g_bin, argv, log);
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) /* the test died before prctl took effect */
-            _exit(127);
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(g_bin, (char *const *)argv);
-        _exit(127);
-    }
     g_children[slot] = pid;
     w->pid = pid;
     w->slot = slot;
-    for (int i = 0; i < 600; i++) { /* up to 30 s */
-        FILE *f = fopen(ready, "r");
-        if (f) {
-            int ok = fgets(w->endpoint, sizeof w->endpoint, f) != NULL;
-            fclose(f);
-            w->endpoint[strcspn(w->endpoint, "\n")] = 0;
-            if (ok && w->endpoint[0])
-                return 0;
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            g_children[slot] = 0;
-            fprintf(stderr, "base_worker exited early (status %d); log %s:\n", st, log);
-            char cmd[700];
-            snprintf(cmd, sizeof cmd, "cat '%s' >&2", log);
-            if (system(cmd)) {
-            }
-            return -1;
-        }
-        usleep(50000);
-    }
-    return -1;
+    int rc = gn_t_wait_ready(pid, ready, log, "base_worker", w->endpoint, sizeof w->endpoint);
+    if (rc == -2)
+        g_children[slot] = 0; /* reaped */
+    return rc == 0 ? 0 : -1;
 }
 
 /* SIGTERM, then waits up to timeout_ms. Returns the exit status, or -1

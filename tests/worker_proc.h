@@ -1,0 +1,63 @@
+/* worker_proc.h — starting a worker program as a child process in the
+ * integration tests: it dies with the test, logs to a file, and reports the
+ * endpoint it bound through a ready file. */
+#ifndef GN_WORKER_PROC_H
+#define GN_WORKER_PROC_H
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Forks and execs bin with argv (NULL-terminated, argv[0] included), stderr
+ * to `log`; the child gets SIGKILL when the test process dies. Returns the
+ * pid, or -1 when fork failed. */
+static inline pid_t gn_t_spawn(const char *bin, const char *const *argv, const char *log) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) /* the test died before prctl took effect */
+        _exit(127);
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+        dup2(fd, 2);
+        close(fd);
+    }
+    execv(bin, (char *const *)argv);
+    _exit(127);
+}
+
+/* Waits up to 30 s for child pid to write a line to `ready` and copies it
+ * (without the newline) to endpoint. Returns 0; -2 when the child exited
+ * first (it is reaped, and its log is printed under `what`); -1 on timeout
+ * (the child keeps running: the caller still owns it). */
+static inline int gn_t_wait_ready(pid_t pid, const char *ready, const char *log, const char *what,
+                                  char *endpoint, size_t cap) {
+    for (int i = 0; i < 600; i++) {
+        FILE *f = fopen(ready, "r");
+        if (f) {
+            int ok = fgets(endpoint, (int)cap, f) != NULL;
+            fclose(f);
+            endpoint[strcspn(endpoint, "\n")] = 0;
+            if (ok && endpoint[0]) return 0;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "%s exited early (status %d); log %s:\n", what, st, log);
+            char cmd[700];
+            snprintf(cmd, sizeof cmd, "cat '%s' >&2", log);
+            if (system(cmd)) {
+            }
+            return -2;
+        }
+        usleep(50000);
+    }
+    return -1;
+}
+
+#endif
