@@ -308,6 +308,10 @@ int gn_ctl_queue_ack(gn_ctl *c, const char *id, gn_err *err);
 int gn_ctl_queue_claim(gn_ctl *c, const char *consumer, long min_idle_ms, gn_ctl_msg *out,
                        gn_err *err);
 
+/* 1 when entry `id` is still on the request stream (waiting, or taken and not
+ * yet acknowledged), 0 when it is gone, negative on failure. */
+int gn_ctl_queue_has(gn_ctl *c, const char *id, gn_err *err);
+
 /* Queue depth: entries not yet delivered (*waiting, may be NULL) and
  * delivered but not acked (*pending, may be NULL). */
 int gn_ctl_queue_depth(gn_ctl *c, long *waiting, long *pending, gn_err *err);

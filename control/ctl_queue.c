@@ -191,6 +191,16 @@ int gn_ctl_queue_claim(gn_ctl *c, const char *consumer, long min_idle_ms, gn_ctl
     return 0;
 }
 
+int gn_ctl_queue_has(gn_ctl *c, const char *id, gn_err *err) {
+    if (!id || !*id || strlen(id) >= GN_CTL_STREAM_ID_MAX) return gn_errf(err, GN_EINVAL, "queue has: bad id");
+    redisReply *r = ctl_cmd(c, err, "XRANGE", Q_STREAM, id, id, "COUNT", "1", NULL);
+    if (!r) return CTL_RC(c);
+    int rc = ctl_want_array(r, 0, "queue has", err);
+    if (!rc) rc = r->elements > 0;
+    freeReplyObject(r);
+    return rc;
+}
+
 int gn_ctl_queue_depth(gn_ctl *c, long *waiting, long *pending, gn_err *err) {
     if (waiting) *waiting = 0;
     if (pending) *pending = 0;

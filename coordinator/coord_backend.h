@@ -23,6 +23,10 @@ typedef struct gn_coord_job {
     uint64_t id;                /* unique within the server; the handle for cancel */
     const gn_oai_request *req;  /* borrowed until the sink's done() returns */
     const char *tenant;         /* borrowed likewise */
+    const char *body;           /* the JSON body req was parsed from (body_len bytes), borrowed
+                                   likewise; NULL when the job did not come from a body (then it
+                                   cannot be shared with other coordinators) */
+    size_t body_len;
     int n_arms;                 /* 0: the base model alone */
     char arm_names[GN_OAI_MAX_ARMS][GN_OAI_ID_MAX];
     double weights[GN_OAI_MAX_ARMS];

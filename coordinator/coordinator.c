@@ -9,6 +9,16 @@
  *               [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]
  *               [--max-batch N] [--drain-timeout-s S] [--id NAME]
  *               [--ready-file PATH] [--threads N] [--sample-threads N]
+ *               [--no-share] [--peer-listen tcp://HOST:PORT] [--peer-advertise tcp://HOST:PORT]
+ *               [--peer-timeout-ms MS]
+ *
+ * Several coordinators share one Redis: a request that finds this one's
+ * batch full goes to the shared queue and whichever coordinator has room
+ * runs it, streaming the output back over ZeroMQ to the peer endpoint
+ * (--peer-listen, default tcp://127.0.0.1:0; --peer-advertise is the address
+ * the others use, required when listening on a wildcard address). --no-share
+ * runs every request here. --id must then be unique per coordinator (default:
+ * coord-HOSTNAME-PID).
  *
  * --listen may use port 0; --ready-file then receives "host:port" once the
  * server listens. SIGTERM/SIGINT: /ready turns 503, new requests get 503,
@@ -42,7 +52,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: coordinator --listen HOST:PORT --redis HOST:PORT --base tcp://HOST:PORT --base-model DIR\n"
                "                   [--inproc] [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]\n"
                "                   [--max-batch N] [--drain-timeout-s S] [--id NAME] [--ready-file PATH]\n"
-               "                   [--threads N] [--sample-threads N]\n");
+               "                   [--threads N] [--sample-threads N] [--no-share] [--peer-listen ENDPOINT]\n"
+               "                   [--peer-advertise ENDPOINT] [--peer-timeout-ms MS]\n");
 }
 
 static int split_hostport(const char *s, char *host, size_t cap, int *port) {
@@ -58,8 +69,9 @@ static int split_hostport(const char *s, char *host, size_t cap, int *port) {
 }
 
 typedef struct opts {
-    const char *listen, *redis, *base, *base_model, *model_id, *id, *ready_file;
-    int inproc, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
+    const char *listen, *redis, *base, *base_model, *model_id, *id, *ready_file, *peer_listen, *peer_advertise;
+    int inproc, no_share, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
+    int peer_timeout_ms;
 } opts;
 
 static int parse_args(int argc, char **argv, opts *o) {
@@ -75,6 +87,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->inproc = 1;
             continue;
         }
+        if (!strcmp(a, "--no-share")) {
+            o->no_share = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "coordinator: %s needs a value\n", a);
             return -1;
@@ -87,6 +103,9 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--model-id")) o->model_id = v;
         else if (!strcmp(a, "--id")) o->id = v;
         else if (!strcmp(a, "--ready-file")) o->ready_file = v;
+        else if (!strcmp(a, "--peer-listen")) o->peer_listen = v;
+        else if (!strcmp(a, "--peer-advertise")) o->peer_advertise = v;
+        else if (!strcmp(a, "--peer-timeout-ms")) o->peer_timeout_ms = atoi(v);
         else if (!strcmp(a, "--step-timeout-ms")) o->step_timeout_ms = atoi(v);
         else if (!strcmp(a, "--arm-wait-ms")) o->arm_wait_ms = atoi(v);
         else if (!strcmp(a, "--max-batch")) o->max_batch = atoi(v);
@@ -178,6 +197,10 @@ int main(int argc, char **argv) {
         dp.model_id = o.model_id;
         dp.coordinator_id = o.id;
         dp.metrics = metrics;
+        dp.no_share = o.no_share;
+        dp.peer_bind = o.peer_listen;
+        dp.peer_advertise = o.peer_advertise;
+        dp.peer_timeout_ms = o.peer_timeout_ms;
         if (!(dist = gn_dist_create(&dp, &e))) goto out;
         be = gn_dist_backend(dist);
     }
@@ -203,6 +226,7 @@ int main(int argc, char **argv) {
     }
     while (!g_stop) usleep(50000);
     int left = gn_coord_server_drain(srv);
+    if (dist) gn_dist_drain(dist);
     gn_wire_log("info", "coordinator", "event=draining inflight=%d", left);
     time_t t0 = time(NULL);
     while ((left = gn_coord_server_inflight(srv)) > 0 && time(NULL) - t0 < o.drain_timeout_s) usleep(50000);

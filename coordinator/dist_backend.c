@@ -18,6 +18,7 @@
 #include "gn_threadpool.h"
 #include "guidance.h"
 #include "hf_config.h"
+#include "job_share.h"
 #include "model_config.h"
 #include "sampler.h"
 #include "step_client.h"
@@ -157,6 +158,12 @@ struct gn_dist {
     uint64_t next_seq;
     gn_dist_stats stats;
     gn_metric *m_steps, *m_step_s, *m_wait_s, *m_tokens; /* NULL without metrics */
+    /* sharing with other coordinators (NULL: off) */
+    gn_share *share;
+    atomic_int load;        /* sequences of the jobs handed to the scheduler and not retired */
+    atomic_int draining;    /* stop taking from the shared queue */
+    double next_take;       /* scheduler: when to look at the shared queue again */
+    double next_depth;      /* scheduler: when to refresh the queue-depth gauge */
     int parked_any;         /* parked a request: acknowledge the tokens that come back on the stream */
     double parked_drain_t;  /* last time the stream was read */
     double parked_last;     /* last time a token was parked or taken back */
@@ -399,6 +406,7 @@ static void job_done(gn_dist *d, djob *jb) {
 }
 
 static void job_retire(gn_dist *d, djob *jb) {
+    atomic_fetch_sub(&d->load, jb->j.n);
     pthread_mutex_lock(&d->mu);
     if (jb->all_prev)
         jb->all_prev->all_next = jb->all_next;
@@ -934,16 +942,65 @@ static void drain_parked_tokens(gn_dist *d) {
     if (t - d->parked_last > 5.0) d->parked_any = 0; /* nothing parked, nothing came back for a while */
 }
 
+static int job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, djob **out, gn_err *err);
+static int job_enqueue(gn_dist *d, djob *jb, gn_err *err);
+static void dist_cancel(void *impl, uint64_t id);
+
+/* Ends a taken job that cannot run here: done() with the error. */
+static void taken_fail(const gn_share_taken *tk, int rc, const gn_err *e) {
+    gn_coord_result res;
+    memset(&res, 0, sizeof res);
+    gn_coord_choice_result ch[GN_OAI_MAX_N];
+    int n = tk->job->n > 0 && tk->job->n <= GN_OAI_MAX_N ? tk->job->n : 1;
+    for (int i = 0; i < n; i++) ch[i] = (gn_coord_choice_result){"", 0, "abort", 0};
+    res.rc = rc;
+    res.err = *e;
+    res.err.code = rc;
+    res.n_choices = n;
+    res.choices = ch;
+    gn_wire_log("warn", "coordinator", "event=job_failed job=%llu code=%d msg=\"%s\"",
+                (unsigned long long)tk->job->id, rc, e->msg);
+    tk->sink->done(tk->sink, &res);
+}
+
+/* Takes requests from the shared queue while this coordinator has room
+ * (scheduler thread), and keeps the taken ones' origins informed. */
+static void take_shared(gn_dist *d, int quit) {
+    if (!d->share) return;
+    gn_share_poll(d->share, dist_cancel, d);
+    double t = now_s();
+    if (t >= d->next_depth) {
+        d->next_depth = t + 1.0;
+        gn_share_queue_depth(d->share);
+    }
+    if (quit || atomic_load(&d->draining) || t < d->next_take) return;
+    while (atomic_load(&d->load) < d->p.max_batch) {
+        gn_share_taken tk;
+        gn_err e = {0};
+        int r = gn_share_take(d->share, &tk, &e);
+        if (r <= 0) {
+            if (r < 0) gn_wire_log("warn", "coordinator", "event=queue_read_failed msg=\"%s\"", e.msg);
+            d->next_take = now_s() + (r < 0 ? 1.0 : 0.05);
+            return;
+        }
+        djob *jb = NULL;
+        int rc = job_prepare(d, tk.job, tk.sink, &jb, &e);
+        if (!rc && (rc = job_enqueue(d, jb, &e))) job_free(N_MODELS_MAX, jb);
+        if (rc) taken_fail(&tk, rc, &e);
+    }
+}
+
 static void *scheduler(void *arg) {
     gn_dist *d = arg;
     for (;;) {
         pthread_mutex_lock(&d->mu);
-        while (!d->in_head && !d->quit && d->n_active == 0 && !d->pending && !d->parked_any)
+        int sharing = d->share != NULL; /* look at the shared queue now and then */
+        while (!d->in_head && !d->quit && d->n_active == 0 && !d->pending && !d->parked_any && !sharing)
             pthread_cond_wait(&d->cv, &d->mu);
-        if (!d->in_head && !d->quit && d->n_active == 0) { /* jobs waiting for ARMs, or tokens to collect */
+        if (!d->in_head && !d->quit && d->n_active == 0) { /* idle, jobs waiting for ARMs, or tokens to collect */
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (d->pending ? 50 : 250) * 1000000L;
+            ts.tv_nsec += (d->pending || sharing ? 50 : 250) * 1000000L;
             if (ts.tv_nsec >= 1000000000L) {
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000L;
@@ -965,6 +1022,7 @@ static void *scheduler(void *arg) {
             if (atomic_load(&j->cancelled))
                 for (int i = 0; i < j->j.n; i++)
                     if (!j->seqs[i].done) seq_finish(d, &j->seqs[i], "abort");
+        take_shared(d, quit);
         admit(d);
         int stepping = 0;
         for (djob *j = d->running; j; j = j->next) {
@@ -984,7 +1042,7 @@ static void *scheduler(void *arg) {
         compact_active(d);
         reap_jobs(d);
         gauges(d);
-        drain_parked_tokens(d);
+        if (!d->share) drain_parked_tokens(d); /* else gn_share_take acknowledges them */
         if (quit && !d->running && !d->pending) break;
     }
     return NULL;
@@ -992,8 +1050,10 @@ static void *scheduler(void *arg) {
 
 /* ---- the interface -------------------------------------------------------------------- */
 
-static int dist_submit(void *impl, const gn_coord_job *j, gn_coord_sink *sink, gn_err *err) {
-    gn_dist *d = impl;
+/* Checks job j and prepares it for this scheduler: every model's prompt
+ * tokenized, every ARM pinned to its current version. */
+static int job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, djob **out, gn_err *err) {
+    *out = NULL;
     if (j->n < 1 || j->n > GN_OAI_MAX_N || j->max_tokens < 1)
         return gn_errf(err, GN_EINVAL, "n must be in 1..%d and max_tokens >= 1", GN_OAI_MAX_N);
     if (j->n > d->p.max_batch)
@@ -1049,12 +1109,22 @@ static int dist_submit(void *impl, const gn_coord_job *j, gn_coord_sink *sink, g
     if (rc) goto fail;
     jb->cap = j->max_tokens < room + 1 ? j->max_tokens : room + 1;
     jb->arm_deadline = now_s() + d->p.arm_wait_ms / 1000.0;
+    *out = jb;
+    return 0;
+fail:
+    job_free(N_MODELS_MAX, jb);
+    return rc;
+}
+
+/* Hands a prepared job to the scheduler (any thread). On failure the caller
+ * still owns jb. */
+static int job_enqueue(gn_dist *d, djob *jb, gn_err *err) {
     pthread_mutex_lock(&d->mu);
     if (d->quit) {
         pthread_mutex_unlock(&d->mu);
-        job_free(N_MODELS_MAX, jb);
         return gn_errf(err, GN_EIO, "the backend is shutting down");
     }
+    atomic_fetch_add(&d->load, jb->j.n);
     if (d->in_tail)
         d->in_tail->next = jb;
     else
@@ -1067,13 +1137,29 @@ static int dist_submit(void *impl, const gn_coord_job *j, gn_coord_sink *sink, g
     pthread_cond_signal(&d->cv);
     pthread_mutex_unlock(&d->mu);
     return 0;
-fail:
-    job_free(N_MODELS_MAX, jb);
+}
+
+static int dist_submit(void *impl, const gn_coord_job *j, gn_coord_sink *sink, gn_err *err) {
+    gn_dist *d = impl;
+    djob *jb;
+    int rc = job_prepare(d, j, sink, &jb, err);
+    if (rc) return rc;
+    if (d->share && j->body && !atomic_load(&d->draining) && atomic_load(&d->load) + j->n > d->p.max_batch) {
+        gn_err e = {0};
+        if (gn_share_export(d->share, j, sink, &e) == 0) {
+            job_free(N_MODELS_MAX, jb);
+            return 0;
+        }
+        gn_wire_log("warn", "coordinator", "event=queue_unavailable job=%llu msg=\"%s\" action=run_here",
+                    (unsigned long long)j->id, e.msg);
+    }
+    if ((rc = job_enqueue(d, jb, err))) job_free(N_MODELS_MAX, jb);
     return rc;
 }
 
 static void dist_cancel(void *impl, uint64_t id) {
     gn_dist *d = impl;
+    if (d->share && gn_share_cancel(d->share, id)) return;
     pthread_mutex_lock(&d->mu);
     for (djob *jb = d->all; jb; jb = jb->all_next)
         if (jb->j.id == id) atomic_store(&jb->cancelled, 1);
@@ -1092,6 +1178,10 @@ static int dist_ready(void *impl) {
 gn_coord_backend gn_dist_backend(gn_dist *d) {
     gn_coord_backend b = {d, d->model_id, dist_submit, dist_cancel, dist_ready};
     return b;
+}
+
+void gn_dist_drain(gn_dist *d) {
+    atomic_store(&d->draining, 1);
 }
 
 void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out) {
@@ -1124,7 +1214,19 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
     if (d->p.max_batch <= 0) d->p.max_batch = def.max_batch;
     if (d->p.max_batch > 256) d->p.max_batch = 256;
     d->metrics = p->metrics;
-    snprintf(d->coord_id, sizeof d->coord_id, "%s", p->coordinator_id ? p->coordinator_id : "coord");
+    if (p->coordinator_id) {
+        snprintf(d->coord_id, sizeof d->coord_id, "%s", p->coordinator_id);
+    } else { /* unique among coordinators sharing one queue */
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        host[sizeof host - 1] = 0;
+        for (char *c = host; *c; c++)
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
+                *c = '-';
+        snprintf(d->coord_id, sizeof d->coord_id, "coord-%.40s-%d", host, (int)getpid());
+    }
+    atomic_init(&d->load, 0);
+    atomic_init(&d->draining, 0);
     d->next_seq = ((uint64_t)getpid() << 40) ^ ((uint64_t)time(NULL) << 20) ^ 1;
     if (p->model_id) {
         snprintf(d->model_id, sizeof d->model_id, "%s", p->model_id);
@@ -1148,6 +1250,18 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
     if (!(d->ctl_submit = gn_ctl_connect(p->redis_host, p->redis_port, d->p.redis_timeout_ms, err))) goto fail;
     if (!(d->ctl_sched = gn_ctl_connect(p->redis_host, p->redis_port, d->p.redis_timeout_ms, err))) goto fail;
     if (!(d->base_client = gn_step_client_create(p->base_endpoint, NULL, err))) goto fail;
+    if (!p->no_share) {
+        gn_share_params sp = gn_share_default_params();
+        sp.coordinator_id = d->coord_id;
+        if (p->peer_bind) sp.bind = p->peer_bind;
+        sp.advertise = p->peer_advertise;
+        sp.redis_host = p->redis_host;
+        sp.redis_port = p->redis_port;
+        sp.redis_timeout_ms = d->p.redis_timeout_ms;
+        if (p->peer_timeout_ms > 0) sp.peer_timeout_ms = p->peer_timeout_ms;
+        sp.metrics = p->metrics;
+        if (!(d->share = gn_share_create(&sp, err))) goto fail;
+    }
     int mb = d->p.max_batch;
     d->n_samplers = d->p.sample_threads > 1 ? d->p.sample_threads : 1;
     if (d->n_samplers > 64) d->n_samplers = 64;
@@ -1212,6 +1326,7 @@ void gn_dist_free(gn_dist *d) {
         pthread_mutex_unlock(&d->mu);
         pthread_join(d->thread, NULL);
     }
+    gn_share_free(d->share); /* after the scheduler: taken jobs have ended */
     if (d->groups)
         for (int i = 0; i < d->n_groups_max; i++) {
             group *g = &d->groups[i];

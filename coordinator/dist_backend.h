@@ -22,6 +22,12 @@
  * ARM) and resumes when the registry lists a holder, or fails after
  * arm_wait_ms with an error naming the ARM.
  *
+ * Sharing: when a submitted job would not fit in the batch (max_batch
+ * sequences, counting the ones waiting here), it goes to the shared Redis
+ * queue instead (job_share.h); the scheduler takes queued jobs — its own or
+ * other coordinators' — whenever it has room, and runs another coordinator's
+ * job exactly like its own, streaming the output back to it.
+ *
  * Failures: a worker that times out or answers with an error fails only the
  * sequences that needed it (their job's done() carries the error); the others
  * go on.
@@ -49,6 +55,13 @@ typedef struct gn_dist_params {
     const char *model_id;       /* served model name; default: basename of base_model_dir */
     const char *coordinator_id; /* names this coordinator in logs and parked requests; default "coord" */
     gn_coord_metrics *metrics;  /* optional (borrowed) */
+    /* Sharing requests with other coordinators through the Redis queue
+     * (job_share.h): a request that finds this coordinator's batch full is
+     * queued, and this coordinator takes queued requests whenever it has room. */
+    int no_share;               /* 1: run every request here, never queue or take */
+    const char *peer_bind;      /* the peer endpoint, default "tcp://127.0.0.1:0" */
+    const char *peer_advertise; /* how other coordinators reach it (required with a wildcard bind) */
+    int peer_timeout_ms;        /* a silent peer is presumed dead after this, default 10000 */
 } gn_dist_params;
 
 gn_dist_params gn_dist_default_params(void);
@@ -71,6 +84,10 @@ typedef struct gn_dist_stats {
     double wait_s;
 } gn_dist_stats;
 void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out);
+
+/* Stops taking requests from the shared queue (graceful drain: this
+ * coordinator finishes what it runs; queued requests go to the others). */
+void gn_dist_drain(gn_dist *d);
 
 /* Cancels every job still queued or running (done() reports "abort"), stops
  * the thread, releases the sequences on the workers, frees. NULL is a no-op. */

@@ -532,6 +532,8 @@ static int build_job(struct MHD_Connection *mc, gn_coord_server *s, conn *c, enu
     if (r->has & GN_OAI_HAS_MIN_P) j->min_p = r->min_p;
     if (r->has & GN_OAI_HAS_MAX_TOKENS) j->max_tokens = r->max_tokens;
     j->n = r->n;
+    j->body = c->body;
+    j->body_len = c->len;
     pthread_mutex_lock(&s->mu);
     j->id = ++s->next_id;
     pthread_mutex_unlock(&s->mu);

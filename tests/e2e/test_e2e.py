@@ -18,7 +18,13 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
      loads it; one no worker can load fails after the bounded wait;
  (g) SIGTERM drains: the running stream finishes, new requests get 503;
  (h) chat requests equal the single-process backend (--inproc);
- (i) a client that disconnects mid-stream has its sequence aborted.
+ (i) a client that disconnects mid-stream has its sequence aborted;
+ (j) two more coordinators share requests through the Redis queue: one with
+     room for a single sequence queues the rest, the other runs them and
+     streams them back (identical to the single-process result); a client
+     that disconnects cancels its request on the other coordinator; a
+     coordinator killed while running another's request ends that stream
+     with an error and the service goes on.
 
 usage: test_e2e.py --build BUILD_DIR   (exit 77 = skipped: no redis-server)
 """
@@ -36,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 PASSED = 0
 FAILED = 0
@@ -172,7 +179,7 @@ class Service:
                   [os.path.join(self.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*", "--redis",
                    self.redis, "--worker-id", "rw%d" % i, "--arm", arm, "--threads", "1", "--heartbeat-ms", "300",
                    "--ready-file", os.path.join(WORK, "rw%d.ep" % i)])
-        base_ep = wait_file(os.path.join(WORK, "base.ep"))
+        base_ep = self.base_ep = wait_file(os.path.join(WORK, "base.ep"))
         wait_file(os.path.join(WORK, "rw1.ep"))
         wait_file(os.path.join(WORK, "rw2.ep"))
         coord = os.environ.get("GN_E2E_COORDINATOR") or os.path.join(self.b, "coordinator/coordinator")
@@ -202,10 +209,13 @@ class Service:
         c.close()
         return r.status, out
 
-    def stream(self, body, key, on_chunk=None):
-        """Streams a completion; returns (status, text, finish_reason, n_chunks, error)."""
+    def stream(self, body, key, on_chunk=None, port=None, conn_out=None):
+        """Streams a completion; returns (status, text, finish_reason, n_chunks, error).
+        conn_out: a list that receives the connection (to close it from another thread)."""
         body = dict(body, stream=True)
-        c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        c = http.client.HTTPConnection(self.host, port or self.port, timeout=60)
+        if conn_out is not None:
+            conn_out.append(c)
         c.request("POST", "/v1/completions", body=json.dumps(body),
                   headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
         r = c.getresponse()
@@ -215,7 +225,10 @@ class Service:
             return r.status, out, None, 0, out
         text, finish, n, err, done = [], None, 0, None, False
         while True:
-            line = r.readline()
+            try:
+                line = r.readline()
+            except (OSError, ValueError, AttributeError):  # closed from another thread
+                break
             if not line:
                 break
             line = line.decode("utf-8").rstrip("\r\n")
@@ -533,6 +546,115 @@ def test_i(s):
     check(st == 200 and err is None, "(i) the service goes on: %d %s" % (st, err))
 
 
+def log_has(name, *words):
+    with open(os.path.join(WORK, name + ".log")) as f:
+        return any(all(w in l for w in words) for l in f)
+
+
+def wait_for(cond, secs):
+    t = time.time() + secs
+    while time.time() < t:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def shared_total(port, role):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        for l in r.read().decode().splitlines():
+            if l.startswith('genarm:shared_requests_total{role="%s"}' % role):
+                return float(l.split()[-1])
+    return 0.0
+
+
+def test_j(s):
+    """Coordinators sharing requests (runs after (g): the first coordinator is gone)."""
+    coord = os.environ.get("GN_E2E_COORDINATOR") or os.path.join(s.b, "coordinator/coordinator")
+    common = ["--redis", s.redis, "--base", s.base_ep, "--base-model", s.base, "--model-id", "tiny",
+              "--step-timeout-ms", "3000", "--peer-timeout-ms", "1500", "--listen", "127.0.0.1:0"]
+    spawn("coordinator_a", [coord, "--id", "coord-a", "--max-batch", "1", "--arm-wait-ms", "8000", "--ready-file",
+                            os.path.join(WORK, "ca.addr")] + common)
+    pb = spawn("coordinator_b", [coord, "--id", "coord-b", "--max-batch", "8", "--ready-file",
+                                 os.path.join(WORK, "cb.addr")] + common)
+    pa = int(wait_file(os.path.join(WORK, "ca.addr")).rsplit(":", 1)[1])
+    pbp = int(wait_file(os.path.join(WORK, "cb.addr")).rsplit(":", 1)[1])
+    # six concurrent requests to A (room for one): the rest go through the queue
+    prompt = "The queue"
+    want = {seed: s.cli(s.arm_b1, 1.5, 1.0, prompt, 16, 0.9, seed) for seed in range(6)}
+    res = {}
+
+    def run(seed):
+        res[seed] = s.stream({"model": "tiny", "prompt": prompt, "profile": "pb", "max_tokens": 16,
+                              "temperature": 0.9, "seed": seed}, s.key2, port=pa)
+    th = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    for seed in range(6):
+        st, text, fin, n, err = res[seed]
+        check(st == 200 and err is None, "(j) seed %d: %s %s" % (seed, st, err))
+        check(text == want[seed], "(j) seed %d: shared %r != single process %r" % (seed, text, want[seed]))
+    exported, executed = shared_total(pa, "exported"), shared_total(pbp, "executed")
+    check(exported >= 4, "(j) A queued %g of 6 requests" % exported)
+    check(executed >= 1, "(j) B ran %g of A's requests" % executed)
+
+    # A's one slot held by a request waiting (up to 8 s) for an ARM no worker can load
+    bad = os.path.join(WORK, "not_a_model_j")
+    os.makedirs(bad, exist_ok=True)
+    shutil.copy(os.path.join(s.arm_b1, "tokenizer.json"), bad)
+    s.adm("arm", "register", "epsilon", "--version", "1", "--path", bad)
+    hold = {}
+    th = threading.Thread(target=lambda: hold.update(r=s.post(
+        "/v1/completions", {"model": "tiny", "prompt": "hold", "max_tokens": 4,
+                            "reward_models": [{"name": "epsilon", "weight": 1.0}]}, s.key1, port=pa)))
+    th.start()
+    check(wait_for(lambda: log_has("coordinator_a", "event=arm_wait", "epsilon"), 10), "(j) A's slot is held")
+    taken_b = lambda: sum(1 for l in open(os.path.join(WORK, "coordinator_b.log")) if "event=request_taken_from" in l)
+    aborts_b = lambda: sum(1 for l in open(os.path.join(WORK, "coordinator_b.log")) if "finish=abort" in l)
+
+    def long_stream(name, out, started):
+        def on_chunk(n):
+            if n == 1:
+                started.set()
+        out[name] = s.stream({"model": "tiny", "prompt": name, "profile": "pb", "max_tokens": 1500,
+                              "temperature": 0, "ignore_eos": True}, s.key2, on_chunk=on_chunk, port=pa,
+                             conn_out=out.setdefault(name + "_conn", []))
+        started.set()
+
+    # the client of a request running on B goes away: B aborts it
+    out, started = {}, threading.Event()
+    n0, a0 = taken_b(), aborts_b()
+    t2 = threading.Thread(target=long_stream, args=("L2", out, started))
+    t2.start()
+    check(started.wait(10) and taken_b() > n0, "(j) B runs A's next request")
+    for c in out.get("L2_conn", []):
+        try:
+            c.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+    t2.join(20)
+    check(wait_for(lambda: aborts_b() > a0, 10), "(j) the disconnect cancelled the request on B")
+    # B dies while running A's request: that stream ends with an error naming B
+    started = threading.Event()
+    n0 = taken_b()
+    t3 = threading.Thread(target=long_stream, args=("L3", out, started))
+    t3.start()
+    check(started.wait(10) and taken_b() > n0, "(j) B runs L3")
+    pb.kill()
+    t3.join(20)
+    st, text, fin, n, err = out.get("L3", (0, "", None, 0, "no result"))
+    check(not t3.is_alive() and err is not None and "coord-b" in str(err),
+          "(j) L3 ended with an error naming coord-b: %r after %d chunks" % (err, n))
+    th.join(20)
+    st, body = hold.get("r", (0, ""))
+    check(st >= 500 and "epsilon" in body, "(j) the held request failed naming its ARM: %d %s" % (st, body[:120]))
+    st, text, fin, n, err = s.stream({"model": "tiny", "prompt": prompt, "profile": "pb", "max_tokens": 16,
+                                      "temperature": 0.9, "seed": 3}, s.key2, port=pa)
+    check(st == 200 and err is None and text == want[3], "(j) A still serves: %s %s %r" % (st, err, text))
+
+
 def test_d(s):
     st, body = s.post("/v1/completions", {"model": "tiny", "prompt": "hi", "profile": "nope"}, s.key1)
     error_object(st, body, 404, "(d) unknown profile")
@@ -563,7 +685,7 @@ def main():
     t0 = time.time()
     s.start()
     parts = (("d", test_d), ("a", test_a), ("h", test_h), ("b", test_b), ("c", test_c), ("i", test_i),
-             ("f", test_f), ("e", test_e), ("g", test_g))
+             ("f", test_f), ("e", test_e), ("g", test_g), ("j", test_j))
     only = os.environ.get("GN_E2E_PARTS")  # e.g. "d,a,b" (debugging, sanitizer runs)
     for name, fn in parts:
         if only and name not in only.split(","):
