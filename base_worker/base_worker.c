@@ -179,7 +179,8 @@ int main(int argc, char **argv) {
     sp.endpoint = o.bind;
     sp.worker_id = o.worker_id;
     sp.log_comp = COMP;
-    sp.limits.max_seqs = o.max_seqs;
+    sp.limits.max_seqs = gn_host_max_req_seqs(h); /* more new sequences than slots: per-sequence
+                                                      ERROR_CAPACITY, not a refused request */
     /* Ticks drive the idle sweep: fine enough for short test timeouts. */
     if (hp.idle_timeout_ms > 0 && hp.idle_timeout_ms < 1000)
         sp.tick_ms = (int)(hp.idle_timeout_ms / 4 + 1);

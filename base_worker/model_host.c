@@ -23,12 +23,12 @@ struct gn_host {
     int max_ctx, n_vocab, n_out, n_live;
     slot *slots;                      /* (max_seqs) linear table: max_seqs is hundreds at most */
     /* Per-step scratch, sized once at create (or grown for the output). */
-    gn_step_item *items;              /* (max_seqs) */
-    int *item_slot;                   /* (max_seqs) slot of each runner item */
-    int *item_req;                    /* (max_seqs) request index of each runner item */
-    Genarm__V1__SeqResult *res;       /* (max_seqs) */
-    Genarm__V1__SeqResult **res_ptr;  /* (max_seqs) */
-    gn_wire_seq_errors *errors;       /* (max_seqs) error replies */
+    gn_step_item *items;              /* (max_req_seqs) */
+    int *item_slot;                   /* (max_req_seqs) slot of each runner item */
+    int *item_req;                    /* (max_req_seqs) request index of each runner item */
+    Genarm__V1__SeqResult *res;       /* (max_req_seqs) */
+    Genarm__V1__SeqResult **res_ptr;  /* (max_req_seqs) */
+    gn_wire_seq_errors *errors;       /* (max_req_seqs) error replies */
     Genarm__V1__Tensor tensor;
     Genarm__V1__ModelRef model_ref;
     float *out;                       /* (out_cap) float32 log-probs from the runner */
@@ -38,7 +38,7 @@ struct gn_host {
 };
 
 gn_host_params gn_host_default_params(void) {
-    gn_host_params p = {.max_seqs = 64, .idle_timeout_ms = 300000,
+    gn_host_params p = {.max_seqs = 64, .max_req_seqs = 256, .idle_timeout_ms = 300000,
                         .runner = gn_runner_default_params()};
     return p;
 }
@@ -50,6 +50,8 @@ gn_host *gn_host_create(gn_model *m, const gn_host_params *pin, gn_err *err) {
         return NULL;
     }
     p.runner.max_seqs = p.max_seqs;
+    if (p.max_req_seqs < p.max_seqs) p.max_req_seqs = p.max_seqs;
+    if (p.max_req_seqs > 65536) p.max_req_seqs = 65536;
     gn_host *h = gn_calloc(1, sizeof *h);
     if (!h) {
         gn_errf(err, GN_ENOMEM, "host: out of memory");
@@ -64,14 +66,14 @@ gn_host *gn_host_create(gn_model *m, const gn_host_params *pin, gn_err *err) {
      * check here matches the one that would fail the whole batch there. */
     h->max_ctx = p.runner.max_ctx > 0 ? p.runner.max_ctx
                  : (c->max_pos > 0 && c->max_pos < 4096 ? c->max_pos : 4096);
-    size_t n = (size_t)p.max_seqs;
-    h->slots = gn_calloc(n, sizeof *h->slots);
+    size_t n = (size_t)p.max_req_seqs; /* per-request scratch; the slot table holds max_seqs */
+    h->slots = gn_calloc((size_t)p.max_seqs, sizeof *h->slots);
     h->items = gn_calloc(n, sizeof *h->items);
     h->item_slot = gn_calloc(n, sizeof *h->item_slot);
     h->item_req = gn_calloc(n, sizeof *h->item_req);
     h->res = gn_calloc(n, sizeof *h->res);
     h->res_ptr = gn_calloc(n, sizeof *h->res_ptr);
-    h->errors = gn_wire_seq_errors_create(p.max_seqs);
+    h->errors = gn_wire_seq_errors_create(p.max_req_seqs);
     if (!h->slots || !h->items || !h->item_slot || !h->item_req || !h->res || !h->res_ptr ||
         !h->errors) {
         gn_errf(err, GN_ENOMEM, "host: out of memory");
@@ -140,9 +142,9 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         gn_errf(err, GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
         return GENARM__V1__ERROR_CODE__ERROR_BAD_DTYPE;
     }
-    if (req->n_seqs > (size_t)h->p.max_seqs) {
+    if (req->n_seqs > (size_t)h->p.max_req_seqs) {
         gn_errf(err, GN_ERANGE, "%zu sequences in one step, this worker takes %d", req->n_seqs,
-                h->p.max_seqs);
+                h->p.max_req_seqs);
         return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
     }
     gn_wire_seq_errors_attach(h->errors, resp);
@@ -306,6 +308,7 @@ int gn_host_sweep(gn_host *h, int64_t now_ms) {
 
 int gn_host_n_seqs(const gn_host *h) { return h->n_live; }
 int gn_host_max_seqs(const gn_host *h) { return h->p.max_seqs; }
+int gn_host_max_req_seqs(const gn_host *h) { return h->p.max_req_seqs; }
 int gn_host_n_out(const gn_host *h) { return h->n_out; }
 
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id) {

@@ -27,7 +27,10 @@
 #include "wire.h"
 
 typedef struct gn_host_params {
-    int max_seqs;           /* live sequences held at once (and per step), default 64 */
+    int max_seqs;           /* live sequences held at once, default 64; a new sequence beyond
+                               them gets ERROR_CAPACITY (the coordinator retries it later) */
+    int max_req_seqs;       /* sequences in one step request, default 256 (at least max_seqs);
+                               more is ERROR_TOO_LARGE for the whole request */
     int64_t idle_timeout_ms;/* a sequence unused this long is freed by gn_host_sweep; 0 = never;
                                default 300000 */
     gn_runner_params runner;/* runner.max_seqs is set to max_seqs */
@@ -67,6 +70,7 @@ int gn_host_sweep(gn_host *h, int64_t now_ms);
 /* Sequences held now / at most. */
 int gn_host_n_seqs(const gn_host *h);
 int gn_host_max_seqs(const gn_host *h);
+int gn_host_max_req_seqs(const gn_host *h);
 /* Tokens held for seq_id, or -1 when the host does not hold it. */
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id);
 void gn_host_kv_usage(const gn_host *h, int *used_blocks, int *total_blocks);

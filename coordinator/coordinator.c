@@ -10,7 +10,7 @@
  *               [--max-batch N] [--drain-timeout-s S] [--id NAME]
  *               [--ready-file PATH] [--threads N] [--sample-threads N]
  *               [--no-share] [--peer-listen tcp://HOST:PORT] [--peer-advertise tcp://HOST:PORT]
- *               [--peer-timeout-ms MS]
+ *               [--peer-timeout-ms MS] [--capacity-wait-ms MS]
  *
  * Several coordinators share one Redis: a request that finds this one's
  * batch full goes to the shared queue and whichever coordinator has room
@@ -53,7 +53,7 @@ static void usage(FILE *f) {
                "                   [--inproc] [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]\n"
                "                   [--max-batch N] [--drain-timeout-s S] [--id NAME] [--ready-file PATH]\n"
                "                   [--threads N] [--sample-threads N] [--no-share] [--peer-listen ENDPOINT]\n"
-               "                   [--peer-advertise ENDPOINT] [--peer-timeout-ms MS]\n");
+               "                   [--peer-advertise ENDPOINT] [--peer-timeout-ms MS] [--capacity-wait-ms MS]\n");
 }
 
 static int split_hostport(const char *s, char *host, size_t cap, int *port) {
@@ -71,7 +71,7 @@ static int split_hostport(const char *s, char *host, size_t cap, int *port) {
 typedef struct opts {
     const char *listen, *redis, *base, *base_model, *model_id, *id, *ready_file, *peer_listen, *peer_advertise;
     int inproc, no_share, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
-    int peer_timeout_ms;
+    int peer_timeout_ms, capacity_wait_ms;
 } opts;
 
 static int parse_args(int argc, char **argv, opts *o) {
@@ -106,6 +106,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--peer-listen")) o->peer_listen = v;
         else if (!strcmp(a, "--peer-advertise")) o->peer_advertise = v;
         else if (!strcmp(a, "--peer-timeout-ms")) o->peer_timeout_ms = atoi(v);
+        else if (!strcmp(a, "--capacity-wait-ms")) o->capacity_wait_ms = atoi(v);
         else if (!strcmp(a, "--step-timeout-ms")) o->step_timeout_ms = atoi(v);
         else if (!strcmp(a, "--arm-wait-ms")) o->arm_wait_ms = atoi(v);
         else if (!strcmp(a, "--max-batch")) o->max_batch = atoi(v);
@@ -201,6 +202,7 @@ int main(int argc, char **argv) {
         dp.peer_bind = o.peer_listen;
         dp.peer_advertise = o.peer_advertise;
         dp.peer_timeout_ms = o.peer_timeout_ms;
+        dp.capacity_wait_ms = o.capacity_wait_ms;
         if (!(dist = gn_dist_create(&dp, &e))) goto out;
         be = gn_dist_backend(dist);
     }

@@ -57,7 +57,10 @@ typedef struct dseq {
     const char *finish;
     int row[N_MODELS_MAX]; /* this step's row in its group's tensor, -1 = none */
     int failed;
-    int repin; /* its prefill was refused by a superseded ARM version: no token this step */
+    int repin; /* no token this step (prefill refused by a superseded ARM version, a worker at
+                  capacity, or not stepped): rewind what the workers hold by one token */
+    double wait_until; /* a worker was at capacity: not stepped before this time */
+    double wait_since; /* first capacity refusal of the current wait, 0 = none */
     int slot;     /* index in the active list this step */
     int draw;     /* the token drawn this step */
     int draw_rc;  /* 0, or why the draw failed (draw_err) */
@@ -182,6 +185,7 @@ gn_dist_params gn_dist_default_params(void) {
     p.redis_timeout_ms = 2000;
     p.step_timeout_ms = 30000;
     p.arm_wait_ms = 30000;
+    p.capacity_wait_ms = 60000;
     p.max_batch = 64;
     return p;
 }
@@ -588,6 +592,25 @@ static void fail_seq(gn_dist *d, dseq *s, int rc, const char *fmt, ...) {
 /* A superseded ARM version refused the prefill of a job's sequences (a
  * promotion raced their start): re-pin that ARM to the current version and
  * redo the step for the job (the other models rewind by one token). */
+/* A worker at capacity refused sequence s (a new sequence while all its
+ * slots are taken, or its KV pool exhausted): s waits and retries, with
+ * backoff, until the worker has room — for at most capacity_wait_ms. */
+static void seq_capacity_wait(gn_dist *d, dseq *s, const char *label, const char *why) {
+    double t = now_s();
+    if (!s->wait_since) {
+        s->wait_since = t;
+        gn_wire_log("info", "coordinator", "event=capacity_wait job=%llu seq=%llu worker=%s msg=\"%s\"",
+                    (unsigned long long)s->jb->j.id, (unsigned long long)s->id, label, why);
+    }
+    if (t - s->wait_since > d->p.capacity_wait_ms / 1000.0) {
+        fail_seq(d, s, GN_EIO, "%s: at capacity for %.1f s: %s", label, t - s->wait_since, why);
+        return;
+    }
+    double backoff = 0.02 + 0.25 * (t - s->wait_since);
+    s->wait_until = t + (backoff < 0.5 ? backoff : 0.5);
+    s->repin = 1;
+}
+
 static void job_repin(djob *jb, int k, const char *label) {
     if (jb->arm_client[k]) {
         gn_wire_log("info", "coordinator", "event=arm_repin job=%llu from=%s", (unsigned long long)jb->j.id, label);
@@ -658,6 +681,10 @@ static void group_gather(gn_dist *d, group *g, double deadline) {
                 if (*g->name && er->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL && s->n_tokens == 0 &&
                     s->jb->repins < 3) {
                     job_repin(s->jb, g->mi[k] - 1, g->label);
+                    break;
+                }
+                if (er->code == GENARM__V1__ERROR_CODE__ERROR_CAPACITY) {
+                    seq_capacity_wait(d, s, g->label, er->message ? er->message : "");
                     break;
                 }
                 fail_seq(d, g->seqs[k], GN_EIO, "%s: %s", g->label, er->message ? er->message : "");
@@ -745,9 +772,10 @@ static void apply_seq(gn_dist *d, dseq *s) {
         seq_finish(d, s, "length");
 }
 
-static void run_step(gn_dist *d) {
+/* One step; returns the number of sequences it sent to the workers. */
+static int run_step(gn_dist *d) {
     double t0 = now_s();
-    int ng = 0;
+    int ng = 0, n_stepped = 0;
     /* which group each (sequence, model) went to */
     group *(*where)[N_MODELS_MAX] = d->where;
     group *bg = group_for(d, &ng, d->base_client, "", 0);
@@ -758,10 +786,11 @@ static void run_step(gn_dist *d) {
             s->row[mi] = -1;
             where[a][mi] = NULL;
         }
-        if (jb->need_resolve) {
+        if (jb->need_resolve || s->wait_until > t0) {
             s->repin = 1; /* not stepped, nothing to rewind */
             continue;
         }
+        n_stepped++;
         if (group_add(bg, s, 0)) {
             fail_seq(d, s, GN_ENOMEM, "out of memory");
             continue;
@@ -815,15 +844,18 @@ static void run_step(gn_dist *d) {
     for (int a = 0; a < d->n_active; a++) {
         dseq *s = d->active[a];
         if (s->done) continue;
-        if (s->repin) { /* prefill again next time: rewind what was held */
+        if (s->repin) { /* no token this step: each model recomputes its last row next time */
             s->repin = 0;
-            for (int mi = 0; mi < N_MODELS_MAX; mi++)
-                if (s->held[mi] > 0) s->held[mi] = (uint32_t)s->jb->n_prompt[mi] - 1;
+            for (int mi = 0; mi < N_MODELS_MAX; mi++) {
+                uint32_t total = (uint32_t)s->jb->n_prompt[mi] + (uint32_t)s->n_tokens;
+                if (s->held[mi] > 0 && s->held[mi] > total - 1) s->held[mi] = total - 1;
+            }
             for (int k = 0; k < s->jb->n_arms; k++)
                 if (!s->jb->arm_client[k]) s->held[1 + k] = 0;
             continue;
         }
         s->slot = a;
+        s->wait_since = 0;
         d->draw_list[n_draw++] = s;
     }
     draw_ctx dc = {d, d->draw_list, n_draw};
@@ -845,6 +877,7 @@ static void run_step(gn_dist *d) {
         gn_metric_inc(d->m_step_s, NULL, t1 - t0);
         gn_metric_inc(d->m_wait_s, NULL, t_recv - t_sent);
     }
+    return n_stepped;
 }
 
 /* ---- the scheduler thread ----------------------------------------------------------- */
@@ -1035,9 +1068,9 @@ static void *scheduler(void *arg) {
             if (!j->need_resolve) stepping += j->n_left;
         }
         compact_active(d);
-        if (d->n_active > 0 && stepping > 0)
-            run_step(d);
-        else if (d->n_active > 0)
+        if (d->n_active > 0 && stepping > 0) {
+            if (run_step(d) == 0) usleep(5000); /* every sequence waits for a worker with room */
+        } else if (d->n_active > 0)
             usleep(20000); /* only jobs waiting for an ARM version */
         compact_active(d);
         reap_jobs(d);
@@ -1211,6 +1244,7 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
     if (d->p.redis_timeout_ms <= 0) d->p.redis_timeout_ms = def.redis_timeout_ms;
     if (d->p.step_timeout_ms <= 0) d->p.step_timeout_ms = def.step_timeout_ms;
     if (d->p.arm_wait_ms <= 0) d->p.arm_wait_ms = def.arm_wait_ms;
+    if (d->p.capacity_wait_ms <= 0) d->p.capacity_wait_ms = def.capacity_wait_ms;
     if (d->p.max_batch <= 0) d->p.max_batch = def.max_batch;
     if (d->p.max_batch > 256) d->p.max_batch = 256;
     d->metrics = p->metrics;

@@ -28,6 +28,11 @@
  * other coordinators' — whenever it has room, and runs another coordinator's
  * job exactly like its own, streaming the output back to it.
  *
+ * Capacity: a worker that refuses a sequence with ERROR_CAPACITY (all its
+ * sequence slots taken, KV pool exhausted) does not fail it: the sequence is
+ * not stepped for a short backoff and retried, until it gets room or
+ * capacity_wait_ms passes.
+ *
  * Failures: a worker that times out or answers with an error fails only the
  * sequences that needed it (their job's done() carries the error); the others
  * go on.
@@ -49,6 +54,8 @@ typedef struct gn_dist_params {
     int redis_timeout_ms;       /* default 2000 */
     int step_timeout_ms;        /* a worker's reply to one step, default 30000 */
     int arm_wait_ms;            /* how long a job waits for a worker holding its ARM, default 30000 */
+    int capacity_wait_ms;       /* how long a sequence waits for room on a worker at capacity
+                                   (ERROR_CAPACITY), retrying with backoff, default 60000 */
     int max_batch;              /* sequences per step, default 64 */
     int sample_threads;         /* threads combining and sampling a step's sequences, default 1;
                                    the result does not depend on it (each sequence owns its RNG) */

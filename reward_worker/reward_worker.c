@@ -595,7 +595,9 @@ int main(int argc, char **argv) {
     ap.max_models = w->o.max_arms;
     ap.host.max_seqs = w->o.capacity;
     ap.host.idle_timeout_ms = (int64_t)(w->o.idle_timeout_s * 1000.0);
-    ap.max_req_seqs = w->o.capacity;
+    ap.max_req_seqs = w->o.capacity > 256 ? w->o.capacity : 256; /* new sequences beyond the
+                                       capacity get per-sequence ERROR_CAPACITY, not a refused request */
+    ap.host.max_req_seqs = ap.max_req_seqs;
     if (!(w->arms = gn_arms_create(be, &ap, resolve, w, &err))) {
         gn_wire_log("error", COMP, "event=start_failed stage=arms msg=\"%s\"", err.msg);
         goto out;
@@ -614,7 +616,7 @@ int main(int argc, char **argv) {
     sp.endpoint = w->o.bind;
     sp.worker_id = w->o.worker_id;
     sp.log_comp = COMP;
-    sp.limits.max_seqs = w->o.capacity;
+    sp.limits.max_seqs = ap.max_req_seqs;
     sp.tick_ms = 50; /* registry notifications and idle sweeps stay prompt */
     if (ap.host.idle_timeout_ms > 0 && ap.host.idle_timeout_ms < 200)
         sp.tick_ms = (int)(ap.host.idle_timeout_ms / 4 + 1);

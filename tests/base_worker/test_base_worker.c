@@ -412,15 +412,35 @@ static void test_bad_frames(gn_step_client *c, const char *endpoint) {
     gn_wire_env_free(rep);
     req.dtype = GENARM__V1__DTYPE__DTYPE_F32;
 
-    /* More sequences than --max-seqs (8). */
+    /* More new sequences than --max-seqs (8): the ninth gets ERROR_CAPACITY
+     * (the coordinator retries it), the others are served. */
     gn_step_seq many[9];
     for (int i = 0; i < 9; i++) {
         gn_step_seq x = {5000 + (uint64_t)i, 0, toks, 1, 0, 0};
         many[i] = x;
     }
     rep = step(c, many, 9, GN_F32);
-    CHECK(is_error(rep, GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE), "9 seqs: %s", describe(rep));
+    CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT && rep->step_result->n_results == 8 &&
+              rep->step_result->n_errors == 1 && rep->step_result->errors[0]->seq_id == 5008 &&
+              rep->step_result->errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
+          "9 new seqs on 8 slots: %s", describe(rep));
     gn_wire_env_free(rep);
+    {
+        uint64_t rid, ids[8];
+        for (int i = 0; i < 8; i++) ids[i] = 5000 + (uint64_t)i;
+        CHECK(gn_step_client_release_send(c, NULL, 0, ids, 8, &rid, &e) == 0 &&
+                  gn_step_client_recv(c, rid, TIMEOUT_MS, &rep, &e) == 0 && rep->release_result->released == 8,
+              "release the 8");
+        gn_wire_env_free(rep);
+    }
+    /* More than the wire limit in one request: refused whole. */
+    enum { N_BIG = 257 };
+    gn_step_seq *big = gn_malloc(N_BIG * sizeof *big);
+    for (int i = 0; big && i < N_BIG; i++) big[i] = (gn_step_seq){9000 + (uint64_t)i, 0, toks, 1, 0, 0};
+    rep = big ? step(c, big, N_BIG, GN_F32) : NULL;
+    CHECK(is_error(rep, GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE), "257 seqs: %s", describe(rep));
+    gn_wire_env_free(rep);
+    gn_free(big);
     /* Duplicate ids. */
     many[1].seq_id = many[0].seq_id;
     rep = step(c, many, 2, GN_F32);

@@ -19,6 +19,7 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
  (g) SIGTERM drains: the running stream finishes, new requests get 503;
  (h) chat requests equal the single-process backend (--inproc);
  (i) a client that disconnects mid-stream has its sequence aborted;
+ (k) a reward worker at capacity: the requests it refuses wait and run;
  (j) two more coordinators share requests through the Redis queue: one with
      room for a single sequence queues the rest, the other runs them and
      streams them back (identical to the single-process result); a client
@@ -655,6 +656,35 @@ def test_j(s):
     check(st == 200 and err is None and text == want[3], "(j) A still serves: %s %s %r" % (st, err, text))
 
 
+def test_k(s):
+    """A reward worker with room for 2 sequences and 5 concurrent requests for its
+    ARM: the ones it refuses wait (ERROR_CAPACITY) and run once it has room."""
+    s.adm("arm", "register", "zeta", "--version", "1", "--path", s.arm_b1)
+    spawn("reward_worker3", [os.path.join(s.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*",
+                             "--redis", s.redis, "--worker-id", "rw3", "--arm", "zeta", "--threads", "1",
+                             "--capacity", "2", "--heartbeat-ms", "300",
+                             "--ready-file", os.path.join(WORK, "rw3.ep")])
+    wait_file(os.path.join(WORK, "rw3.ep"))
+    prompt = "Crowded"
+    want = {seed: s.cli(s.arm_b1, 0.8, 1.0, prompt, 10, 0.9, seed) for seed in range(5)}
+    res = {}
+
+    def run(seed):
+        res[seed] = s.stream({"model": "tiny", "prompt": prompt, "max_tokens": 10, "temperature": 0.9,
+                              "seed": seed, "beta": 1.0, "reward_models": [{"name": "zeta", "weight": 0.8}]},
+                             s.key1)
+    th = [threading.Thread(target=run, args=(i,)) for i in range(5)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    for seed in range(5):
+        st, text, fin, n, err = res.get(seed, (0, "", None, 0, "no result"))
+        check(st == 200 and err is None, "(k) seed %d: %s %s" % (seed, st, err))
+        check(text == want[seed], "(k) seed %d: %r != single process %r" % (seed, text, want[seed]))
+    check(log_has("coordinator", "event=capacity_wait", "zeta@1"), "(k) some sequences waited for room")
+
+
 def test_d(s):
     st, body = s.post("/v1/completions", {"model": "tiny", "prompt": "hi", "profile": "nope"}, s.key1)
     error_object(st, body, 404, "(d) unknown profile")
@@ -685,7 +715,7 @@ def main():
     t0 = time.time()
     s.start()
     parts = (("d", test_d), ("a", test_a), ("h", test_h), ("b", test_b), ("c", test_c), ("i", test_i),
-             ("f", test_f), ("e", test_e), ("g", test_g), ("j", test_j))
+             ("f", test_f), ("e", test_e), ("k", test_k), ("g", test_g), ("j", test_j))
     only = os.environ.get("GN_E2E_PARTS")  # e.g. "d,a,b" (debugging, sanitizer runs)
     for name, fn in parts:
         if only and name not in only.split(","):
