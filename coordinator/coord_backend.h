@@ -73,6 +73,18 @@ struct gn_coord_sink {
     void (*token)(gn_coord_sink *s, int index, const gn_oai_logprob *lp);
 };
 
+/* Ends a job that produced no text: done() with n (1..GN_OAI_MAX_N) choices
+ * finished "abort", and rc/err (rc 0: cancelled; err may be NULL then). */
+static inline void gn_coord_sink_end(gn_coord_sink *s, int n, int rc, const gn_err *err, double queue_s) {
+    gn_coord_choice_result ch[GN_OAI_MAX_N];
+    if (n < 1 || n > GN_OAI_MAX_N) n = 1;
+    for (int i = 0; i < n; i++) ch[i] = (gn_coord_choice_result){"", 0, "abort", 0};
+    gn_coord_result res = {.rc = rc, .n_choices = n, .choices = ch, .queue_s = queue_s};
+    if (rc && err) res.err = *err;
+    res.err.code = rc;
+    s->done(s, &res);
+}
+
 typedef struct gn_coord_backend {
     void *impl;
     const char *model_id; /* the served model name (GET /v1/models, request "model") */

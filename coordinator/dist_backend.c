@@ -981,19 +981,9 @@ static void dist_cancel(void *impl, uint64_t id);
 
 /* Ends a taken job that cannot run here: done() with the error. */
 static void taken_fail(const gn_share_taken *tk, int rc, const gn_err *e) {
-    gn_coord_result res;
-    memset(&res, 0, sizeof res);
-    gn_coord_choice_result ch[GN_OAI_MAX_N];
-    int n = tk->job->n > 0 && tk->job->n <= GN_OAI_MAX_N ? tk->job->n : 1;
-    for (int i = 0; i < n; i++) ch[i] = (gn_coord_choice_result){"", 0, "abort", 0};
-    res.rc = rc;
-    res.err = *e;
-    res.err.code = rc;
-    res.n_choices = n;
-    res.choices = ch;
     gn_wire_log("warn", "coordinator", "event=job_failed job=%llu code=%d msg=\"%s\"",
                 (unsigned long long)tk->job->id, rc, e->msg);
-    tk->sink->done(tk->sink, &res);
+    gn_coord_sink_end(tk->sink, tk->job->n, rc, e, 0);
 }
 
 /* Takes requests from the shared queue while this coordinator has room

@@ -170,10 +170,7 @@ static void run_job(gn_inproc *x, job *jb) {
     const char *prompts[N_MODELS_MAX] = {0};
     int n = j->n;
     if (atomic_load(&jb->cancelled)) { /* cancelled while queued */
-        for (int i = 0; i < n; i++) ch[i] = (gn_coord_choice_result){"", 0, "abort", 0};
-        res.n_choices = n;
-        res.choices = ch;
-        jb->sink->done(jb->sink, &res);
+        gn_coord_sink_end(jb->sink, n, 0, NULL, res.queue_s);
         return;
     }
     /* Guidance over every loaded ARM; the ones the job does not name weigh 0. */

@@ -334,17 +334,9 @@ static void x_unlink(gn_share *s, xjob *x) {
 /* Ends an exported request here: done() with "abort" choices (rc 0) or the
  * error. Called without mu; x is already unlinked and is freed. */
 static void x_finish(xjob *x, int rc, const char *msg) {
-    gn_coord_result res;
-    memset(&res, 0, sizeof res);
-    gn_coord_choice_result ch[GN_OAI_MAX_N];
-    int n = x->job->n > 0 && x->job->n <= GN_OAI_MAX_N ? x->job->n : 1;
-    for (int i = 0; i < n; i++) ch[i] = (gn_coord_choice_result){"", 0, "abort", 0};
-    res.rc = rc;
-    if (rc) gn_errf(&res.err, rc, "%s", msg);
-    res.n_choices = n;
-    res.choices = ch;
-    res.queue_s = now_s() - x->t_export;
-    x->sink->done(x->sink, &res);
+    gn_err e = {0};
+    if (rc) gn_errf(&e, rc, "%s", msg);
+    gn_coord_sink_end(x->sink, x->job->n, rc, &e, now_s() - x->t_export);
     gn_free(x);
 }
 
@@ -872,6 +864,17 @@ static void r_done(gn_coord_sink *sink, const gn_coord_result *res) {
     gn_free(r);
 }
 
+static void send_accept(gn_share *s, peer *p, uint64_t origin_job_id, int expect_answer) {
+    Genarm__V1__JobAccept a = GENARM__V1__JOB_ACCEPT__INIT;
+    a.job_id = origin_job_id;
+    a.executor_id = s->id;
+    gn_wire_env env;
+    gn_wire_env_init(&env, 0);
+    env.body_case = GENARM__V1__ENVELOPE__BODY_JOB_ACCEPT;
+    env.job_accept = &a;
+    peer_send(p, &env, expect_answer);
+}
+
 /* Tells an origin that its request failed before it ran here. */
 static void tell_origin(gn_share *s, const gn_share_job *sj, int rc, const char *msg) {
     gn_err e = {0};
@@ -881,15 +884,7 @@ static void tell_origin(gn_share *s, const gn_share_job *sj, int rc, const char 
     memset(&res, 0, sizeof res);
     res.rc = rc;
     gn_errf(&res.err, rc, "%s", msg);
-    /* JobDone is only honoured after a JobAccept from this executor */
-    Genarm__V1__JobAccept a = GENARM__V1__JOB_ACCEPT__INIT;
-    a.job_id = sj->origin_job_id;
-    a.executor_id = s->id;
-    gn_wire_env env;
-    gn_wire_env_init(&env, 0);
-    env.body_case = GENARM__V1__ENVELOPE__BODY_JOB_ACCEPT;
-    env.job_accept = &a;
-    peer_send(p, &env, 0);
+    send_accept(s, p, sj->origin_job_id, 0); /* JobDone is only honoured after a JobAccept */
     send_done(p, sj->origin_job_id, &res);
     if (p->n_jobs == 0) p->idle_since = now_s();
 }
@@ -956,14 +951,8 @@ static int take_entry(gn_share *s, const gn_ctl_msg *m, gn_share_taken *out) {
     r->sink.text = r_text;
     r->sink.done = r_done;
     r->sink.token = r_token;
-    Genarm__V1__JobAccept a = GENARM__V1__JOB_ACCEPT__INIT;
-    a.job_id = r->sj.origin_job_id;
-    a.executor_id = s->id;
-    gn_wire_env env;
-    gn_wire_env_init(&env, 0);
-    env.body_case = GENARM__V1__ENVELOPE__BODY_JOB_ACCEPT;
-    env.job_accept = &a;
-    peer_send(p, &env, 1); /* before the ack: a crash in between leaves the entry to be claimed */
+    send_accept(s, p, r->sj.origin_job_id, 1); /* before the ack: a crash in between leaves the entry
+                                                  pending, to be claimed by another coordinator */
     gn_ctl_queue_ack(s->ctl_exec, m->id, &e);
     p->n_jobs++;
     r->next = s->rjobs;
