@@ -23,6 +23,12 @@
  *
  * and finally draws from softmax(z) over what is left.
  *
+ * Precision: weights exp(z - z_max) are float32 (a polynomial exp, relative
+ * error < 2.5e-7; d = z - z_max rounded to float), sums and probabilities are
+ * double. Tokens whose weight is below e^-87 (probability < 1.7e-38 of the
+ * argmax's) are dropped: no draw could reach them. Temperatures below 2^-128
+ * act as 2^-128.
+ *
  * Randomness: each sequence owns a gn_rng (xoshiro256**, 256-bit state,
  * seeded through SplitMix64 — Blackman & Vigna, "Scrambled linear pseudorandom
  * number generators", 2021). One draw per sampled token, so the same seed and
@@ -88,5 +94,25 @@ int gn_sampler_sample(gn_sampler *s, const gn_sampler_params *p, gn_rng *rng, co
  * Same failures as gn_sampler_sample. */
 int gn_sampler_dist(gn_sampler *s, const gn_sampler_params *p, const float *score, int n,
                     const int32_t **ids, const double **probs, int *n_out, gn_err *err);
+
+/* ---- kernels ------------------------------------------------------------ */
+
+/* The per-row passes run in plain C (the reference) or in AVX2 / AVX-512
+ * code chosen at run time. They evaluate the same float operations in the same
+ * order, so every kernel set gives the same tokens and probabilities bit for
+ * bit; the choice changes only the speed. A sampler starts on AUTO (the widest
+ * set this CPU runs); tests and benchmarks pick one to compare them. */
+enum {
+    GN_SAMPLER_KERNELS_AUTO = 0,
+    GN_SAMPLER_KERNELS_REF = 1,
+    GN_SAMPLER_KERNELS_AVX2 = 2,   /* AVX2 + FMA */
+    GN_SAMPLER_KERNELS_AVX512 = 3, /* AVX-512 F/BW/VL/DQ for the weights pass, AVX2 elsewhere */
+};
+
+/* Picks s's kernel set. 0, or GN_EINVAL when the CPU or the build lacks it
+ * (s keeps its current set). Not thread-safe with a sampling call on s. */
+int gn_sampler_set_kernels(gn_sampler *s, int kernels, gn_err *err);
+/* The kernel set s uses now (never AUTO). */
+int gn_sampler_kernels(const gn_sampler *s);
 
 #endif

@@ -1,7 +1,8 @@
 /* test_sampler.c — greedy, seeds, the top-k / top-p / min-p support sets
  * against a direct computation written the way Hugging Face's warpers are
- * (top-p with an ascending cumulative sum), and empirical frequencies against
- * the distribution (chi-square, fixed seed: deterministic). */
+ * (top-p with an ascending cumulative sum), empirical frequencies against the
+ * distribution (chi-square, fixed seed: deterministic), the float exp against
+ * exp(), and the AVX2 kernels against the plain-C ones bit for bit. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -199,6 +200,7 @@ static void test_filters_vs_direct(gn_sampler *s) {
     const float ps[] = {1.0f, 0.05f, 0.5f, 0.9f, 0.999f};
     const float mps[] = {0.0f, 0.01f, 0.2f, 1.0f};
     int cases = 0, bad_support = 0, bad_prob = 0;
+    double worst = 0.0;
     for (int rep = 0; rep < 5; rep++) {
         float row[NV];
         /* rep 3: very peaked; rep 4: nearly flat (top-p needs several levels) */
@@ -245,17 +247,25 @@ static void test_filters_vs_direct(gn_sampler *s) {
                                     diff, rep, (double)p.temperature, p.top_k, (double)p.top_p,
                                     (double)p.min_p);
                         }
-                        for (int v = 0; v < NV; v++)
-                            if (fabs(got[v] - want[v]) > 1e-9) {
-                                bad_prob++;
-                                break;
-                            }
+                        /* weights are float (E(d), d = (score - max) / T in
+                         * float): relative error about 1e-7 * (1 + |d|) */
+                        int bad = 0;
+                        for (int v = 0; v < NV; v++) {
+                            double e = fabs(got[v] - want[v]) / (want[v] + 1e-300);
+                            if (want[v] > 0.0 && e > worst)
+                                worst = e;
+                            if (fabs(got[v] - want[v]) > 1e-5 * want[v] + 1e-12)
+                                bad = 1;
+                        }
+                        bad_prob += bad;
                         cases++;
                     }
     }
     CHECK(cases == 5 * 3 * 5 * 5 * 4, "cases %d", cases);
     CHECK(bad_support == 0, "%d cases with a support set unlike the direct one", bad_support);
-    CHECK(bad_prob == 0, "%d cases with probabilities unlike the direct ones", bad_prob);
+    CHECK(bad_prob == 0, "%d cases with probabilities unlike the direct ones (worst rel %.3g)",
+          bad_prob, worst);
+    printf("filters vs direct: worst relative probability error %.3g\n", worst);
 }
 
 /* Bit v set when token v is in the support. */
@@ -418,6 +428,262 @@ static void test_errors(gn_sampler *s) {
     }
 }
 
+/* E(x), the float exp the weights use, against exp(): a two-token row
+ * {0, x} at T = 1 has p1 / p0 = E(x) exactly (d = x - 0). */
+static void test_exp_accuracy(gn_sampler *s) {
+    double worst = 0.0, worst_x = 0.0;
+    int dropped_ok = 1, ok = 1;
+    gn_sampler_params p = gn_sampler_default_params();
+    for (int i = 0; i <= 40000; i++) {
+        float row[2] = {0.0f, (float)(-87.0 * i / 40000.0)};
+        if (i % 97 == 0) /* and some x with every mantissa bit set */
+            row[1] = -(float)urand() * 87.0f;
+        const int32_t *ids;
+        const double *probs;
+        int m;
+        gn_err err = {0};
+        if (gn_sampler_dist(s, &p, row, 2, &ids, &probs, &m, &err) || m != 2 || ids[0] != 0) {
+            ok = 0;
+            continue;
+        }
+        double e = fabs(probs[1] / probs[0] / exp((double)row[1]) - 1.0);
+        if (e > worst) {
+            worst = e;
+            worst_x = row[1];
+        }
+    }
+    for (int i = 1; i <= 200; i++) { /* below -87 (and -inf): weight 0, token dropped */
+        float row[2] = {0.0f, -87.0f - 0.5f * (float)i};
+        if (i == 200)
+            row[1] = -INFINITY;
+        const int32_t *ids;
+        const double *probs;
+        int m;
+        gn_err err = {0};
+        if (gn_sampler_dist(s, &p, row, 2, &ids, &probs, &m, &err) || m != 1 || ids[0] != 0 ||
+            probs[0] != 1.0)
+            dropped_ok = 0;
+    }
+    CHECK(ok, "two-token rows");
+    CHECK(worst < 2.5e-7, "E(x) max relative error %.3g at x = %.9g", worst, worst_x);
+    CHECK(dropped_ok, "d < -87 gives weight 0");
+    printf("E(x) on [-87, 0]: max relative error vs exp() %.3g (x = %.7g)\n", worst, worst_x);
+}
+
+/* Frequencies against float64 probabilities computed here, on a row long
+ * enough to span several blocks and groups of the draw walk. */
+static void test_frequencies_big(void) {
+    enum { N = 5000, TOP = 24, DRAWS = 200000 };
+    gn_err err = {0};
+    gn_sampler *s = gn_sampler_create(N, &err);
+    float *row = malloc(sizeof(float) * N);
+    CHECK(s && row, "sampler");
+    if (!s || !row) {
+        gn_sampler_free(s);
+        free(row);
+        return;
+    }
+    for (int v = 0; v < N; v++) /* a long tail, and TOP likely tokens spread over the row */
+        row[v] = (float)(-14.0 + 3.0 * urand());
+    for (int i = 0; i < TOP; i++)
+        row[(i * 2083 + 11) % N] = (float)(-1.0 - 2.0 * urand());
+    const float temps[2] = {1.0f, 0.7f};
+    for (int ti = 0; ti < 2; ti++) {
+        double want[N], tot = 0.0, mx = -INFINITY;
+        for (int v = 0; v < N; v++)
+            mx = fmax(mx, (double)row[v] / temps[ti]);
+        for (int v = 0; v < N; v++)
+            tot += (want[v] = exp((double)row[v] / temps[ti] - mx));
+        long *count = calloc(N, sizeof *count);
+        gn_sampler_params p = gn_sampler_default_params();
+        p.temperature = temps[ti];
+        gn_rng r;
+        gn_rng_seed(&r, 99 + ti);
+        for (int i = 0; i < DRAWS && count; i++) {
+            int t = gn_sampler_sample(s, &p, &r, row, N, &err);
+            if (t >= 0 && t < N)
+                count[t]++;
+        }
+        /* bins: each likely token, and the tail as one bin */
+        double chi2 = 0.0, tail_e = 0.0, tail_o = 0.0;
+        int bins = 0;
+        for (int v = 0; v < N && count; v++) {
+            double e = want[v] / tot * DRAWS;
+            if (e >= 20.0) {
+                chi2 += (count[v] - e) * (count[v] - e) / e;
+                bins++;
+            } else {
+                tail_e += e;
+                tail_o += (double)count[v];
+            }
+        }
+        chi2 += (tail_o - tail_e) * (tail_o - tail_e) / tail_e;
+        /* df = bins (<= 25); P(chi2 > 52.6) = 0.001 at df 25 */
+        CHECK(chi2 < 52.6, "T %g: chi-square %.2f over %d bins", (double)temps[ti], chi2, bins + 1);
+        free(count);
+    }
+    gn_sampler_free(s);
+    free(row);
+}
+
+/* A row of the kind the kernels must agree on: random scales, ties, -inf,
+ * one finite token, huge and tiny values. */
+static void hard_row(float *row, int n, int kind) {
+    random_row(row, n, kind % 4 == 0 ? 1e-3 : kind % 4 == 1 ? 3.0 : kind % 4 == 2 ? 30.0 : 300.0);
+    switch (kind % 8) {
+    case 1: /* ties, some with the max */
+        for (int v = 0; v < n; v += 3)
+            row[v] = 1.25f;
+        break;
+    case 2: /* masked tokens */
+        for (int v = 1; v < n; v += 2)
+            row[v] = -INFINITY;
+        break;
+    case 3: /* all -inf but one */
+        for (int v = 0; v < n; v++)
+            row[v] = -INFINITY;
+        row[(int)(urand() * n)] = -3.0f;
+        break;
+    case 4: /* log-probs with a long tail and a few likely tokens */
+        for (int v = 0; v < n; v++)
+            row[v] = (float)(-20.0 + 8.0 * urand() + (urand() < 0.01 ? 15.0 : 0.0));
+        break;
+    case 5: /* few distinct values */
+        for (int v = 0; v < n; v++)
+            row[v] = (float)(int)(urand() * 4.0);
+        break;
+    case 6: /* weights over the whole float range: the sums round (order matters) */
+        for (int v = 0; v < n; v++)
+            row[v] = (float)(-86.0 * urand());
+        break;
+    case 7: /* a big weight per block and tail weights near 2^-53 of it (used at T = 1):
+             * the double sums round, so their order shows in the total */
+        for (int v = 0; v < n; v++)
+            row[v] = v >= 16 ? -INFINITY : (float)(-35.5 - 1.0 * urand());
+        row[0] = n > 1 ? 0.0f : row[0];
+        if (n > 1)
+            row[1] = 1.0f; /* the max; the tail weights e^-36.5 .. e^-37.5 round in the sum */
+        break;
+    default:
+        break;
+    }
+}
+
+/* The same rows for every kernel set compared. */
+static void urand_seed_for_kernels(void) { rs = 0x853c49e6748fea9bull; }
+
+/* Compares one row under both kernel sets: bit 0 = distributions differ,
+ * bit 1 = draws differ. */
+static int compare_kernels(gn_sampler *ref, gn_sampler *fast, const float *row, int n,
+                           const gn_sampler_params *pp, uint64_t seed) {
+    gn_sampler_params p = *pp;
+    int bad = 0;
+    const int32_t *ia, *ib;
+    const double *pa, *pb;
+    int ma, mb;
+    gn_err ea = {0}, eb = {0};
+    int ra = gn_sampler_dist(ref, &p, row, n, &ia, &pa, &ma, &ea);
+    int rb = gn_sampler_dist(fast, &p, row, n, &ib, &pb, &mb, &eb);
+    if (ra != rb || (ra == 0 && (ma != mb || memcmp(ia, ib, sizeof *ia * (size_t)ma) ||
+                                 memcmp(pa, pb, sizeof *pa * (size_t)ma)))) {
+        bad |= 1;
+        fprintf(stderr, "dist differs: n %d T %g k %d p %g min_p %g\n", n, (double)p.temperature,
+                p.top_k, (double)p.top_p, (double)p.min_p);
+    }
+    gn_rng r1, r2;
+    gn_rng_seed(&r1, seed);
+    gn_rng_seed(&r2, seed);
+    for (int i = 0; i < 16; i++)
+        if (gn_sampler_sample(ref, &p, &r1, row, n, &ea) !=
+            gn_sampler_sample(fast, &p, &r2, row, n, &eb)) {
+            bad |= 2;
+            break;
+        }
+    return bad;
+}
+
+/* The AVX2 kernels against the plain-C reference, bit for bit: the same
+ * distribution (ids, probabilities) and the same tokens from the same seed. */
+static void test_kernels_agree(void) {
+    gn_err err = {0};
+    enum { MAXN = 4200 };
+    gn_sampler *ref = gn_sampler_create(MAXN, &err), *fast = gn_sampler_create(MAXN, &err);
+    float *row = malloc(sizeof(float) * MAXN);
+    CHECK(ref && fast && row, "samplers");
+    if (!ref || !fast || !row)
+        goto out;
+    CHECK(gn_sampler_set_kernels(ref, GN_SAMPLER_KERNELS_REF, &err) == 0 &&
+              gn_sampler_kernels(ref) == GN_SAMPLER_KERNELS_REF,
+          "reference kernels");
+    CHECK(gn_sampler_set_kernels(ref, 99, &err) == GN_EINVAL, "unknown kernel set refused");
+    const int sets[2] = {GN_SAMPLER_KERNELS_AVX2, GN_SAMPLER_KERNELS_AVX512};
+    for (int ki = 0; ki < 2; ki++) {
+        if (gn_sampler_set_kernels(fast, sets[ki], &err)) {
+            printf("kernel set %d not on this CPU: its comparison is skipped (%s)\n", sets[ki],
+                   err.msg);
+            continue;
+        }
+        urand_seed_for_kernels();
+        const float temps[] = {1e-30f, 1e-4f, 0.3f, 0.7f, 1.0f, 2.0f, 1e4f, 1e30f};
+        const float tps[] = {1.0f, 0.05f, 0.5f, 0.9f, 0.95f, 0.999f};
+        const float mps[] = {0.0f, 0.05f, 0.5f, 1.0f};
+        const int sizes[] = {1,   2,   7,    8,    15,   16,   17,   31,
+                             33,  100, 257,  1023, 1024, 1025, 4100, MAXN};
+        int cases = 0, bad_dist = 0, bad_draw = 0;
+        for (int rep = 0; rep < 700; rep++) {
+            int n = sizes[rep % (int)(sizeof sizes / sizeof *sizes)];
+            hard_row(row, n, rep / 3);
+            gn_sampler_params p = gn_sampler_default_params();
+            p.temperature = rep % 11 == 0 ? 0.0f : temps[(int)(urand() * 8)];
+            if ((rep / 3) % 8 == 7)
+                p.temperature = 1.0f;
+            int ks[] = {0, 0, 1, 3, 50, n - 1, n};
+            p.top_k = ks[(int)(urand() * 7)];
+            p.top_p = tps[(int)(urand() * 6)];
+            p.min_p = mps[(int)(urand() * 4)];
+            int bad = compare_kernels(ref, fast, row, n, &p, (uint64_t)rep);
+            bad_dist += bad & 1;
+            bad_draw += (bad >> 1) & 1;
+            cases++;
+        }
+        for (int rep = 0; rep < 300; rep++) { /* sums that round: the tree order must match */
+            int n = 16 + rep % 20;
+            hard_row(row, n, 7);
+            gn_sampler_params p = gn_sampler_default_params();
+            p.top_p = rep % 2 ? 1.0f : 0.999f;
+            int bad = compare_kernels(ref, fast, row, n, &p, (uint64_t)rep);
+            bad_dist += bad & 1;
+            bad_draw += (bad >> 1) & 1;
+            cases++;
+        }
+        CHECK(bad_dist == 0, "kernels %d: %d of %d rows with a different distribution", sets[ki],
+              bad_dist, cases);
+        CHECK(bad_draw == 0, "kernels %d: %d of %d rows with different draws", sets[ki], bad_draw,
+              cases);
+        /* the same errors, NaN anywhere (vector part and tail) */
+        int nan_ok = 1;
+        for (int pos = 0; pos < 40; pos++) {
+            int n = 37;
+            random_row(row, n, 1.0);
+            row[pos % n] = NAN;
+            gn_rng r1, r2;
+            gn_rng_seed(&r1, 1);
+            gn_rng_seed(&r2, 1);
+            gn_sampler_params p = gn_sampler_default_params();
+            gn_err ea = {0}, eb = {0};
+            int ta = gn_sampler_sample(ref, &p, &r1, row, n, &ea);
+            int tb = gn_sampler_sample(fast, &p, &r2, row, n, &eb);
+            if (ta != GN_EINVAL || tb != GN_EINVAL || strcmp(ea.msg, eb.msg))
+                nan_ok = 0;
+        }
+        CHECK(nan_ok, "NaN rejected the same way by both kernel sets");
+    }
+out:
+    gn_sampler_free(ref);
+    gn_sampler_free(fast);
+    free(row);
+}
+
 /* No allocation per token, and a vocabulary-sized row is fast enough. */
 static void test_no_alloc_and_speed(void) {
     enum { BIG = 152064 };
@@ -480,7 +746,10 @@ int main(void) {
     test_filters_vs_direct(s);
     test_frequencies(s);
     test_errors(s);
+    test_exp_accuracy(s);
     gn_sampler_free(s);
+    test_frequencies_big();
+    test_kernels_agree();
     test_no_alloc_and_speed();
     GN_TEST_MAIN_END();
 }
