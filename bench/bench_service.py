@@ -16,9 +16,12 @@ on loopback; random models with the real Llama-2 tokenizer, 32000 columns).
                      sampling, scheduling)
   (b) aggregate guided tokens/s at 1, 8 and 32 concurrent streams.
 
-usage: bench/bench_service.py --build BUILD [--dim 256 --layers 4 --ffn 768]
+usage: bench/bench_service.py --build BUILD [--dim 256 --layers 4 --ffn 768 --heads 4 --kv-heads 2]
                               [--tokens 48] [--threads 1] [--sample-threads 1]
-Prints a table; takes about a minute on a 2-core machine.
+Prints a table; takes about a minute on a 2-core machine. The default model is
+tiny (its step is about a millisecond, so fixed per-step costs weigh heavily);
+--dim 768 --layers 12 --ffn 2048 --heads 12 --kv-heads 12 is bench_cpu's
+~100M-parameter shape.
 """
 import argparse
 import json
@@ -96,6 +99,8 @@ def main():
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--ffn", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample-threads", type=int, default=1, help="coordinator sampling threads")
@@ -112,7 +117,7 @@ def main():
         d = os.path.join(e2e.WORK, name)
         subprocess.run([os.path.join(s.b, "tools/genarm-make-model"), "--arch", "llama", "--out", d,
                         "--tokenizer-from", os.path.join(s.b, "fixtures/tokenizers/llama2"), "--dim", str(a.dim),
-                        "--layers", str(a.layers), "--heads", "4", "--kv-heads", "2", "--ffn", str(a.ffn),
+                        "--layers", str(a.layers), "--heads", str(a.heads), "--kv-heads", str(a.kv_heads), "--ffn", str(a.ffn),
                         "--seed", str(seed), "--std", str(std)], check=True, capture_output=True)
         return d
     s.make_model = make_model
@@ -124,8 +129,9 @@ def main():
     # warm-up
     run_streams(s, 2, guided_body, s.key1)
     rows = []
-    print("GenARM Serve bench: llama dim %d, %d layers, ffn %d, vocab 32000, %d tokens/stream, %d thread(s)/worker, "
-          "%d sampling thread(s)" % (a.dim, a.layers, a.ffn, a.tokens, a.threads, a.sample_threads))
+    print("GenARM Serve bench: llama dim %d, %d layers, %d/%d heads, ffn %d, vocab 32000, %d tokens/stream, "
+          "%d thread(s)/worker, %d sampling thread(s)" % (a.dim, a.layers, a.heads, a.kv_heads, a.ffn, a.tokens,
+                                                          a.threads, a.sample_threads))
     print()
     print("(a) one stream, guided vs base-only, per step")
     print("%-10s %5s %9s %9s %9s %11s %9s" % ("mode", "batch", "tok/s", "step ms", "wait ms", "compute ms",

@@ -113,7 +113,9 @@ typedef struct group {
     uint64_t rid;
     int failed;
     gn_err err;
-    float *rows; /* (max_batch, n_vocab) */
+    float *rows;         /* (max_batch, n_vocab): the reply's rows when they need converting */
+    const float *rowp;   /* this step's rows: into rep (F32, read in place) or rows */
+    gn_wire_env *rep;    /* this step's reply, freed after the draws */
 } group;
 
 struct gn_dist {
@@ -622,7 +624,8 @@ static void job_repin(djob *jb, int k, const char *label) {
     for (int i = 0; i < jb->j.n; i++) jb->seqs[i].repin = 1;
 }
 
-/* Reads a group's reply into rows and the sequences' row indices. */
+/* Reads a group's reply (kept in g->rep, rows in g->rowp) and the sequences'
+ * row indices. */
 static void group_gather(gn_dist *d, group *g, double deadline) {
     int left = (int)((deadline - now_s()) * 1000.0);
     if (left < 1) left = 1;
@@ -647,7 +650,8 @@ static void group_gather(gn_dist *d, group *g, double deadline) {
     }
     const gn_wire_step_resp *r = rep->step_result;
     uint64_t rows = 0, cols = 0;
-    rc = gn_step_resp_logprobs_f32(r, g->rows, (size_t)g->n * (size_t)d->n_vocab, &rows, &cols, &g->err);
+    rc = gn_step_resp_logprobs_view(r, g->rows, (size_t)g->n * (size_t)d->n_vocab, &g->rowp, &rows, &cols,
+                                    &g->err);
     if (!rc && cols != (uint64_t)d->n_vocab)
         rc = gn_errf(&g->err, GN_EMISMATCH, "rows of %llu columns, the base vocabulary has %d",
                      (unsigned long long)cols, d->n_vocab);
@@ -691,7 +695,7 @@ static void group_gather(gn_dist *d, group *g, double deadline) {
                 break;
             }
     }
-    gn_wire_env_free(rep);
+    g->rep = rep; /* the rows may point into it: freed after the draws */
 }
 
 /* Combines and draws sequence s's next token into s->draw (or s->draw_rc
@@ -704,7 +708,7 @@ static void draw_seq(gn_dist *d, dseq *s, group **mg, gn_sampler *smp, float *sc
         s->draw_rc = gn_errf(&s->draw_err, GN_EIO, "the base worker returned no row for the sequence");
         return;
     }
-    const float *base = mg[0]->rows + (size_t)s->row[0] * (size_t)d->n_vocab;
+    const float *base = mg[0]->rowp + (size_t)s->row[0] * (size_t)d->n_vocab;
     const float *arm[GN_OAI_MAX_ARMS] = {0};
     for (int k = 0; k < jb->n_arms; k++) {
         if (jb->g.weights[k] == 0) continue;
@@ -712,7 +716,7 @@ static void draw_seq(gn_dist *d, dseq *s, group **mg, gn_sampler *smp, float *sc
             s->draw_rc = gn_errf(&s->draw_err, GN_EIO, "reward worker for %s returned no row", jb->j.arm_names[k]);
             return;
         }
-        arm[k] = mg[1 + k]->rows + (size_t)s->row[1 + k] * (size_t)d->n_vocab;
+        arm[k] = mg[1 + k]->rowp + (size_t)s->row[1 + k] * (size_t)d->n_vocab;
     }
     gn_guidance_combine(&jb->g, base, arm, score, d->n_vocab);
     int tok = gn_sampler_sample(smp, &jb->sp, &s->rng, score, d->n_vocab, &s->draw_err);
@@ -864,6 +868,10 @@ static int run_step(gn_dist *d) {
     else
         for (int i = 0; i < n_draw; i++) draw_seq(d, d->draw_list[i], where[d->draw_list[i]->slot], d->samplers[0],
                                                   d->scores[0]);
+    for (int i = 0; i < ng; i++) {
+        gn_wire_env_free(d->groups[i].rep);
+        d->groups[i].rep = NULL;
+    }
     for (int i = 0; i < n_draw; i++)
         if (!d->draw_list[i]->done) apply_seq(d, d->draw_list[i]);
     double t1 = now_s();

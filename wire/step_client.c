@@ -249,6 +249,22 @@ int gn_step_client_release_send(gn_step_client *c, const char *model_name,
     return gn_step_client_send(c, &env, request_id, err);
 }
 
+int gn_step_resp_logprobs_view(const gn_wire_step_resp *resp, float *dst, size_t dst_cap,
+                               const float **out, uint64_t *rows, uint64_t *cols, gn_err *err) {
+    gn_dtype dt;
+    if (gn_wire_tensor_check(resp->logprobs, &dt, err) != 0)
+        return GN_EFORMAT;
+    const Genarm__V1__Tensor *t = resp->logprobs;
+    if (dt == GN_F32 && GN_WIRE_HOST_LE && ((uintptr_t)t->data.data % _Alignof(float)) == 0) {
+        *rows = t->rows;
+        *cols = t->cols;
+        *out = (const float *)(const void *)t->data.data;
+        return 0;
+    }
+    *out = dst;
+    return gn_step_resp_logprobs_f32(resp, dst, dst_cap, rows, cols, err);
+}
+
 int gn_step_resp_logprobs_f32(const gn_wire_step_resp *resp, float *dst, size_t dst_cap,
                               uint64_t *rows, uint64_t *cols, gn_err *err) {
     gn_dtype dt;

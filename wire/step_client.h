@@ -91,4 +91,11 @@ int gn_step_client_release_send(gn_step_client *c, const char *model_name,
 int gn_step_resp_logprobs_f32(const gn_wire_step_resp *resp, float *dst, size_t dst_cap,
                               uint64_t *rows, uint64_t *cols, gn_err *err);
 
+/* The same rows without a copy where possible: an F32 tensor on a
+ * little-endian host, 4-byte aligned, is read in place (*out points into
+ * resp, valid while resp lives); anything else is converted into dst as
+ * above and *out = dst. */
+int gn_step_resp_logprobs_view(const gn_wire_step_resp *resp, float *dst, size_t dst_cap,
+                               const float **out, uint64_t *rows, uint64_t *cols, gn_err *err);
+
 #endif

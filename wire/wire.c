@@ -60,9 +60,11 @@ int gn_wire_pack_f32(const float *src, size_t n, gn_dtype dt, uint8_t *dst, size
     if (gn_size_mul(n, gn_dtype_size(dt), &need) || need > dst_cap)
         return gn_errf(err, GN_ERANGE, "pack: %zu values of %s need more than %zu bytes", n,
                        gn_dtype_name(dt), dst_cap);
-    /* Byte by byte: little-endian on any host; compilers turn this into plain
-     * stores on little-endian machines. */
-    if (dt == GN_F32) {
+    /* Little-endian on any host: a plain copy where the host is little-endian,
+     * byte by byte elsewhere. */
+    if (dt == GN_F32 && GN_WIRE_HOST_LE) {
+        memcpy(dst, src, need);
+    } else if (dt == GN_F32) {
         for (size_t i = 0; i < n; i++) {
             uint32_t u;
             memcpy(&u, &src[i], 4);
@@ -87,7 +89,9 @@ int gn_wire_unpack_f32(const uint8_t *src, size_t src_len, gn_dtype dt, size_t n
     if (gn_size_mul(n, gn_dtype_size(dt), &need) || need != src_len)
         return gn_errf(err, GN_EFORMAT, "unpack: %zu bytes is not %zu values of %s", src_len, n,
                        gn_dtype_name(dt));
-    if (dt == GN_F32) {
+    if (dt == GN_F32 && GN_WIRE_HOST_LE) {
+        memcpy(dst, src, need);
+    } else if (dt == GN_F32) {
         for (size_t i = 0; i < n; i++) {
             uint32_t u = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 |
                          (uint32_t)src[4 * i + 2] << 16 | (uint32_t)src[4 * i + 3] << 24;

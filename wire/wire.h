@@ -18,6 +18,14 @@
 
 #define GN_WIRE_PROTOCOL_VERSION 1u /* == genarm.v1.PROTOCOL_VERSION_CURRENT */
 
+/* 1 where the host's float layout is the wire's (little-endian IEEE binary32):
+ * F32 tensors can then be copied, or read in place, as float arrays. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define GN_WIRE_HOST_LE 1
+#else
+#define GN_WIRE_HOST_LE 0
+#endif
+
 /* Shorter names for the generated types. */
 typedef Genarm__V1__Envelope gn_wire_env;
 typedef Genarm__V1__StepRequest gn_wire_step_req;

@@ -239,6 +239,13 @@ static void compare(const char *what, const gn_wire_env *rep, const gn_step_seq 
     uint64_t rows, cols;
     gn_err e = {0};
     CHECK(gn_step_resp_logprobs_f32(r, got, nv, &rows, &cols, &e) == 0, "%s: unpack: %s", what, e.msg);
+    const float *view = NULL;
+    uint64_t vr, vc;
+    float *scratch = malloc(nv * sizeof(float) + 1);
+    CHECK(gn_step_resp_logprobs_view(r, scratch, nv, &view, &vr, &vc, &e) == 0 && vr == rows && vc == cols &&
+              memcmp(view, got, nv * sizeof(float)) == 0 && (dt == GN_F32) == (view != scratch),
+          "%s: the in-place view equals the copy (read in place for F32 only)", what);
+    free(scratch);
     if (dt == GN_F32) {
         CHECK(memcmp(got, want, nv * sizeof(float)) == 0, "%s: fp32 log-probs bit-identical", what);
     } else {
