@@ -12,7 +12,20 @@
  * (pointing into the mapped safetensors files). KV pools are float32: on CPU
  * decode is bound by the weight stream, the KV rows of a step are a small
  * fraction of it at the contexts we serve, and f32 keeps the fast attention
- * bit-comparable with the reference (no f16 rounding of K/V). */
+ * bit-comparable with the reference (no f16 rounding of K/V).
+ *
+ * Batch invariance (both tables): every op computes row i of its output
+ * from row i of its input (and the weights, the KV pool) in an order that
+ * depends neither on the number of rows, nor on row i's place among them,
+ * nor on the thread count; attention computes a token the same way whether
+ * it comes in a prefill or in a decode step. So a sequence's log-probs are
+ * bit-identical whatever else shares its step (same seed, same tokens,
+ * whatever the server's load), and a prompt prefilled in one step, in
+ * chunks or token by token gives the same bits. This holds per SIMD level:
+ * scalar, AVX2 and AVX-512 round differently from each other (within the
+ * tolerances test_cpu_ops checks), so two processes agree bit for bit only
+ * on the same level (GN_CPU_ISA pins it). tests/backend_cpu/
+ * test_batch_invariance.c checks it. */
 #ifndef GN_BACKEND_CPU_H
 #define GN_BACKEND_CPU_H
 

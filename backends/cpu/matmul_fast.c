@@ -6,11 +6,10 @@
  * weight is ever packed or copied:
  *
  *  - n == 1 (batch-1 decode, memory-bound): each weight row is streamed
- *    strictly front to back with 4 accumulator chains (x stays in L1). One
- *    sequential stream per thread is what the hardware prefetcher serves
- *    best: on the dev machine (Zen 4, 2 cores) it reads BF16 weights at the
- *    machine's read bandwidth (~30 GB/s), about 2x faster than walking 4 rows
- *    side by side.
+ *    strictly front to back (x stays in L1). One sequential stream per
+ *    thread is what the hardware prefetcher serves best: on the dev machine
+ *    (Zen 4, 2 cores) it reads BF16 weights at the machine's read bandwidth
+ *    (~30-40 GB/s), 1.3-2x faster than walking 2 or 4 rows side by side.
  *
  *  - n >= 2 (batched decode and prefill): a 4 weight rows x 4 x rows
  *    register tile (16 accumulators), so each load feeds 4 FMAs; x is
@@ -25,7 +24,18 @@
  *    packing cost more than the final horizontal sums.
  *
  * Threads split the weight rows into contiguous ranges (about 8 tasks per
- * thread, whole 4-row tiles); each task writes a disjoint set of columns of y. */
+ * thread, whole 4-row tiles); each task writes a disjoint set of columns of y.
+ *
+ * Batch invariance: y[i][r] is bit-for-bit the same whatever n, the position
+ * of row i in the batch (inside a tile, in a remainder tile, in the GEMV),
+ * the x chunking and the thread count, so a sequence's log-probs do not
+ * depend on what else is in its step (same seed, same output, whatever the
+ * load). Every kernel of one SIMD level computes an output in one order:
+ * fixed vector accumulators over k from 0 in order (AVX-512: one 16-lane
+ * chain; AVX2: two 8-lane chains over alternate chunks of 8), the tail as a
+ * last zero-padded vector, then one fixed horizontal sum, then + bias.
+ * Nothing is split along k across tasks. The scalar kernel is one loop for
+ * every n. */
 #include <string.h>
 
 #include "cpu_internal.h"
@@ -86,33 +96,17 @@ static void rows_scalar(const mm_job *j, int r0, int r1) {
 
 /* ------------------------------------------------------------------ AVX-512 */
 
-/* y[r] for weight rows [r0, r1) against the single row of x: each row is
- * read front to back with 4 independent accumulator chains. */
-static GN_AI GN_T512 void seq_rows16_dt(const mm_job *j, gn_dtype dt, int r0, int r1) {
-    size_t cols = (size_t)j->cols;
-    const float *x = j->x;
-    for (int r = r0; r < r1; r++) {
-        const char *w = (const char *)j->w + (size_t)r * cols * gn_dtype_size(dt);
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        size_t k = 0;
-        for (; k + 64 <= cols; k += 64) {
-            a0 = _mm512_fmadd_ps(gn_ld16(w, k, dt), _mm512_loadu_ps(x + k), a0);
-            a1 = _mm512_fmadd_ps(gn_ld16(w, k + 16, dt), _mm512_loadu_ps(x + k + 16), a1);
-            a2 = _mm512_fmadd_ps(gn_ld16(w, k + 32, dt), _mm512_loadu_ps(x + k + 32), a2);
-            a3 = _mm512_fmadd_ps(gn_ld16(w, k + 48, dt), _mm512_loadu_ps(x + k + 48), a3);
-        }
-        for (; k < cols; k += 16) {
-            __mmask16 m = gn_mask16((int)(cols - k));
-            a0 = _mm512_fmadd_ps(gn_ld16_mask(w, k, dt, m), _mm512_maskz_loadu_ps(m, x + k), a0);
-        }
-        __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-        j->y[r] = _mm512_reduce_add_ps(s) + bias_at(j->bias, r);
-    }
-}
+/* Every AVX-512 output y[i][r] is computed in one order, whatever n, the
+ * kernel or the thread count (batch invariance: a sequence's log-probs do
+ * not depend on what else is in its batch): one 16-lane accumulator over k
+ * in steps of 16 from 0 (the masked tail last), then the horizontal sum of
+ * reduce16x16, then + bias. */
 
 /* Horizontal sums of 16 vectors at once: lane k of the result is the sum of
  * a[k]'s lanes. 15 adds and 30 in-register shuffles, against 16 separate
- * reductions (~8 uops each). */
+ * reductions (~8 uops each). Each vector's lanes are summed in the same
+ * order whatever its position k (lane quads (0+2)+(1+3), then the 128-bit
+ * lanes (L0+L2)+(L1+L3)), so unused inputs may be zero padding. */
 static GN_AI GN_T512 __m512 reduce16x16(const __m512 *a) {
     __m512 l1[8], l2[4], l3[2];
 #pragma GCC unroll 8
@@ -128,6 +122,38 @@ static GN_AI GN_T512 __m512 reduce16x16(const __m512 *a) {
         l3[i] = _mm512_add_ps(_mm512_shuffle_f32x4(l2[2 * i], l2[2 * i + 1], 0x44),
                               _mm512_shuffle_f32x4(l2[2 * i], l2[2 * i + 1], 0xee));
     return _mm512_add_ps(_mm512_shuffle_f32x4(l3[0], l3[1], 0x88), _mm512_shuffle_f32x4(l3[0], l3[1], 0xdd));
+}
+
+/* y[r] for weight rows [r0, r1) against the single row of x (batch-1
+ * decode, memory-bound): each row is one accumulator chain read strictly
+ * front to back, the sums of 16 rows are done by one reduce16x16. One
+ * sequential stream per thread is what the hardware prefetcher serves best;
+ * on the dev machine (Zen 4, 2 cores) walking two rows side by side (two
+ * chains, to hide the FMA latency) was 1.3-2x slower from DRAM, and one
+ * chain per row streams as fast as the former 4-chain loop did. (From L3
+ * the one chain is latency-bound, ~30% slower than 4 chains; but 4 chains
+ * would sum in another order than the batched tiles.) */
+static GN_AI GN_T512 void seq_rows16_dt(const mm_job *j, gn_dtype dt, int r0, int r1) {
+    size_t cols = (size_t)j->cols, rs = cols * gn_dtype_size(dt);
+    const float *x = j->x;
+    size_t kv = cols & ~(size_t)15; /* whole vectors */
+    __mmask16 mt = gn_mask16((int)(cols - kv));
+    for (int g = r0; g < r1; g += 16) {
+        int ng = r1 - g < 16 ? r1 - g : 16;
+        __m512 acc[16];
+        for (int u = 0; u < ng; u++) {
+            const char *w = (const char *)j->w + (size_t)(g + u) * rs;
+            __m512 a0 = _mm512_setzero_ps();
+            for (size_t k = 0; k < kv; k += 16) a0 = _mm512_fmadd_ps(gn_ld16(w, k, dt), _mm512_loadu_ps(x + k), a0);
+            if (kv < cols)
+                a0 = _mm512_fmadd_ps(gn_ld16_mask(w, kv, dt, mt), _mm512_maskz_loadu_ps(mt, x + kv), a0);
+            acc[u] = a0;
+        }
+        for (int u = ng; u < 16; u++) acc[u] = _mm512_setzero_ps();
+        float s[16];
+        _mm512_storeu_ps(s, reduce16x16(acc));
+        for (int u = 0; u < ng; u++) j->y[g + u] = s[u] + bias_at(j->bias, g + u);
+    }
 }
 
 /* y for weight rows [r0, r0 + nr) (nr <= 4) x rows [i0, i0 + NJ): 4 x NJ
@@ -174,29 +200,22 @@ static GN_AI GN_T512 void tile16(const mm_job *j, gn_dtype dt, int NJ, int i0, i
     }
     float b4[4] = {0, 0, 0, 0};
     for (int u = 0; u < nr; u++) b4[u] = bias_at(j->bias, r0 + u);
-    if (NJ == 4) {
-        /* Lane 4v + u of the reduction is y[i0 + v][r0 + u]. */
-        __m512 all[16];
+    /* Lane 4v + u of the reduction is y[i0 + v][r0 + u]; the x rows a
+     * narrower tile lacks are zero padding (the same sums as the GEMV's). */
+    __m512 all[16];
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; v++)
+    for (int v = 0; v < 4; v++)
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) all[v * 4 + u] = acc[u][v];
-        __m512 sums = reduce16x16(all);
-        __m128 bv = _mm_loadu_ps(b4);
-        __mmask8 m = (__mmask8)((1u << nr) - 1u);
-        float *y = j->y + (size_t)i0 * (size_t)j->rows + (size_t)r0;
-        size_t ld = (size_t)j->rows;
-        _mm_mask_storeu_ps(y, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 0), bv));
-        _mm_mask_storeu_ps(y + ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 1), bv));
-        _mm_mask_storeu_ps(y + 2 * ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 2), bv));
-        _mm_mask_storeu_ps(y + 3 * ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 3), bv));
-        return;
-    }
-#pragma GCC unroll 4
-    for (int v = 0; v < NJ; v++) {
-        float *y = j->y + (size_t)(i0 + v) * (size_t)j->rows + (size_t)r0;
-        for (int u = 0; u < nr; u++) y[u] = _mm512_reduce_add_ps(acc[u][v]) + b4[u];
-    }
+        for (int u = 0; u < 4; u++) all[v * 4 + u] = v < NJ ? acc[u][v] : _mm512_setzero_ps();
+    __m512 sums = reduce16x16(all);
+    __m128 bv = _mm_loadu_ps(b4);
+    __mmask8 m = (__mmask8)((1u << nr) - 1u);
+    float *y = j->y + (size_t)i0 * (size_t)j->rows + (size_t)r0;
+    size_t ld = (size_t)j->rows;
+    _mm_mask_storeu_ps(y, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 0), bv));
+    if (NJ > 1) _mm_mask_storeu_ps(y + ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 1), bv));
+    if (NJ > 2) _mm_mask_storeu_ps(y + 2 * ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 2), bv));
+    if (NJ > 3) _mm_mask_storeu_ps(y + 3 * ld, m, _mm_add_ps(_mm512_extractf32x4_ps(sums, 3), bv));
 }
 
 static GN_AI GN_T512 void tile_rows16_dt(const mm_job *j, gn_dtype dt, int r0, int r1) {
@@ -238,63 +257,107 @@ static GN_T512 void rows16(const mm_job *j, int r0, int r1) {
 
 /* ------------------------------------------------------------------ AVX2 */
 
-/* Same two kernels with 8 lanes and AVX2's 16 registers (the tile is 4
- * weight rows x 2 x rows). Tails (cols % 8) are finished in scalar code. */
+/* Same two kernels with 8 lanes and AVX2's 16 registers, and the same rule
+ * for batch invariance, with two accumulators per output so that the GEMV
+ * (one row, one stream) has two FMA chains in flight (one 8-lane chain per
+ * row was 30% slower): y[i][r] is gn_hsum8(a_even + a_odd), where a_even
+ * sums the 8-element chunks [k, k + 8) and a_odd the chunks [k + 8, k + 16)
+ * for k = 0, 16, 32, ... in order (the tail zero padded), then + bias. */
+
+/* Elements [k, min(k + 8, cols)) of a weight row / of x, zero padded
+ * (nothing read at or past cols). */
+static GN_AI GN_T256 __m256 ld8_part(const void *w, size_t k, size_t cols, gn_dtype dt) {
+    if (k + 8 <= cols) return gn_ld8(w, k, dt);
+    uint32_t t[8] = {0};
+    if (k < cols) memcpy(t, (const char *)w + k * gn_dtype_size(dt), (cols - k) * gn_dtype_size(dt));
+    return gn_ld8(t, 0, dt);
+}
+
 static GN_AI GN_T256 void seq_rows8_dt(const mm_job *j, gn_dtype dt, int r0, int r1) {
-    size_t cols = (size_t)j->cols;
+    size_t cols = (size_t)j->cols, rs = cols * gn_dtype_size(dt);
     const float *x = j->x;
+    size_t kv = cols & ~(size_t)15;
+    __m256 xe = ld8_part(x, kv, cols, GN_F32), xo = ld8_part(x, kv + 8, cols, GN_F32);
     for (int r = r0; r < r1; r++) {
-        const char *w = (const char *)j->w + (size_t)r * cols * gn_dtype_size(dt);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        size_t k = 0;
-        for (; k + 32 <= cols; k += 32) {
-            a0 = _mm256_fmadd_ps(gn_ld8(w, k, dt), _mm256_loadu_ps(x + k), a0);
-            a1 = _mm256_fmadd_ps(gn_ld8(w, k + 8, dt), _mm256_loadu_ps(x + k + 8), a1);
-            a2 = _mm256_fmadd_ps(gn_ld8(w, k + 16, dt), _mm256_loadu_ps(x + k + 16), a2);
-            a3 = _mm256_fmadd_ps(gn_ld8(w, k + 24, dt), _mm256_loadu_ps(x + k + 24), a3);
+        const char *w = (const char *)j->w + (size_t)r * rs;
+        __m256 ae = _mm256_setzero_ps(), ao = ae;
+        for (size_t k = 0; k < kv; k += 16) {
+            ae = _mm256_fmadd_ps(gn_ld8(w, k, dt), _mm256_loadu_ps(x + k), ae);
+            ao = _mm256_fmadd_ps(gn_ld8(w, k + 8, dt), _mm256_loadu_ps(x + k + 8), ao);
         }
-        for (; k + 8 <= cols; k += 8) a0 = _mm256_fmadd_ps(gn_ld8(w, k, dt), _mm256_loadu_ps(x + k), a0);
-        float t = gn_hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        for (; k < cols; k++) t += gn_cpu_wget(w, dt, k) * x[k];
-        j->y[r] = t + bias_at(j->bias, r);
+        if (kv < cols) {
+            ae = _mm256_fmadd_ps(ld8_part(w, kv, cols, dt), xe, ae);
+            ao = _mm256_fmadd_ps(ld8_part(w, kv + 8, cols, dt), xo, ao);
+        }
+        j->y[r] = gn_hsum8(_mm256_add_ps(ae, ao)) + bias_at(j->bias, r);
     }
 }
 
+/* Elements of k per block of the tile below (measured on Zen 4 with the
+ * AVX2 kernels: 128 is within ~5% of the former one-chain tile; 512 and
+ * 2048 lose 10-35% on F32 weights). */
+#define TILE8_KB 128
+
+/* y for weight rows [r0, r0 + nr) (nr <= 4) x rows [i0, i0 + NJ) (NJ <= 2):
+ * 4 x NJ outputs with two chains each is 16 accumulators, more than AVX2
+ * has registers beside the loads. So k goes in blocks of TILE8_KB: the even
+ * chains run over the block's even chunks, then (swapped through memory,
+ * the block now in L1) the odd chains over its odd chunks; each chain still
+ * sums its chunks in order. */
 static GN_AI GN_T256 void tile8(const mm_job *j, gn_dtype dt, int NJ, int i0, int r0, int nr, int pf) {
     size_t cols = (size_t)j->cols, es = gn_dtype_size(dt);
     const char *w[4];
     for (int u = 0; u < 4; u++)
         w[u] = (const char *)j->w + (size_t)(r0 + (u < nr ? u : nr - 1)) * cols * es;
     const float *x = j->x + (size_t)i0 * cols;
-    __m256 acc[4][2];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; u++)
+    __m256 acc[2][4][2]; /* [even/odd][weight row][x row] */
+    for (int h = 0; h < 2; h++)
+        for (int u = 0; u < 4; u++)
+            for (int v = 0; v < 2; v++) acc[h][u][v] = _mm256_setzero_ps();
+    const char *nx = w[0] + 4 * cols * es; /* the next tile's rows */
+    size_t kv = cols & ~(size_t)15;
+    for (size_t kb = 0; kb < kv; kb += TILE8_KB) {
+        size_t ke = kb + TILE8_KB < kv ? kb + TILE8_KB : kv;
 #pragma GCC unroll 2
-        for (int v = 0; v < NJ; v++) acc[u][v] = _mm256_setzero_ps();
-    const char *nx = w[0] + 4 * cols * es;
-    size_t k = 0;
-    for (; k + 8 <= cols; k += 8) {
-        if (pf && (k & 15) == 0)
-            for (int u = 0; u < 4; u++) _mm_prefetch(nx + ((size_t)u * cols + k) * es, _MM_HINT_T0);
-        __m256 wv[4];
+        for (int h = 0; h < 2; h++) {
+            __m256 a[4][2];
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++) wv[u] = gn_ld8(w[u], k, dt);
+            for (int u = 0; u < 4; u++)
 #pragma GCC unroll 2
-        for (int v = 0; v < NJ; v++) {
-            __m256 xv = _mm256_loadu_ps(x + (size_t)v * cols + k);
+                for (int v = 0; v < NJ; v++) a[u][v] = acc[h][u][v];
+            for (size_t k = kb + 8 * (size_t)h; k < ke; k += 16) {
+                if (pf && h == 0)
+                    for (int u = 0; u < 4; u++) _mm_prefetch(nx + ((size_t)u * cols + k) * es, _MM_HINT_T0);
+                __m256 wv[4];
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) acc[u][v] = _mm256_fmadd_ps(wv[u], xv, acc[u][v]);
+                for (int u = 0; u < 4; u++) wv[u] = gn_ld8(w[u], k, dt);
+#pragma GCC unroll 2
+                for (int v = 0; v < NJ; v++) {
+                    __m256 xv = _mm256_loadu_ps(x + (size_t)v * cols + k);
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++) a[u][v] = _mm256_fmadd_ps(wv[u], xv, a[u][v]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 2
+                for (int v = 0; v < NJ; v++) acc[h][u][v] = a[u][v];
         }
     }
-#pragma GCC unroll 2
+    if (kv < cols) {
+        for (int h = 0; h < 2; h++) {
+            __m256 wv[4];
+            for (int u = 0; u < 4; u++) wv[u] = ld8_part(w[u], kv + 8 * (size_t)h, cols, dt);
+            for (int v = 0; v < NJ; v++) {
+                __m256 xv = ld8_part(x + (size_t)v * cols, kv + 8 * (size_t)h, cols, GN_F32);
+                for (int u = 0; u < 4; u++) acc[h][u][v] = _mm256_fmadd_ps(wv[u], xv, acc[h][u][v]);
+            }
+        }
+    }
     for (int v = 0; v < NJ; v++) {
         float *y = j->y + (size_t)(i0 + v) * (size_t)j->rows + (size_t)r0;
-        const float *xv = x + (size_t)v * cols;
-        for (int u = 0; u < nr; u++) {
-            float s = gn_hsum8(acc[u][v]);
-            for (size_t kk = k; kk < cols; kk++) s += gn_cpu_wget(w[u], dt, kk) * xv[kk];
-            y[u] = s + bias_at(j->bias, r0 + u);
-        }
+        for (int u = 0; u < nr; u++)
+            y[u] = gn_hsum8(_mm256_add_ps(acc[0][u][v], acc[1][u][v])) + bias_at(j->bias, r0 + u);
     }
 }
 

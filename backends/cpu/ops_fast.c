@@ -218,16 +218,24 @@ static GN_T512 void swiglu16(float *out, const float *g, const float *u, size_t 
     }
 }
 
+static GN_AI GN_T256 __m256 swiglu8_vec(__m256 gv, __m256 uv) {
+    __m256 e = gn_exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+    return _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), uv);
+}
+
+/* The tail (n % 8) goes through the same vector code, zero padded, so an
+ * element's result does not depend on where it sits in the array (batch
+ * invariance: the last row of a batch is no different). */
 static GN_T256 void swiglu8(float *out, const float *g, const float *u, size_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 gv = _mm256_loadu_ps(g + i);
-        __m256 e = gn_exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-        __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, swiglu8_vec(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) {
+        float gt[8] = {0}, ut[8] = {0}, ot[8];
+        memcpy(gt, g + i, (n - i) * sizeof(float));
+        memcpy(ut, u + i, (n - i) * sizeof(float));
+        _mm256_storeu_ps(ot, swiglu8_vec(_mm256_loadu_ps(gt), _mm256_loadu_ps(ut)));
+        memcpy(out + i, ot, (n - i) * sizeof(float));
     }
-    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 #endif
 

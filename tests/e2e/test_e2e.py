@@ -10,7 +10,8 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
      other's profile;
  (c) promoting a new ARM version while 16 streams run: none fails, each
      finishes on exactly one version (its text equals the single-process
-     result with v1), requests started after the promotion use v2;
+     result with v1, token for token), requests started after the promotion
+     use v2;
  (d) unknown profile 404, bad key 401, malformed body 400, each with an
      OpenAI error object;
  (e) a reward worker killed mid-stream fails only the streams that need it;
@@ -366,24 +367,18 @@ def test_c(s):
     s.adm("arm", "promote", "alpha", "2")
     for t in th:
         t.join()
-    # The text of each stream must be the single-process result with v1. The
-    # CPU kernels are not batch-invariant (one sequence vs a batch of 16 can
-    # differ in the last bits), so at T > 0 a late token may flip: require
-    # most streams exact and every stream to follow v1 (not v2) for its first
-    # half. The version itself is checked by the coordinator on every step
-    # (SeqResult.model_version) and logged per sequence (below).
-    exact = 0
+    # The text of each stream is the single-process result with v1, token for
+    # token: the CPU kernels are batch-invariant (a sequence in a batch of 16
+    # gets the bits it gets alone). The version itself is checked by the
+    # coordinator on every step (SeqResult.model_version) and logged per
+    # sequence (below).
     for i in range(n_streams):
         st, text, fin, n, err = results[i]
         check(st == 200 and err is None and fin == "length",
               "(c) stream %d: status %d finish %s err %s" % (i, st, fin, err))
         want = s.cli(s.arm_a1, 1.0, 0.5, prompt, max_tokens, 0.9, 100 + i)
         other = s.cli(s.arm_a2, 1.0, 0.5, prompt, max_tokens, 0.9, 100 + i)
-        exact += text == want
-        half = len(want) // 2
-        check(text[:half] == want[:half] and (want[:half] != other[:half]) == (text[:half] != other[:half]),
-              "(c) stream %d does not follow v1: %r vs v1 %r" % (i, text, want))
-    check(exact >= n_streams * 3 // 4, "(c) only %d of %d streams identical to v1" % (exact, n_streams))
+        check(text == want and text != other, "(c) stream %d is not v1's text: %r vs v1 %r" % (i, text, want))
     # after the promotion: v2
     for seed in (1, 2):
         st, text, fin, n, err = s.stream({"model": "tiny", "prompt": prompt, "profile": "pa", "max_tokens": 16,
