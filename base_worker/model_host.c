@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "gn_alloc.h"
 
@@ -227,7 +228,7 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         rc = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
         gn_errf(err, GN_ERANGE, "step output of %d rows overflows", rows);
     } else if (grow((void **)&h->out, &h->out_cap, n_vals * sizeof(float) + 1) ||
-               grow((void **)&h->bytes, &h->bytes_cap, n_bytes + 1)) {
+               (!(dt == GN_F32 && GN_WIRE_HOST_LE) && grow((void **)&h->bytes, &h->bytes_cap, n_bytes + 1))) {
         rc = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
         gn_errf(err, GN_ENOMEM, "step output of %d rows x %d: out of memory", rows, h->n_out);
     }
@@ -238,7 +239,12 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
             if ((int)s->start_pos < gn_seq_len(h->items[j].seq))
                 gn_seq_truncate(h->items[j].seq, (int)s->start_pos);
         }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         int src = gn_runner_step(h->r, h->items, n_items, h->out, err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int64_t us = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+        resp->compute_us = us > 0 ? (uint64_t)us : 0;
         if (src != 0)
             rc = strstr(err->msg, "KV cache exhausted") ? GENARM__V1__ERROR_CODE__ERROR_CAPACITY
                                                         : GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
@@ -250,14 +256,18 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         return rc;
     }
 
-    /* 3. Pack, report, release. */
-    if (gn_wire_pack_f32(h->out, n_vals, dt, h->bytes, h->bytes_cap, err) != 0)
-        return GENARM__V1__ERROR_CODE__ERROR_INTERNAL; /* cannot happen: sized above */
+    /* 3. Pack (F32 on a little-endian host: the rows as they are), report, release. */
+    const uint8_t *data = (const uint8_t *)h->out;
+    if (!(dt == GN_F32 && GN_WIRE_HOST_LE)) {
+        if (gn_wire_pack_f32(h->out, n_vals, dt, h->bytes, h->bytes_cap, err) != 0)
+            return GENARM__V1__ERROR_CODE__ERROR_INTERNAL; /* cannot happen: sized above */
+        data = h->bytes;
+    }
     Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
     t.dtype = gn_wire_dtype_to_proto(dt);
     t.rows = (uint64_t)rows;
     t.cols = (uint64_t)h->n_out;
-    t.data.data = h->bytes;
+    t.data.data = (uint8_t *)data;
     t.data.len = n_bytes;
     h->tensor = t;
     resp->logprobs = &h->tensor;

@@ -3,17 +3,20 @@
 (redis-server, base_worker, one reward_worker, coordinator as real processes
 on loopback; random models with the real Llama-2 tokenizer, 32000 columns).
 
-  (a) guided (base + 1 ARM) vs base-only tokens/s at 1 stream, in one run, and
-      the share of each step spent outside model compute:
+  (a) guided (base + 1 ARM) vs base-only tokens/s at 1 and 32 streams, in one
+      run, and the share of each step spent outside model compute:
         step         coordinator's wall time per step (its /metrics counters)
         wait         last send .. last reply (worker compute + ZeroMQ + the
                      workers' (de)serialization)
-        compute      the same models' decode step for the same batch size in
-                     one process (genarm generate -n B, --no-stream): the base
-                     step, and for guided max(base, ARM) since the workers run
-                     in parallel
+        compute      the workers' own forward-pass time for the step, as they
+                     report it (StepResponse.compute_us; the slowest worker,
+                     since they run in parallel)
         outside      1 - compute / step  (serialization, ZeroMQ, combining,
-                     sampling, scheduling)
+                     sampling, scheduling, and waiting for a CPU on a busy
+                     machine)
+        inproc       for reference: the same models' decode step in one
+                     process (genarm generate -n B), base, and for guided the
+                     extra time of the ARM
   (b) aggregate guided tokens/s at 1, 8 and 32 concurrent streams.
 
 usage: bench/bench_service.py --build BUILD [--dim 256 --layers 4 --ffn 768 --heads 4 --kv-heads 2]
@@ -43,7 +46,8 @@ def metrics(s):
     with urllib.request.urlopen("http://%s:%d/metrics" % (s.host, s.port), timeout=10) as r:
         text = r.read().decode()
     out = {}
-    for name in ("steps_total", "step_seconds_total", "step_wait_seconds_total", "sampled_tokens_total"):
+    for name in ("steps_total", "step_seconds_total", "step_wait_seconds_total", "step_compute_seconds_total",
+                 "sampled_tokens_total"):
         m = re.search(r"^genarm:coordinator_%s(?:\{[^}]*\})? ([0-9.eE+-]+)$" % name, text, re.M)
         out[name] = float(m.group(1)) if m else 0.0
     return out
@@ -76,7 +80,8 @@ def phase(s, n, body, key, rounds=1):
     m1 = metrics(s)
     d = {k: m1[k] - m0[k] for k in m0}
     return {"wall": wall, "tokens": d["sampled_tokens_total"], "steps": d["steps_total"],
-            "step_s": d["step_seconds_total"], "wait_s": d["step_wait_seconds_total"]}
+            "step_s": d["step_seconds_total"], "wait_s": d["step_wait_seconds_total"],
+            "compute_s": d["step_compute_seconds_total"]}
 
 
 def inproc_step_ms(s, arm, batch, tokens, threads):
@@ -134,8 +139,8 @@ def main():
                                                           a.threads, a.sample_threads))
     print()
     print("(a) one stream, guided vs base-only, per step")
-    print("%-10s %5s %9s %9s %9s %11s %9s" % ("mode", "batch", "tok/s", "step ms", "wait ms", "compute ms",
-                                            "outside"))
+    print("%-10s %5s %9s %9s %9s %11s %9s %10s" % ("mode", "batch", "tok/s", "step ms", "wait ms", "compute ms",
+                                                 "outside", "inproc ms"))
     cmp_base = {}
     for batch in (1, 32):
         cb = inproc_step_ms(s, None, batch, a.tokens, a.threads)
@@ -145,10 +150,11 @@ def main():
             p = phase(s, batch, body, s.key1, rounds=2 if batch == 1 else 1)
             step_ms = 1000.0 * p["step_s"] / max(p["steps"], 1)
             wait_ms = 1000.0 * p["wait_s"] / max(p["steps"], 1)
-            comp = cmp_base[batch][0] if mode == "base-only" else cmp_base[batch][1]
+            comp = 1000.0 * p["compute_s"] / max(p["steps"], 1)
+            ref = cmp_base[batch][0] if mode == "base-only" else cmp_base[batch][1]
             outside = max(0.0, 1.0 - comp / step_ms) if step_ms > 0 else 0.0
-            print("%-10s %5d %9.1f %9.2f %9.2f %11.2f %8.1f%%" % (mode, batch, p["tokens"] / p["wall"], step_ms,
-                                                               wait_ms, comp, 100.0 * outside))
+            print("%-10s %5d %9.1f %9.2f %9.2f %11.2f %8.1f%% %10.2f" % (mode, batch, p["tokens"] / p["wall"],
+                                                                       step_ms, wait_ms, comp, 100.0 * outside, ref))
             rows.append((mode, batch, p))
     print()
     print("(b) aggregate guided tokens/s by concurrent streams")

@@ -116,6 +116,7 @@ typedef struct group {
     float *rows;         /* (max_batch, n_vocab): the reply's rows when they need converting */
     const float *rowp;   /* this step's rows: into rep (F32, read in place) or rows */
     gn_wire_env *rep;    /* this step's reply, freed after the draws */
+    uint64_t compute_us; /* the worker's forward-pass time for this step (StepResponse.compute_us) */
 } group;
 
 struct gn_dist {
@@ -162,7 +163,7 @@ struct gn_dist {
     int thread_started;
     uint64_t next_seq;
     gn_dist_stats stats;
-    gn_metric *m_steps, *m_step_s, *m_wait_s, *m_tokens; /* NULL without metrics */
+    gn_metric *m_steps, *m_step_s, *m_wait_s, *m_compute_s, *m_tokens; /* NULL without metrics */
     /* sharing with other coordinators (NULL: off) */
     gn_share *share;
     atomic_int load;        /* sequences of the jobs handed to the scheduler and not retired */
@@ -445,6 +446,20 @@ static gn_step_client *get_client(gn_dist *d, const char *endpoint, const char *
     return c;
 }
 
+/* 1 when two step clients reach the same worker (one client per endpoint and
+ * ARM version; the base worker has its own). */
+static int same_worker(const gn_dist *d, const gn_step_client *a, const gn_step_client *b) {
+    if (a == b) return 1;
+    const char *ka = NULL, *kb = NULL;
+    for (int i = 0; i < d->n_clients; i++) {
+        if (d->clients[i].c == a) ka = d->clients[i].key;
+        if (d->clients[i].c == b) kb = d->clients[i].key;
+    }
+    if (!ka || !kb) return 0;
+    size_t la = strcspn(ka, "|"), lb = strcspn(kb, "|");
+    return la == lb && memcmp(ka, kb, la) == 0;
+}
+
 /* ---- admission ------------------------------------------------------------------------- */
 
 /* Resolves the reward workers of jb's ARMs. 1: all resolved; 0: waiting;
@@ -542,6 +557,7 @@ static group *group_for(gn_dist *d, int *n_groups, gn_step_client *c, const char
     g->version = ver;
     g->n = 0;
     g->failed = 0;
+    g->compute_us = 0;
     memset(&g->err, 0, sizeof g->err);
     if (*name)
         snprintf(g->label, sizeof g->label, "%s@%u", name, ver);
@@ -649,6 +665,7 @@ static void group_gather(gn_dist *d, group *g, double deadline) {
         return;
     }
     const gn_wire_step_resp *r = rep->step_result;
+    g->compute_us = r->compute_us;
     uint64_t rows = 0, cols = 0;
     rc = gn_step_resp_logprobs_view(r, g->rows, (size_t)g->n * (size_t)d->n_vocab, &g->rowp, &rows, &cols,
                                     &g->err);
@@ -875,15 +892,27 @@ static int run_step(gn_dist *d) {
     for (int i = 0; i < n_draw; i++)
         if (!d->draw_list[i]->done) apply_seq(d, d->draw_list[i]);
     double t1 = now_s();
+    /* model compute of the step: the slowest worker's forward pass (the
+     * workers run in parallel; groups sharing one worker run in turn) */
+    double compute = 0;
+    for (int i = 0; i < ng; i++) {
+        const group *g = &d->groups[i];
+        double c = 0;
+        for (int j = 0; j < ng; j++)
+            if (same_worker(d, d->groups[j].c, g->c)) c += d->groups[j].compute_us * 1e-6;
+        if (c > compute) compute = c;
+    }
     pthread_mutex_lock(&d->mu);
     d->stats.steps++;
     d->stats.step_s += t1 - t0;
     d->stats.wait_s += t_recv - t_sent;
+    d->stats.compute_s += compute;
     pthread_mutex_unlock(&d->mu);
     if (d->m_steps) {
         gn_metric_inc(d->m_steps, NULL, 1);
         gn_metric_inc(d->m_step_s, NULL, t1 - t0);
         gn_metric_inc(d->m_wait_s, NULL, t_recv - t_sent);
+        gn_metric_inc(d->m_compute_s, NULL, compute);
     }
     return n_stepped;
 }
@@ -1331,6 +1360,11 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
                                            "Part of the steps spent waiting for worker replies (last send to last "
                                            "reply).",
                                            NULL, NULL, 0, err)) ||
+            !(d->m_compute_s = gn_metrics_add(reg, GN_METRIC_COUNTER,
+                                              "genarm:coordinator_step_compute_seconds_total",
+                                              "Part of the steps that was model compute on the workers (their "
+                                              "forward passes; the slowest worker per step).",
+                                              NULL, NULL, 0, err)) ||
             !(d->m_tokens = gn_metrics_add(reg, GN_METRIC_COUNTER, "genarm:coordinator_sampled_tokens_total",
                                            "Tokens sampled by the scheduler.", NULL, NULL, 0, err)))
             goto fail;

@@ -83,12 +83,14 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err);
 gn_coord_backend gn_dist_backend(gn_dist *d);
 
 /* Step statistics since creation (for benchmarks): steps run, total seconds
- * in steps, seconds waiting for workers (send..last reply), tokens sampled. */
+ * in steps, seconds waiting for workers (send..last reply), seconds of model
+ * compute on the workers, tokens sampled. */
 typedef struct gn_dist_stats {
     long steps;
     long tokens;
     double step_s;
     double wait_s;
+    double compute_s; /* the workers' forward passes (StepResponse.compute_us), slowest worker per step */
 } gn_dist_stats;
 void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out);
 

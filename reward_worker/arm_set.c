@@ -562,6 +562,8 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
             }
     }
     resp->n_results = n_res;
+    resp->compute_us = 0;
+    for (int g = 0; g < n_groups; g++) resp->compute_us += a->gresp[g].compute_us; /* run one after another */
     Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
     t.dtype = gn_wire_dtype_to_proto(dt);
     t.rows = row;

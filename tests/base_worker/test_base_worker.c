@@ -220,6 +220,8 @@ static void compare(const char *what, const gn_wire_env *rep, const gn_step_seq 
     CHECK(r->n_errors == 0, "%s: %zu sequence errors (%s)", what, r->n_errors,
           r->n_errors ? r->errors[0]->message : "");
     CHECK(r->n_results == (size_t)n, "%s: %zu results", what, r->n_results);
+    CHECK(r->compute_us > 0 && r->compute_us < 60000000u, "%s: compute_us %llu", what,
+          (unsigned long long)r->compute_us);
     CHECK(r->logprobs && r->logprobs->rows == (uint64_t)want_rows && r->logprobs->cols == (uint64_t)g_nout &&
               (int)r->logprobs->dtype == (int)gn_wire_dtype_to_proto(dt),
           "%s: tensor shape/dtype", what);
