@@ -607,9 +607,6 @@ static void fail_seq(gn_dist *d, dseq *s, int rc, const char *fmt, ...) {
     job_fail(d, s->jb, rc, &e);
 }
 
-/* A superseded ARM version refused the prefill of a job's sequences (a
- * promotion raced their start): re-pin that ARM to the current version and
- * redo the step for the job (the other models rewind by one token). */
 /* A worker at capacity refused sequence s (a new sequence while all its
  * slots are taken, or its KV pool exhausted): s waits and retries, with
  * backoff, until the worker has room — for at most capacity_wait_ms. */
@@ -629,6 +626,9 @@ static void seq_capacity_wait(gn_dist *d, dseq *s, const char *label, const char
     s->repin = 1;
 }
 
+/* A superseded ARM version refused the prefill of a job's sequences (a
+ * promotion raced their start): re-pin that ARM to the current version and
+ * redo the step for the job (the other models rewind by one token). */
 static void job_repin(djob *jb, int k, const char *label) {
     if (jb->arm_client[k]) {
         gn_wire_log("info", "coordinator", "event=arm_repin job=%llu from=%s", (unsigned long long)jb->j.id, label);
