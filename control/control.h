@@ -238,6 +238,24 @@ typedef struct gn_ctl_swap {
 int gn_ctl_swap_next(gn_ctl *c, const char *after_id, int block_ms, gn_ctl_swap *out,
                      gn_err *err);
 
+/* A finished hot swap as the reward worker that did it reports it, on the
+ * stream genarm:swap_reports (capped at about 10000 entries): coordinators
+ * read it for the metric genarm:arm_swap_duration_seconds. */
+typedef struct gn_ctl_swap_report {
+    char id[GN_CTL_STREAM_ID_MAX]; /* stream entry id: pass as after_id next time */
+    char worker[GN_CTL_ID_MAX];
+    char arm[GN_CTL_ID_MAX];
+    char version[GN_CTL_ID_MAX];
+    int64_t swap_ms; /* the swap command seen .. the new version serving, on that worker */
+} gn_ctl_swap_report;
+
+int gn_ctl_swap_report_push(gn_ctl *c, const char *worker, const char *arm, const char *version, int64_t swap_ms,
+                            gn_err *err);
+
+/* The first report after stream id after_id (may point at out->id; "0" = from
+ * the start). Does not wait. 1 with *out filled, 0 when none, negative on error. */
+int gn_ctl_swap_report_next(gn_ctl *c, const char *after_id, gn_ctl_swap_report *out, gn_err *err);
+
 /* ---------------------------------------------------------------- workers */
 
 enum { GN_CTL_WORKER_BASE = 0, GN_CTL_WORKER_REWARD = 1 };

@@ -393,3 +393,64 @@ int gn_ctl_swap_next(gn_ctl *c, const char *after_id_in, int block_ms, gn_ctl_sw
     if (rc < 0) memset(out, 0, sizeof *out);
     return rc;
 }
+
+/* ---------------------------------------------------------------- swap reports */
+
+#define SWAP_REPORTS "genarm:swap_reports"
+
+int gn_ctl_swap_report_push(gn_ctl *c, const char *worker, const char *arm, const char *version, int64_t swap_ms,
+                            gn_err *err) {
+    if (!gn_ctl_id_valid(worker) || !gn_ctl_id_valid(arm) || !gn_ctl_id_valid(version) || swap_ms < 0)
+        return gn_errf(err, GN_EINVAL, "swap report: invalid worker, ARM, version or duration");
+    char ms[32];
+    snprintf(ms, sizeof ms, "%lld", (long long)swap_ms);
+    redisReply *r = ctl_cmd(c, err, "XADD", SWAP_REPORTS, "MAXLEN", "~", "10000", "*", "worker", worker, "arm", arm,
+                            "version", version, "swap_ms", ms, NULL);
+    if (!r) return CTL_RC(c);
+    int rc = r->type == REDIS_REPLY_STRING ? 0 : gn_errf(err, GN_EFORMAT, "swap report: unexpected reply");
+    freeReplyObject(r);
+    return rc;
+}
+
+int gn_ctl_swap_report_next(gn_ctl *c, const char *after_id_in, gn_ctl_swap_report *out, gn_err *err) {
+    char after_id[GN_CTL_STREAM_ID_MAX]; /* copied first: after_id_in may be out->id */
+    if (!after_id_in || !*after_id_in || strlen(after_id_in) >= sizeof after_id) {
+        memset(out, 0, sizeof *out);
+        return gn_errf(err, GN_EINVAL, "swap report next: bad stream id");
+    }
+    memcpy(after_id, after_id_in, strlen(after_id_in) + 1);
+    memset(out, 0, sizeof *out);
+    redisReply *r = ctl_cmd(c, err, "XREAD", "COUNT", "1", "STREAMS", SWAP_REPORTS, after_id, NULL);
+    if (!r) return CTL_RC(c);
+    int rc = 0;
+    if (r->type != REDIS_REPLY_NIL && (rc = ctl_want_array(r, 1, "swap report", err)) == 0 &&
+        (rc = ctl_want_array(r->element[0], 2, "swap report: stream", err)) == 0 &&
+        (rc = ctl_want_array(r->element[0]->element[1], 0, "swap report: entries", err)) == 0 &&
+        r->element[0]->element[1]->elements > 0) {
+        redisReply *e = r->element[0]->element[1]->element[0];
+        long long ms = -1;
+        if ((rc = ctl_want_array(e, 2, "swap report entry", err)) == 0 &&
+            (rc = ctl_want_str(e->element[0], out->id, sizeof out->id, "swap report id", err)) == 0 &&
+            (rc = hash_shape_ok(e->element[1], "swap report", err)) == 0 &&
+            (rc = hget_str(e->element[1], "worker", out->worker, sizeof out->worker, "swap report", err)) == 0 &&
+            (rc = hget_str(e->element[1], "arm", out->arm, sizeof out->arm, "swap report", err)) == 0 &&
+            (rc = hget_str(e->element[1], "version", out->version, sizeof out->version, "swap report", err)) == 0 &&
+            (rc = hget_ll(e->element[1], "swap_ms", &ms, "swap report", err)) == 0) {
+            if (ms < 0 || !gn_ctl_id_valid(out->worker) || !gn_ctl_id_valid(out->arm) ||
+                !gn_ctl_id_valid(out->version))
+                rc = gn_errf(err, GN_EFORMAT, "swap report %s: invalid fields", out->id);
+            else {
+                out->swap_ms = ms;
+                rc = 1;
+            }
+        }
+    }
+    freeReplyObject(r);
+    if (rc < 0) {
+        char id[GN_CTL_STREAM_ID_MAX];
+        memcpy(id, out->id, sizeof id);
+        memset(out, 0, sizeof *out);
+        memcpy(out->id, id, sizeof id); /* a bad entry can still be skipped */
+    }
+    return rc;
+}

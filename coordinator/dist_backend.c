@@ -170,6 +170,10 @@ struct gn_dist {
     atomic_int draining;    /* stop taking from the shared queue */
     double next_take;       /* scheduler: when to look at the shared queue again */
     double next_depth;      /* scheduler: when to refresh the queue-depth gauge */
+    double next_observe;    /* scheduler: when to sample the base worker's KV use and swap reports */
+    char swap_after[GN_CTL_STREAM_ID_MAX]; /* last swap report read */
+    gn_step_client *hb_client; /* heartbeats to the base worker, apart from the steps */
+    uint64_t hb_rid;           /* the heartbeat in flight, 0 = none */
     int parked_any;         /* parked a request: acknowledge the tokens that come back on the stream */
     double parked_drain_t;  /* last time the stream was read */
     double parked_last;     /* last time a token was parked or taken back */
@@ -1050,6 +1054,35 @@ static void take_shared(gn_dist *d, int quit) {
     }
 }
 
+/* Once a second (scheduler thread, between steps): the base worker's KV-cache
+ * use (its heartbeat) and the reward workers' swap reports, for /metrics. */
+static void observe_workers(gn_dist *d) {
+    double t = now_s();
+    if (!d->metrics || t < d->next_observe) return;
+    d->next_observe = t + 1.0;
+    /* the reply to last second's heartbeat (never waited for: the worker may be busy) */
+    gn_err e = {0};
+    gn_wire_env *rep = NULL;
+    if (d->hb_rid && gn_step_client_recv(d->hb_client, d->hb_rid, 0, &rep, &e) == 0 &&
+        rep->body_case == GENARM__V1__ENVELOPE__BODY_HEARTBEAT && rep->heartbeat->kv_total_blocks > 0)
+        gn_metric_set(d->metrics->kv_cache_usage, NULL,
+                      (double)rep->heartbeat->kv_used_blocks / (double)rep->heartbeat->kv_total_blocks);
+    gn_wire_env_free(rep);
+    gn_wire_env env;
+    gn_wire_env_init(&env, 0);
+    Genarm__V1__Heartbeat hb = GENARM__V1__HEARTBEAT__INIT;
+    env.body_case = GENARM__V1__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    if (gn_step_client_send(d->hb_client, &env, &d->hb_rid, &e)) d->hb_rid = 0;
+    for (int i = 0; i < 64; i++) {
+        gn_ctl_swap_report r;
+        int rc = gn_ctl_swap_report_next(d->ctl_sched, d->swap_after, &r, &e);
+        if (r.id[0]) snprintf(d->swap_after, sizeof d->swap_after, "%s", r.id); /* a bad one is skipped */
+        if (rc == 1) gn_metric_observe(d->metrics->arm_swap, NULL, (double)r.swap_ms / 1000.0);
+        if (rc <= 0 && !(rc < 0 && r.id[0])) break;
+    }
+}
+
 static void *scheduler(void *arg) {
     gn_dist *d = arg;
     for (;;) {
@@ -1102,6 +1135,7 @@ static void *scheduler(void *arg) {
         compact_active(d);
         reap_jobs(d);
         gauges(d);
+        observe_workers(d);
         if (!d->share) drain_parked_tokens(d); /* else gn_share_take acknowledges them */
         if (quit && !d->running && !d->pending) break;
     }
@@ -1287,6 +1321,12 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
         snprintf(d->coord_id, sizeof d->coord_id, "coord-%.40s-%d", host, (int)getpid());
     }
     atomic_init(&d->load, 0);
+    { /* swap reports from now on */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(d->swap_after, sizeof d->swap_after, "%lld-0",
+                 (long long)ts.tv_sec * 1000 + (long long)(ts.tv_nsec / 1000000));
+    }
     atomic_init(&d->draining, 0);
     d->next_seq = ((uint64_t)getpid() << 40) ^ ((uint64_t)time(NULL) << 20) ^ 1;
     if (p->model_id) {
@@ -1311,6 +1351,7 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
     if (!(d->ctl_submit = gn_ctl_connect(p->redis_host, p->redis_port, d->p.redis_timeout_ms, err))) goto fail;
     if (!(d->ctl_sched = gn_ctl_connect(p->redis_host, p->redis_port, d->p.redis_timeout_ms, err))) goto fail;
     if (!(d->base_client = gn_step_client_create(p->base_endpoint, NULL, err))) goto fail;
+    if (d->metrics && !(d->hb_client = gn_step_client_create(p->base_endpoint, NULL, err))) goto fail;
     if (!p->no_share) {
         gn_share_params sp = gn_share_default_params();
         sp.coordinator_id = d->coord_id;
@@ -1413,6 +1454,7 @@ void gn_dist_free(gn_dist *d) {
     gn_free(d->draw_list);
     for (int i = 0; i < d->n_clients; i++) gn_step_client_free(d->clients[i].c);
     gn_step_client_free(d->base_client);
+    gn_step_client_free(d->hb_client);
     gn_ctl_free(d->ctl_sched);
     gn_ctl_free(d->ctl_submit);
     for (int i = 0; i < d->n_minfo; i++) minfo_clear(&d->arms[i]);

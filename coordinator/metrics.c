@@ -353,7 +353,7 @@ gn_coord_metrics *gn_coord_metrics_create(gn_err *err) {
         {&cm->requests_waiting, GN_METRIC_GAUGE, "genarm:num_requests_waiting",
          "Number of requests accepted and waiting to be scheduled.", NULL, NULL, 0},
         {&cm->kv_cache_usage, GN_METRIC_GAUGE, "genarm:kv_cache_usage_perc",
-         "KV-cache usage (1 = full), the highest over workers.", NULL, NULL, 0},
+         "KV-cache usage of the base worker (1 = full), sampled every second.", NULL, NULL, 0},
         {&cm->prompt_tokens, GN_METRIC_COUNTER, "genarm:prompt_tokens_total",
          "Prefill tokens processed (base model).", NULL, NULL, 0},
         {&cm->generation_tokens, GN_METRIC_COUNTER, "genarm:generation_tokens_total",

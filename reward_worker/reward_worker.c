@@ -348,8 +348,11 @@ static int reconcile(worker *w, int64_t now_ms) {
                 snprintf(s->version, sizeof s->version, "%s", before);
             backoff_note(w, ref, now_ms);
         } else {
-            gn_wire_log("info", COMP, "event=swap_done arm=%s current=%u swap_ms=%lld", names[i], v,
-                        (long long)(gn_wire_now_ms() - t0));
+            int64_t ms = gn_wire_now_ms() - t0;
+            gn_wire_log("info", COMP, "event=swap_done arm=%s current=%u swap_ms=%lld", names[i], v, (long long)ms);
+            gn_err e2 = {0}; /* for genarm:arm_swap_duration_seconds; a lost report loses only the metric */
+            if (gn_ctl_swap_report_push(w->ctl, w->o.worker_id, names[i], cur.version, ms, &e2))
+                gn_wire_log("warn", COMP, "event=swap_report_failed msg=\"%s\"", e2.msg);
         }
     }
     return 0;

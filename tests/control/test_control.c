@@ -283,6 +283,22 @@ static void test_arms_and_profiles(gn_ctl *c, int port) {
     gn_ctl_swap s2;
     CHECK(gn_ctl_swap_next(c, s.id, 0, &s2, &e) == 0, "only one swap (no-op promote published nothing)");
     CHECK(gn_ctl_swap_next(c, s.id, 100, &s2, &e) == 0, "blocking swap read times out");
+    /* swap reports: pushed by reward workers, read in order by coordinators; a bad entry is skipped */
+    gn_ctl_swap_report rep;
+    CHECK(gn_ctl_swap_report_next(c, "0", &rep, &e) == 0, "no reports yet");
+    CHECK(gn_ctl_swap_report_push(c, "rw1", "hh", "2", 49, &e) == 0, "report: %s", e.msg);
+    CHECK(gn_ctl_swap_report_push(c, "rw1", "bad arm", "2", 49, &e) == GN_EINVAL, "bad ARM name refused");
+    CHECK(gn_ctl_swap_report_push(c, "rw1", "hh", "2", -1, &e) == GN_EINVAL, "negative duration refused");
+    redisReply *junk = redisCommand(gn_redis_raw(), "XADD genarm:swap_reports * worker rw2 arm hh");
+    freeReplyObject(junk);
+    CHECK(gn_ctl_swap_report_push(c, "rw2", "hh", "2", 120, &e) == 0, "second report");
+    CHECK(gn_ctl_swap_report_next(c, "0", &rep, &e) == 1 && strcmp(rep.worker, "rw1") == 0 &&
+              strcmp(rep.arm, "hh") == 0 && strcmp(rep.version, "2") == 0 && rep.swap_ms == 49,
+          "first report: %s", e.msg);
+    CHECK(gn_ctl_swap_report_next(c, rep.id, &rep, &e) < 0 && rep.id[0], "the malformed one fails but can be skipped");
+    CHECK(gn_ctl_swap_report_next(c, rep.id, &rep, &e) == 1 && strcmp(rep.worker, "rw2") == 0 && rep.swap_ms == 120,
+          "then the next one");
+    CHECK(gn_ctl_swap_report_next(c, rep.id, &rep, &e) == 0, "and no more");
     CHECK(gn_ctl_arm_get(c, "hh", "", &v, &e) == 0 && strcmp(v.version, "2") == 0, "current is 2");
 
     /* retire rules */
@@ -406,6 +422,9 @@ static void test_queue(gn_ctl *c, int port) {
     char id[GN_CTL_STREAM_ID_MAX];
     const char bin[] = {'a', 0, 'b'}; /* payloads are binary-safe */
     CHECK(gn_ctl_queue_push(c, bin, 3, id, &e) == 0 && id[0], "push binary");
+    CHECK(gn_ctl_queue_has(c, id, &e) == 1, "the entry is on the stream: %s", e.msg);
+    CHECK(gn_ctl_queue_has(c, "1-1", &e) == 0, "an id never pushed is not");
+    CHECK(gn_ctl_queue_has(c, "", &e) == GN_EINVAL, "an empty id is refused");
     for (int i = 1; i < 6; i++) {
         char body[32];
         int len = snprintf(body, sizeof body, "{\"req\":%d}", i);
@@ -422,7 +441,9 @@ static void test_queue(gn_ctl *c, int port) {
         int k = m.len == 3 && memcmp(m.payload, bin, 3) == 0 ? 0 : (m.payload ? m.payload[7] - '0' : -1);
         if (k >= 0 && k < 6) seen[k]++;
         by_a++;
+        CHECK(gn_ctl_queue_has(c, m.id, &e) == 1, "taken, not acknowledged: still on the stream");
         CHECK(gn_ctl_queue_ack(c, m.id, &e) == 0, "a acks: %s", e.msg);
+        CHECK(gn_ctl_queue_has(c, m.id, &e) == 0, "acknowledged: gone");
         gn_ctl_msg_clear(&m);
         CHECK(gn_ctl_queue_read(c2, "coord-b", 0, &m, &e) == 1, "b reads");
         k = m.len == 3 && memcmp(m.payload, bin, 3) == 0 ? 0 : (m.payload ? m.payload[7] - '0' : -1);

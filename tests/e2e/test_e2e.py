@@ -395,6 +395,8 @@ def test_c(s):
           "(c) the %d streams finished on alpha@1: %s" % (n_streams, on_v1[:3]))
     after = [l for l in lines if "tokens=16 " in l][-2:]
     check(len(after) == 2 and all("arms=alpha@2" in l for l in after), "(c) later requests on alpha@2: %s" % after)
+    check(wait_for(lambda: metric(s.port, "genarm:arm_swap_duration_seconds_count") >= 1, 5),
+          "(c) the reward worker's swap reached /metrics (arm_swap_duration_seconds)")
 
 
 def test_f(s):
@@ -556,12 +558,17 @@ def wait_for(cond, secs):
     return cond()
 
 
-def shared_total(port, role):
+def metric(port, name):
+    """The value of one sample (name with its labels) on a coordinator's /metrics, 0 when absent."""
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
         for l in r.read().decode().splitlines():
-            if l.startswith('genarm:shared_requests_total{role="%s"}' % role):
+            if l.startswith(name + " "):
                 return float(l.split()[-1])
     return 0.0
+
+
+def shared_total(port, role):
+    return metric(port, 'genarm:shared_requests_total{role="%s"}' % role)
 
 
 def test_j(s):
@@ -678,6 +685,25 @@ def test_k(s):
         check(st == 200 and err is None, "(k) seed %d: %s %s" % (seed, st, err))
         check(text == want[seed], "(k) seed %d: %r != single process %r" % (seed, text, want[seed]))
     check(log_has("coordinator", "event=capacity_wait", "zeta@1"), "(k) some sequences waited for room")
+    # the base worker's KV-cache use reaches /metrics while a long stream runs
+    out, started = {}, threading.Event()
+
+    def run_long():
+        out["r"] = s.stream({"model": "tiny", "prompt": "Long", "max_tokens": 1500, "temperature": 0,
+                             "ignore_eos": True}, s.key1, on_chunk=lambda n: started.set(),
+                            conn_out=out.setdefault("c", []))
+        started.set()
+    t = threading.Thread(target=run_long)
+    t.start()
+    started.wait(10)
+    check(wait_for(lambda: metric(s.port, "genarm:kv_cache_usage_perc") > 0, 5),
+          "(k) kv_cache_usage_perc follows the base worker")
+    for c in out.get("c", []):
+        try:
+            c.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+    t.join(20)
 
 
 def test_d(s):
