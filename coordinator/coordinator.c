@@ -22,8 +22,9 @@
  *
  * --listen may use port 0; --ready-file then receives "host:port" once the
  * server listens. SIGTERM/SIGINT: /ready turns 503, new requests get 503,
- * running streams finish (at most --drain-timeout-s, default 60), then the
- * process exits 0. Exit 1 on a start-up failure, 2 on a bad command line.
+ * nothing more is taken from the shared queue, running streams (its own and
+ * those it runs for other coordinators) finish (at most --drain-timeout-s,
+ * default 60), then the process exits 0. Exit 1 on a start-up failure, 2 on a bad command line.
  * Logs: key=value lines on stderr. */
 #include <signal.h>
 #include <stdio.h>
@@ -231,7 +232,10 @@ int main(int argc, char **argv) {
     if (dist) gn_dist_drain(dist);
     gn_wire_log("info", "coordinator", "event=draining inflight=%d", left);
     time_t t0 = time(NULL);
-    while ((left = gn_coord_server_inflight(srv)) > 0 && time(NULL) - t0 < o.drain_timeout_s) usleep(50000);
+    /* its own clients' requests, and other coordinators' requests running here */
+    while ((left = gn_coord_server_inflight(srv) + (dist ? gn_dist_peer_jobs(dist) : 0)) > 0 &&
+           time(NULL) - t0 < o.drain_timeout_s)
+        usleep(50000);
     gn_wire_log("info", "coordinator", "event=stopping inflight=%d", left);
     rc = 0;
 out:

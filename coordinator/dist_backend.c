@@ -1278,6 +1278,10 @@ void gn_dist_drain(gn_dist *d) {
     atomic_store(&d->draining, 1);
 }
 
+int gn_dist_peer_jobs(gn_dist *d) {
+    return d->share ? gn_share_remote_running(d->share) : 0;
+}
+
 void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out) {
     pthread_mutex_lock(&d->mu);
     *out = d->stats;

@@ -98,6 +98,9 @@ void gn_dist_get_stats(gn_dist *d, gn_dist_stats *out);
  * coordinator finishes what it runs; queued requests go to the others). */
 void gn_dist_drain(gn_dist *d);
 
+/* Other coordinators' requests running here (a drain waits for them too). */
+int gn_dist_peer_jobs(gn_dist *d);
+
 /* Cancels every job still queued or running (done() reports "abort"), stops
  * the thread, releases the sequences on the workers, frees. NULL is a no-op. */
 void gn_dist_free(gn_dist *d);

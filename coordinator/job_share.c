@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,7 +275,7 @@ struct gn_share {
     gn_ctl *ctl_exec;
     peer peers[PEERS_MAX];
     rjob *rjobs;
-    int n_r;
+    atomic_int n_r; /* read from any thread (drain) */
     uint64_t next_local;
     double last_claim;
     gn_metric *m_shared, *m_depth;
@@ -858,7 +859,7 @@ static void r_done(gn_coord_sink *sink, const gn_coord_result *res) {
             *pp = r->next;
             break;
         }
-    s->n_r--;
+    atomic_fetch_sub(&s->n_r, 1);
     if (--p->n_jobs == 0) p->idle_since = now_s();
     gn_share_job_clear(&r->sj);
     gn_free(r);
@@ -957,7 +958,7 @@ static int take_entry(gn_share *s, const gn_ctl_msg *m, gn_share_taken *out) {
     p->n_jobs++;
     r->next = s->rjobs;
     s->rjobs = r;
-    s->n_r++;
+    atomic_fetch_add(&s->n_r, 1);
     gn_metric_inc(s->m_shared, "executed", 1);
     gn_wire_log("info", "coordinator", "event=request_taken_from origin=%s job=%llu local=%llu", r->sj.origin_id,
                 (unsigned long long)r->sj.origin_job_id, (unsigned long long)r->sj.job.id);
@@ -1051,7 +1052,7 @@ void gn_share_poll(gn_share *s, void (*cancel)(void *ctx, uint64_t job_id), void
 }
 
 int gn_share_remote_running(gn_share *s) {
-    return s->n_r;
+    return atomic_load(&s->n_r);
 }
 
 long gn_share_queue_depth(gn_share *s) {

@@ -110,7 +110,7 @@ int gn_share_take(gn_share *s, gn_share_taken *out, gn_err *err);
  * while remote requests run. */
 void gn_share_poll(gn_share *s, void (*cancel)(void *ctx, uint64_t job_id), void *ctx);
 
-/* Taken remote requests that have not called done() yet. */
+/* Taken remote requests that have not called done() yet (any thread). */
 int gn_share_remote_running(gn_share *s);
 
 /* Entries waiting on the queue (not yet taken), for the gauge

@@ -24,9 +24,10 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
  (j) two more coordinators share requests through the Redis queue: one with
      room for a single sequence queues the rest, the other runs them and
      streams them back (identical to the single-process result); a client
-     that disconnects cancels its request on the other coordinator; a
-     coordinator killed while running another's request ends that stream
-     with an error and the service goes on.
+     that disconnects cancels its request on the other coordinator; one
+     that drains (SIGTERM) finishes the requests it runs for others first;
+     one killed while running another's request ends that stream with an
+     error and the service goes on.
 
 usage: test_e2e.py --build BUILD_DIR   (exit 77 = skipped: no redis-server)
 """
@@ -576,7 +577,7 @@ def test_j(s):
     coord = os.environ.get("GN_E2E_COORDINATOR") or os.path.join(s.b, "coordinator/coordinator")
     common = ["--redis", s.redis, "--base", s.base_ep, "--base-model", s.base, "--model-id", "tiny",
               "--step-timeout-ms", "3000", "--peer-timeout-ms", "1500", "--listen", "127.0.0.1:0"]
-    spawn("coordinator_a", [coord, "--id", "coord-a", "--max-batch", "1", "--arm-wait-ms", "8000", "--ready-file",
+    spawn("coordinator_a", [coord, "--id", "coord-a", "--max-batch", "1", "--arm-wait-ms", "15000", "--ready-file",
                             os.path.join(WORK, "ca.addr")] + common)
     pb = spawn("coordinator_b", [coord, "--id", "coord-b", "--max-batch", "8", "--ready-file",
                                  os.path.join(WORK, "cb.addr")] + common)
@@ -603,7 +604,7 @@ def test_j(s):
     check(exported >= 4, "(j) A queued %g of 6 requests" % exported)
     check(executed >= 1, "(j) B ran %g of A's requests" % executed)
 
-    # A's one slot held by a request waiting (up to 8 s) for an ARM no worker can load
+    # A's one slot held by a request waiting (up to 15 s) for an ARM no worker can load
     bad = os.path.join(WORK, "not_a_model_j")
     os.makedirs(bad, exist_ok=True)
     shutil.copy(os.path.join(s.arm_b1, "tokenizer.json"), bad)
@@ -639,17 +640,35 @@ def test_j(s):
             pass
     t2.join(20)
     check(wait_for(lambda: aborts_b() > a0, 10), "(j) the disconnect cancelled the request on B")
-    # B dies while running A's request: that stream ends with an error naming B
+    # B drains (SIGTERM) while running A's request: that stream still finishes
     started = threading.Event()
     n0 = taken_b()
+    t4 = threading.Thread(target=long_stream, args=("L4", out, started))
+    t4.start()
+    check(started.wait(10) and taken_b() > n0, "(j) B runs L4")
+    pb.send_signal(signal.SIGTERM)
+    t4.join(30)
+    st, text, fin, n, err = out.get("L4", (0, "", None, 0, "no result"))
+    check(err is None and fin == "length" and n > 100, "(j) L4 finished through B's drain: %s %s %d" % (fin, err, n))
+    try:
+        rc = pb.wait(15)
+    except subprocess.TimeoutExpired:
+        rc = None
+    check(rc == 0, "(j) B exited 0 after draining: %r" % rc)
+    # C dies while running A's request: that stream ends with an error naming C
+    pc = spawn("coordinator_c", [coord, "--id", "coord-c", "--max-batch", "8", "--ready-file",
+                                 os.path.join(WORK, "cc.addr")] + common)
+    wait_file(os.path.join(WORK, "cc.addr"))
+    started = threading.Event()
     t3 = threading.Thread(target=long_stream, args=("L3", out, started))
     t3.start()
-    check(started.wait(10) and taken_b() > n0, "(j) B runs L3")
-    pb.kill()
+    check(started.wait(10) and wait_for(lambda: log_has("coordinator_c", "event=request_taken_from"), 5),
+          "(j) C runs L3")
+    pc.kill()
     t3.join(20)
     st, text, fin, n, err = out.get("L3", (0, "", None, 0, "no result"))
-    check(not t3.is_alive() and err is not None and "coord-b" in str(err),
-          "(j) L3 ended with an error naming coord-b: %r after %d chunks" % (err, n))
+    check(not t3.is_alive() and err is not None and "coord-c" in str(err),
+          "(j) L3 ended with an error naming coord-c: %r after %d chunks" % (err, n))
     th.join(20)
     st, body = hold.get("r", (0, ""))
     check(st >= 500 and "epsilon" in body, "(j) the held request failed naming its ARM: %d %s" % (st, body[:120]))
