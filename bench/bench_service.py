@@ -14,6 +14,9 @@ on loopback; random models with the real Llama-2 tokenizer, 32000 columns).
         outside      1 - compute / step  (serialization, ZeroMQ, combining,
                      sampling, scheduling, and waiting for a CPU on a busy
                      machine)
+        client       sse: each stream read as Server-Sent Events, token by
+                     token; whole: the completion in one response (the
+                     client then wakes once per request, not per token)
         inproc       for reference: the same models' decode step in one
                      process (genarm generate -n B), base, and for guided the
                      extra time of the ARM
@@ -53,11 +56,15 @@ def metrics(s):
     return out
 
 
-def run_streams(s, n, body, key):
+def run_streams(s, n, body, key, stream=True):
     res = [None] * n
 
     def one(i):
-        res[i] = s.stream(dict(body, seed=i), key)
+        if stream:
+            res[i] = s.stream(dict(body, seed=i), key)
+        else:
+            st, text = s.post("/v1/completions", dict(body, seed=i), key)
+            res[i] = (st, text, None, 0, None if st == 200 else text)
 
     t0 = time.time()
     th = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -72,11 +79,11 @@ def run_streams(s, n, body, key):
     return wall
 
 
-def phase(s, n, body, key, rounds=1):
+def phase(s, n, body, key, rounds=1, stream=True):
     m0 = metrics(s)
     wall = 0.0
     for _ in range(rounds):
-        wall += run_streams(s, n, body, key)
+        wall += run_streams(s, n, body, key, stream)
     m1 = metrics(s)
     d = {k: m1[k] - m0[k] for k in m0}
     return {"wall": wall, "tokens": d["sampled_tokens_total"], "steps": d["steps_total"],
@@ -139,23 +146,25 @@ def main():
                                                           a.threads, a.sample_threads))
     print()
     print("(a) one stream, guided vs base-only, per step")
-    print("%-10s %5s %9s %9s %9s %11s %9s %10s" % ("mode", "batch", "tok/s", "step ms", "wait ms", "compute ms",
-                                                 "outside", "inproc ms"))
+    print("%-10s %5s %-6s %9s %9s %9s %11s %9s %10s" % ("mode", "batch", "client", "tok/s", "step ms", "wait ms",
+                                                       "compute ms", "outside", "inproc ms"))
     cmp_base = {}
     for batch in (1, 32):
         cb = inproc_step_ms(s, None, batch, a.tokens, a.threads)
         cg = inproc_step_ms(s, s.arm_a1, batch, a.tokens, a.threads)
         cmp_base[batch] = (cb, max(cb, cg - cb))
         for mode, body in (("base-only", base_body), ("guided", guided_body)):
-            p = phase(s, batch, body, s.key1, rounds=2 if batch == 1 else 1)
-            step_ms = 1000.0 * p["step_s"] / max(p["steps"], 1)
-            wait_ms = 1000.0 * p["wait_s"] / max(p["steps"], 1)
-            comp = 1000.0 * p["compute_s"] / max(p["steps"], 1)
-            ref = cmp_base[batch][0] if mode == "base-only" else cmp_base[batch][1]
-            outside = max(0.0, 1.0 - comp / step_ms) if step_ms > 0 else 0.0
-            print("%-10s %5d %9.1f %9.2f %9.2f %11.2f %8.1f%% %10.2f" % (mode, batch, p["tokens"] / p["wall"],
-                                                                       step_ms, wait_ms, comp, 100.0 * outside, ref))
-            rows.append((mode, batch, p))
+            for stream in (True, False):  # SSE per token, or the whole completion at the end
+                p = phase(s, batch, body, s.key1, rounds=2 if batch == 1 else 1, stream=stream)
+                step_ms = 1000.0 * p["step_s"] / max(p["steps"], 1)
+                wait_ms = 1000.0 * p["wait_s"] / max(p["steps"], 1)
+                comp = 1000.0 * p["compute_s"] / max(p["steps"], 1)
+                ref = cmp_base[batch][0] if mode == "base-only" else cmp_base[batch][1]
+                outside = max(0.0, 1.0 - comp / step_ms) if step_ms > 0 else 0.0
+                print("%-10s %5d %-6s %9.1f %9.2f %9.2f %11.2f %8.1f%% %10.2f" % (
+                    mode, batch, "sse" if stream else "whole", p["tokens"] / p["wall"], step_ms, wait_ms, comp,
+                    100.0 * outside, ref))
+                rows.append((mode, batch, p))
     print()
     print("(b) aggregate guided tokens/s by concurrent streams")
     print("%8s %9s %9s" % ("streams", "tok/s", "step ms"))
