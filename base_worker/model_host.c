@@ -11,6 +11,9 @@
 
 typedef struct slot {
     uint64_t id;
+    const gn_lora_adapter *ad; /* the adapter of its ARM (NULL: the model itself); slots are
+                                  keyed by (id, ad): one coordinator sequence may use several
+                                  adapters of one backbone */
     gn_seq *seq;
     int64_t last_used_ms;
     int used;
@@ -111,9 +114,9 @@ void gn_host_free(gn_host *h) {
     gn_free(h);
 }
 
-static int find_slot(const gn_host *h, uint64_t id) {
+static int find_slot(const gn_host *h, uint64_t id, const gn_lora_adapter *ad) {
     for (int i = 0; i < h->p.max_seqs; i++)
-        if (h->slots[i].used && h->slots[i].id == id)
+        if (h->slots[i].used && h->slots[i].id == id && h->slots[i].ad == ad)
             return i;
     return -1;
 }
@@ -138,6 +141,11 @@ static int grow(void **buf, size_t *cap, size_t need) {
 
 int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wire_step_resp *resp,
                  gn_err *err) {
+    return gn_host_step_for(h, NULL, req, now_ms, resp, err);
+}
+
+int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_req *req, int64_t now_ms,
+                     gn_wire_step_resp *resp, gn_err *err) {
     gn_dtype dt;
     if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) {
         gn_errf(err, GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
@@ -179,7 +187,7 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
                       s->n_tokens, h->max_ctx);
             continue;
         }
-        int k = find_slot(h, s->seq_id);
+        int k = find_slot(h, s->seq_id, ad);
         if (k < 0) {
             if (s->start_pos != 0) {
                 gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
@@ -201,7 +209,12 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
                 gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", e2.msg);
                 continue;
             }
-            slot sl = {.id = s->seq_id, .seq = seq, .last_used_ms = now_ms, .used = 1, .fresh = 1};
+            if (ad && gn_seq_set_adapter(seq, ad, &e2) != 0) {
+                gn_seq_free(seq);
+                gn_wire_seq_errors_add(h->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "%s", e2.msg);
+                continue;
+            }
+            slot sl = {.id = s->seq_id, .ad = ad, .seq = seq, .last_used_ms = now_ms, .used = 1, .fresh = 1};
             h->slots[k] = sl;
             h->n_live++;
         } else {
@@ -293,14 +306,28 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
 }
 
 int gn_host_release(gn_host *h, const uint64_t *ids, size_t n) {
+    return gn_host_release_for(h, NULL, ids, n);
+}
+
+int gn_host_release_for(gn_host *h, const gn_lora_adapter *ad, const uint64_t *ids, size_t n) {
     int freed = 0;
     for (size_t i = 0; i < n; i++) {
-        int k = find_slot(h, ids[i]);
+        int k = find_slot(h, ids[i], ad);
         if (k >= 0) {
             drop_slot(h, k);
             freed++;
         }
     }
+    return freed;
+}
+
+int gn_host_release_all_for(gn_host *h, const gn_lora_adapter *ad) {
+    int freed = 0;
+    for (int i = 0; i < h->p.max_seqs; i++)
+        if (h->slots[i].used && h->slots[i].ad == ad) {
+            drop_slot(h, i);
+            freed++;
+        }
     return freed;
 }
 
@@ -322,8 +349,18 @@ int gn_host_max_req_seqs(const gn_host *h) { return h->p.max_req_seqs; }
 int gn_host_n_out(const gn_host *h) { return h->n_out; }
 
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id) {
-    int k = find_slot(h, seq_id);
+    return gn_host_seq_len_for(h, NULL, seq_id);
+}
+
+int gn_host_seq_len_for(const gn_host *h, const gn_lora_adapter *ad, uint64_t seq_id) {
+    int k = find_slot(h, seq_id, ad);
     return k < 0 ? -1 : gn_seq_len(h->slots[k].seq);
+}
+
+int gn_host_n_seqs_for(const gn_host *h, const gn_lora_adapter *ad) {
+    int n = 0;
+    for (int i = 0; i < h->p.max_seqs; i++) n += h->slots[i].used && h->slots[i].ad == ad;
+    return n;
 }
 
 void gn_host_kv_usage(const gn_host *h, int *used_blocks, int *total_blocks) {

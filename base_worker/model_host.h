@@ -4,9 +4,11 @@
  * (log-probs packed in the requested dtype), release and idle expiry.
  *
  * This is the step-serving core of base_worker; a reward_worker holds one
- * gn_host per (ARM name, version) and routes StepRequest.model to it, so a
- * sequence started on version k stays on k's host (its KV cache belongs to
- * those weights).
+ * gn_host per full-model ARM version, or one per ARM backbone shared by the
+ * LoRA adapters on it (each an ARM version: the *_for calls name the
+ * adapter, and a host's sequences are keyed by (seq_id, adapter)), and routes
+ * StepRequest.model to it, so a sequence started on version k stays on k's
+ * weights (its KV cache belongs to them).
  *
  * Sequence rules (proto/genarm.proto, SeqStep.start_pos): an unknown seq_id
  * with start_pos 0 starts a sequence; with start_pos > 0 it is
@@ -22,6 +24,7 @@
 #include <stdint.h>
 
 #include "gn_err.h"
+#include "lora.h"
 #include "model.h"
 #include "runner.h"
 #include "wire.h"
@@ -60,19 +63,30 @@ void gn_host_free(gn_host *h);
 int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wire_step_resp *resp,
                  gn_err *err);
 
-/* Frees the listed sequences; returns how many were held. */
+/* The same for the sequences of adapter ad (NULL: the model itself, which is
+ * what gn_host_step serves): new sequences are bound to ad (gn_seq_set_adapter),
+ * held ones are found by (seq_id, ad). */
+int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_req *req, int64_t now_ms,
+                     gn_wire_step_resp *resp, gn_err *err);
+
+/* Frees the listed sequences (of adapter ad for _for); returns how many were held. */
 int gn_host_release(gn_host *h, const uint64_t *seq_ids, size_t n);
+int gn_host_release_for(gn_host *h, const gn_lora_adapter *ad, const uint64_t *seq_ids, size_t n);
+/* Frees every sequence of adapter ad (before the adapter itself is freed). */
+int gn_host_release_all_for(gn_host *h, const gn_lora_adapter *ad);
 
 /* Frees sequences idle for longer than idle_timeout_ms at now_ms; returns how
  * many. */
 int gn_host_sweep(gn_host *h, int64_t now_ms);
 
-/* Sequences held now / at most. */
+/* Sequences held now (all, or adapter ad's) / at most. */
 int gn_host_n_seqs(const gn_host *h);
+int gn_host_n_seqs_for(const gn_host *h, const gn_lora_adapter *ad);
 int gn_host_max_seqs(const gn_host *h);
 int gn_host_max_req_seqs(const gn_host *h);
-/* Tokens held for seq_id, or -1 when the host does not hold it. */
+/* Tokens held for seq_id (of adapter ad for _for), or -1 when the host does not hold it. */
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id);
+int gn_host_seq_len_for(const gn_host *h, const gn_lora_adapter *ad, uint64_t seq_id);
 void gn_host_kv_usage(const gn_host *h, int *used_blocks, int *total_blocks);
 /* Columns of every log-prob row (gn_model_n_out). */
 int gn_host_n_out(const gn_host *h);

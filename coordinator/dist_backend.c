@@ -17,7 +17,9 @@
 #include "gn_alloc.h"
 #include "gn_threadpool.h"
 #include "guidance.h"
+#include "fsutil.h"
 #include "hf_config.h"
+#include "lora_dir.h"
 #include "job_share.h"
 #include "model_config.h"
 #include "sampler.h"
@@ -224,8 +226,9 @@ static void minfo_clear(minfo *m) {
     memset(m, 0, sizeof *m);
 }
 
-/* The ARM at `path` (under mu_ctl). Falls back to the base model's tokenizer
- * and template when the directory cannot be read here (the registry's hash
+/* The ARM at `path` (under mu_ctl): its tokenizer and chat template; a PEFT
+ * adapter directory without a tokenizer has its backbone's. Falls back to the
+ * base model's when the directory cannot be read here (the registry's hash
  * guarantees the same tokenizer; only the template could differ). */
 static const minfo *arm_minfo(gn_dist *d, const char *path) {
     for (int i = 0; i < d->n_minfo; i++)
@@ -233,11 +236,19 @@ static const minfo *arm_minfo(gn_dist *d, const char *path) {
     if (d->n_minfo == MAX_MINFO) return &d->base;
     gn_err e = {0};
     minfo *m = &d->arms[d->n_minfo];
-    if (minfo_load(m, path, &e)) {
+    char backbone[GN_CTL_PATH_MAX];
+    const char *from = path;
+    char *tj = gn_fs_join(path, "tokenizer.json");
+    if (tj && !gn_fs_is_file(tj) && gn_lora_is_adapter_dir(path) &&
+        gn_lora_backbone_dir(path, backbone, sizeof backbone, &e) == 0)
+        from = backbone;
+    gn_free(tj);
+    if (minfo_load(m, from, &e)) {
         gn_wire_log("warn", "coordinator", "event=arm_tokenizer_unreadable path=\"%s\" msg=\"%s\"", path, e.msg);
         minfo_clear(m);
         return &d->base;
     }
+    snprintf(m->path, sizeof m->path, "%s", path); /* cached under the ARM's path */
     d->n_minfo++;
     return m;
 }

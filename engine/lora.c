@@ -1,15 +1,17 @@
-/* lora.c — PEFT LoRA adapters: config parsing, tensor pairing, merging (see
- * lora.h). */
+/* lora.c — PEFT LoRA adapters: config parsing, tensor pairing, merging, and
+ * adapters kept apart from the weights for per-sequence use (see lora.h). */
 #include "lora.h"
 
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fsutil.h"
 #include "gn_alloc.h"
 #include "gn_half.h"
+#include "model.h"
 #include "safetensors.h"
 
 static const struct {
@@ -316,4 +318,134 @@ int gn_lora_merge(const gn_tensor *w, const gn_tensor *a, const gn_tensor *b, fl
     gn_free(af);
     gn_free(delta);
     return 0;
+}
+
+/* ---- adapters kept apart from the weights ------------------------------------ */
+
+#define N_PROJ 7 /* q, k, v, o, gate, up, down: the order of k_modules and GN_LORA_* */
+
+static const char *const k_proj_path[N_PROJ] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+
+struct gn_lora_adapter {
+    gn_model *m;
+    gn_backend *be;
+    gn_lora_config cfg;
+    int n_layers;
+    gn_tensor *fa, *fb; /* (n_layers * N_PROJ); data NULL where the adapter has no module */
+    size_t bytes;
+};
+
+static const gn_tensor *proj_weight(const gn_layer_weights *lw, int mod) {
+    switch (mod) {
+    case 0: return &lw->wq;
+    case 1: return &lw->wk;
+    case 2: return &lw->wv;
+    case 3: return &lw->wo;
+    case 4: return &lw->w_gate;
+    case 5: return &lw->w_up;
+    default: return &lw->w_down;
+    }
+}
+
+void gn_lora_adapter_free(gn_lora_adapter *a) {
+    if (!a) return;
+    for (int i = 0; a->fa && i < a->n_layers * N_PROJ; i++) {
+        if (a->fa[i].data) a->be->ops->free(a->be, a->fa[i].data);
+        if (a->fb[i].data) a->be->ops->free(a->be, a->fb[i].data);
+    }
+    gn_free(a->fa);
+    gn_free(a->fb);
+    gn_free(a);
+}
+
+const gn_lora_config *gn_lora_adapter_cfg(const gn_lora_adapter *a) { return &a->cfg; }
+size_t gn_lora_adapter_bytes(const gn_lora_adapter *a) { return a ? a->bytes : 0; }
+struct gn_model *gn_lora_adapter_model(const gn_lora_adapter *a) { return a->m; }
+
+int gn_lora_adapter_factors(const gn_lora_adapter *a, int layer, int module, const gn_tensor **A,
+                            const gn_tensor **B) {
+    if (layer < 0 || layer >= a->n_layers || module < 0 || module >= N_PROJ) return 0;
+    size_t i = (size_t)layer * N_PROJ + (size_t)module;
+    if (!a->fa[i].data) return 0;
+    *A = &a->fa[i];
+    *B = &a->fb[i];
+    return 1;
+}
+
+/* *out = src converted to F32 and multiplied by `mul`, in backend memory. */
+static int upload_factor(gn_lora_adapter *ad, const gn_tensor *src, float mul, const char *what,
+                         gn_tensor *out, gn_err *err) {
+    gn_backend *be = ad->be;
+    size_t n = (size_t)src->rows * (size_t)src->cols, nbytes = n * sizeof(float);
+    float *h = gn_malloc(nbytes);
+    if (!h) return gn_errf(err, GN_ENOMEM, "LoRA %s: out of memory", what);
+    for (size_t i = 0; i < n; i++) h[i] = mul * load_el(src->data, src->dtype, i);
+    void *d = be->ops->alloc(be, nbytes);
+    int rc = 0;
+    if (!d)
+        rc = gn_errf(err, GN_ENOMEM, "LoRA %s: backend %s cannot allocate %zu bytes: %s", what,
+                     be->name, nbytes, be->err.msg);
+    else if (be->ops->upload(be, d, h, nbytes) != 0) {
+        rc = gn_errf(err, GN_EBACKEND, "LoRA %s: upload to %s failed: %s", what, be->name,
+                     be->err.msg);
+        be->ops->free(be, d);
+    }
+    gn_free(h);
+    if (rc) return rc;
+    *out = (gn_tensor){.data = d, .dtype = GN_F32, .rows = src->rows, .cols = src->cols};
+    ad->bytes += nbytes;
+    return 0;
+}
+
+gn_lora_adapter *gn_lora_adapter_load(gn_model *m, const char *dir, gn_err *err) {
+    if (!m || !dir) {
+        gn_errf(err, GN_EINVAL, "LoRA adapter: no model or directory");
+        return NULL;
+    }
+    gn_lora *l = gn_lora_open(dir, err);
+    if (!l) return NULL;
+    const gn_model_config *c = gn_model_cfg(m);
+    const gn_weights *w = gn_model_weights(m);
+    gn_lora_adapter *ad = gn_calloc(1, sizeof *ad);
+    size_t n = (size_t)c->n_layers * N_PROJ;
+    if (!ad || !(ad->fa = gn_calloc(n, sizeof *ad->fa)) || !(ad->fb = gn_calloc(n, sizeof *ad->fb))) {
+        gn_errf(err, GN_ENOMEM, "LoRA adapter %s: out of memory", dir);
+        goto fail;
+    }
+    ad->m = m;
+    ad->be = gn_model_backend(m);
+    ad->cfg = l->cfg;
+    ad->n_layers = c->n_layers;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int mod = 0; mod < N_PROJ; mod++) {
+            if (!(l->cfg.targets & (1u << mod))) continue;
+            char name[160];
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, k_proj_path[mod]);
+            gn_tensor ta, tb;
+            if (!gn_lora_find(l, name, &ta, &tb)) continue;
+            const gn_tensor *wt = proj_weight(&w->layers[layer], mod);
+            name[strlen(name) - 7] = '\0'; /* the module: drop ".weight" */
+            if (ta.cols != wt->cols || tb.rows != wt->rows) {
+                gn_errf(err, GN_EMISMATCH,
+                        "%s: module '%s': lora_A is (%lld, %lld) and lora_B (%lld, %lld), but the "
+                        "model's weight is (%lld, %lld)",
+                        l->path, name, (long long)ta.rows, (long long)ta.cols, (long long)tb.rows,
+                        (long long)tb.cols, (long long)wt->rows, (long long)wt->cols);
+                goto fail;
+            }
+            size_t i = (size_t)layer * N_PROJ + (size_t)mod;
+            if (upload_factor(ad, &ta, 1.0f, name, &ad->fa[i], err) != 0 ||
+                upload_factor(ad, &tb, l->cfg.scale, name, &ad->fb[i], err) != 0)
+                goto fail;
+        }
+    if (gn_lora_check_all_used(l, err) != 0) goto fail;
+    gn_lora_free(l);
+    return ad;
+fail:
+    gn_lora_adapter_free(ad);
+    gn_lora_free(l);
+    return NULL;
 }

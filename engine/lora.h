@@ -59,6 +59,36 @@ int gn_lora_find(gn_lora *l, const char *weight_name, gn_tensor *a, gn_tensor *b
  * weight asked for (e.g. a layer index beyond the model's), else 0. */
 int gn_lora_check_all_used(const gn_lora *l, gn_err *err);
 
+/* ---- adapters kept apart from the weights (several on one backbone) ---------- */
+
+/* A PEFT adapter loaded for one model WITHOUT merging: its low-rank factors
+ * on the model's backend (A as (r, in), B pre-scaled by `scale` as
+ * (out, r)), applied per sequence by the runner (gn_seq_set_adapter), so
+ * any number of adapters share one backbone's weights and one batch:
+ *     y = W·x + scale·B·(A·x)   for the targeted projections.
+ * Memory: the factors only (a few MB for r = 8 on q/k/v of a 7B model). */
+typedef struct gn_lora_adapter gn_lora_adapter;
+
+struct gn_model;
+/* Loads the adapter in `dir` for model m (borrowed; must outlive the
+ * adapter): every targeted module must exist in m with matching shapes
+ * (GN_EMISMATCH naming the module otherwise), the same checks as
+ * gn_lora_open. NULL and err on failure. */
+gn_lora_adapter *gn_lora_adapter_load(struct gn_model *m, const char *dir, gn_err *err);
+void gn_lora_adapter_free(gn_lora_adapter *a); /* NULL is a no-op */
+const gn_lora_config *gn_lora_adapter_cfg(const gn_lora_adapter *a);
+/* Bytes the adapter holds on its backend. */
+size_t gn_lora_adapter_bytes(const gn_lora_adapter *a);
+
+/* For the runner. The model the adapter was loaded for. */
+struct gn_model *gn_lora_adapter_model(const gn_lora_adapter *a);
+/* The factors of one projection: `module` is the index of its GN_LORA_* bit
+ * (0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down). Returns 1 and sets *A (r, in)
+ * and *B (out, r, already times scale), F32 tensors in backend memory, when
+ * the adapter has that module in that layer; else 0. */
+int gn_lora_adapter_factors(const gn_lora_adapter *a, int layer, int module, const gn_tensor **A,
+                            const gn_tensor **B);
+
 /* Writes W + scale · B·A into out (w.rows × w.cols elements of w.dtype):
  * accumulated in float32, rounded once to w's dtype. Checks a (r, w.cols) and
  * b (w.rows, r); `name` is used in messages. out must not alias w. 0,

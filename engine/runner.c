@@ -35,7 +35,15 @@
  * one launch instead of ~15 per layer. Recording slots are per backend and
  * handed out below, so runners sharing a backend (base + ARMs on one GPU)
  * never replay each other's steps. A size whose recording fails stays eager.
- * GN_RUNNER_GRAPHS=0 in the environment (read at create) turns this off. */
+ * GN_RUNNER_GRAPHS=0 in the environment (read at create) turns this off.
+ *
+ * LoRA adapters per sequence (gn_seq_set_adapter): after each targeted
+ * projection over all rows of a chunk, the rows of every sequence that has
+ * an adapter get y += B'·(A·x) from the adapter's factors (plain backend
+ * matmul/add on those rows; consecutive rows of one adapter in one go):
+ * q/k/v before q/k norm and RoPE, o and down before the residual add, gate
+ * and up before swiglu. A chunk without adapters runs exactly as before; a
+ * chunk with any is never recorded or replayed as a graph. */
 #include "runner.h"
 
 #include <math.h>
@@ -46,6 +54,7 @@
 
 #include "gn_alloc.h"
 #include "kvcache.h"
+#include "lora.h"
 
 struct gn_seq {
     gn_runner *r;
@@ -53,7 +62,14 @@ struct gn_seq {
     int n_blocks;     /* blocks held: ceil(len / block_size) outside a step */
     int32_t *blocks;  /* (max_blocks) physical block ids */
     uint64_t stamp;   /* last step that listed this sequence (duplicate check) */
+    const gn_lora_adapter *ad; /* LoRA applied to its rows, or NULL */
 };
+
+/* Rows [start, start + n) of a chunk that take adapter ad. */
+typedef struct ad_seg {
+    int start, n;
+    const gn_lora_adapter *ad;
+} ad_seg;
 
 struct gn_runner {
     gn_model *m;
@@ -93,6 +109,15 @@ struct gn_runner {
     int32_t *h_rows;    /* (T) */
     int32_t *new_blocks;/* (max_seqs * max_blocks) taken this step, for rollback */
     int *old_nb;        /* (max_seqs) blocks held before this step */
+
+    /* LoRA adapters of the current chunk: one segment per run of rows with
+     * the same adapter (none when no item has one). The scratch is allocated
+     * when the first sequence binds an adapter, grown with its rank. */
+    ad_seg *segs;       /* (max_seqs) */
+    int n_segs;
+    float *lt;          /* (T, lt_r) A·x */
+    float *lu;          /* (T, max(dim, q, kv, ffn)) B'·(A·x) */
+    int lt_r;
 
     /* Decode-step recordings, indexed by batch size n (1 .. max_seqs). */
     int graphs;             /* the backend records and graphs are not switched off */
@@ -195,7 +220,7 @@ void gn_runner_free(gn_runner *r) {
     gn_backend *be = r->be;
     void *bufs[] = {r->x, r->xb, r->q, r->k, r->v, r->att, r->gate, r->up, r->xr, r->logits, r->lp,
                     r->inv_freq, r->d_tokens, r->d_tok_seq, r->d_tok_pos, r->d_seq_len, r->d_table,
-                    r->d_rows, r->pool.data};
+                    r->d_rows, r->pool.data, r->lt, r->lu};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->ops->free(be, bufs[i]);
     gn_kvcache_free(r->kc);
@@ -207,6 +232,7 @@ void gn_runner_free(gn_runner *r) {
     gn_free(r->h_rows);
     gn_free(r->new_blocks);
     gn_free(r->old_nb);
+    gn_free(r->segs);
     if (r->g_slot)
         for (int n = 0; n <= r->p.max_seqs; n++)
             if (r->g_slot[n] >= 0) slot_release(be, r->g_slot[n]);
@@ -325,7 +351,8 @@ gn_runner *gn_runner_create(gn_model *m, const gn_runner_params *params, gn_err 
         goto fail;
     r->g_state = gn_calloc((size_t)p.max_seqs + 1, 1);
     r->g_slot = gn_malloc(sizeof(short) * ((size_t)p.max_seqs + 1));
-    if (!r->g_state || !r->g_slot) {
+    r->segs = gn_calloc((size_t)p.max_seqs, sizeof *r->segs);
+    if (!r->g_state || !r->g_slot || !r->segs) {
         gn_errf(err, GN_ENOMEM, "runner: out of memory");
         goto fail;
     }
@@ -387,6 +414,48 @@ void gn_seq_truncate(gn_seq *s, int n) {
     s->len = n;
 }
 
+/* Makes sure the adapter scratch holds rank r for max_batch_tokens rows. */
+static int lora_scratch(gn_runner *r, int rank, gn_err *err) {
+    const gn_model_config *c = r->cfg;
+    size_t T = (size_t)r->p.max_batch_tokens;
+    if (!r->lu) {
+        size_t wide = (size_t)c->dim, qd = (size_t)c->n_heads * (size_t)c->head_dim;
+        if (qd > wide) wide = qd;
+        if ((size_t)c->ffn_dim > wide) wide = (size_t)c->ffn_dim;
+        if (!(r->lu = be_buf(r, T, wide, "LoRA scratch", err))) return GN_ENOMEM;
+    }
+    if (r->lt_r < rank) {
+        float *lt = be_buf(r, T, (size_t)rank, "LoRA scratch", err);
+        if (!lt) return GN_ENOMEM;
+        if (r->lt) r->be->ops->free(r->be, r->lt);
+        r->lt = lt;
+        r->lt_r = rank;
+    }
+    return 0;
+}
+
+int gn_seq_set_adapter(gn_seq *s, const gn_lora_adapter *a, gn_err *err) {
+    if (!s) return gn_errf(err, GN_EINVAL, "runner: set_adapter: no sequence");
+    if (s->len > 0)
+        return gn_errf(err, GN_EINVAL,
+                       "runner: set_adapter: the sequence already holds %d tokens (bind the adapter "
+                       "before the first step)",
+                       s->len);
+    if (a) {
+        if (gn_lora_adapter_model(a) != s->r->m)
+            return gn_errf(err, GN_EMISMATCH,
+                           "runner: set_adapter: the adapter was loaded for another model (%s), "
+                           "not the runner's (%s)",
+                           gn_model_dir(gn_lora_adapter_model(a)), gn_model_dir(s->r->m));
+        int rc = lora_scratch(s->r, gn_lora_adapter_cfg(a)->r, err);
+        if (rc) return rc;
+    }
+    s->ad = a;
+    return 0;
+}
+
+const gn_lora_adapter *gn_seq_adapter(const gn_seq *s) { return s->ad; }
+
 void gn_runner_kv_usage(const gn_runner *r, int *used_blocks, int *total_blocks) {
     int total = gn_kvcache_n_blocks(r->kc);
     if (used_blocks) *used_blocks = total - gn_kvcache_n_free(r->kc);
@@ -412,6 +481,33 @@ static int op_fail(gn_runner *r, int rc, const char *op, int layer, gn_err *err)
     do {                                                       \
         int rc_ = (call);                                      \
         if (rc_) return op_fail(r, rc_, name, layer, err);     \
+    } while (0)
+
+/* LoRA deltas of projection `mod` (lora.h's module index) of layer l: for
+ * each segment whose adapter has it, on that segment's rows only,
+ * y += B'·(A·x) with x (n, in) and y (n, out) the projection's input and
+ * output. Backend ops only, so it runs wherever the backend does. */
+static int lora_apply(gn_runner *r, int l, int mod, float *y, const float *x, int in, int out,
+                      gn_err *err) {
+    gn_backend *be = r->be;
+    const gn_backend_ops *o = be->ops;
+    for (int i = 0; i < r->n_segs; i++) {
+        const ad_seg *g = &r->segs[i];
+        const gn_tensor *A, *B;
+        if (!gn_lora_adapter_factors(g->ad, l, mod, &A, &B)) continue;
+        OP(o->matmul(be, r->lt, x + (size_t)g->start * (size_t)in, A, NULL, g->n), "LoRA A", l);
+        OP(o->matmul(be, r->lu, r->lt, B, NULL, g->n), "LoRA B", l);
+        OP(o->add(be, y + (size_t)g->start * (size_t)out, r->lu, (size_t)g->n * (size_t)out), "LoRA add", l);
+    }
+    return 0;
+}
+
+#define LORA(mod, y, x, in, out)                                              \
+    do {                                                                      \
+        if (r->n_segs) {                                                      \
+            int rc_ = lora_apply(r, l, (mod), (y), (x), (in), (out), err);    \
+            if (rc_) return rc_;                                              \
+        }                                                                     \
     } while (0)
 
 /* Runs all layers over the n tokens whose tables are uploaded, then final
@@ -446,6 +542,10 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
             OP(o->matmul(be, r->k, r->xb, &L->wk, &L->bk, n), "k_proj", l);
             OP(o->matmul(be, r->v, r->xb, &L->wv, &L->bv, n), "v_proj", l);
         }
+        /* LoRA on q/k/v: before q/k norm, RoPE and attention. */
+        LORA(0, r->q, r->xb, dim, nh * hd);
+        LORA(1, r->k, r->xb, dim, nkv * hd);
+        LORA(2, r->v, r->xb, dim, nkv * hd);
         if (c->qk_norm) {
             OP(o->rmsnorm(be, r->q, r->q, &L->q_norm, n * nh, hd, c->norm_eps), "q_norm", l);
             OP(o->rmsnorm(be, r->k, r->k, &L->k_norm, n * nkv, hd, c->norm_eps), "k_norm", l);
@@ -465,6 +565,7 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
                "attention", l);
         }
         OP(o->matmul(be, r->xb, r->att, &L->wo, NULL, n), "o_proj", l);
+        LORA(3, r->xb, r->att, nh * hd, dim); /* before the residual add */
         if (fused) {
             OP(o->add_rmsnorm(be, r->x, r->xb, r->xb, &L->ffn_norm, n, dim, c->norm_eps), "residual+ffn_norm", l);
         } else {
@@ -479,8 +580,11 @@ static int forward_compute(gn_runner *r, int n, int n_rows, const gn_attn_batch 
             OP(o->matmul(be, r->gate, r->xb, &L->w_gate, NULL, n), "gate_proj", l);
             OP(o->matmul(be, r->up, r->xb, &L->w_up, NULL, n), "up_proj", l);
         }
+        LORA(4, r->gate, r->xb, dim, ffn); /* before swiglu */
+        LORA(5, r->up, r->xb, dim, ffn);
         OP(o->swiglu(be, r->gate, r->gate, r->up, (size_t)n * (size_t)ffn), "swiglu", l);
         OP(o->matmul(be, r->xb, r->gate, &L->w_down, NULL, n), "down_proj", l);
+        LORA(6, r->xb, r->gate, ffn, dim); /* before the residual add */
         if (fused) {
             const gn_tensor *nw = l + 1 < c->n_layers ? &w->layers[l + 1].attn_norm : &w->final_norm;
             OP(o->add_rmsnorm(be, r->x, r->xb, r->xb, nw, n, dim, c->norm_eps), "residual+norm", l);
@@ -563,6 +667,8 @@ static int forward_chunk(gn_runner *r, int n, int n_cs, int n_rows, int max_len,
     /* One token per sequence and one row per token: the same kernels, shapes
      * and buffers for every step of this n (h_rows is 0 .. n-1). */
     int graph = r->graphs && n == n_cs && n == n_rows && n_rows <= r->logit_rows;
+    /* A step carrying adapters runs eagerly: a recording has no LoRA ops. */
+    if (r->n_segs) graph = 0;
     if (graph && r->g_state[n] == GRAPH_WARM) record_step(r, n, ab);
     if (graph && r->g_state[n] == GRAPH_READY) {
         OP(o->graph_launch(be, r->g_slot[n]), "graph_launch", -1);
@@ -582,6 +688,7 @@ static int run_chunks(gn_runner *r, const gn_step_item *items, int n_items, floa
     size_t out_row = 0;
     while (item < n_items) {
         int n = 0, n_cs = 0, n_rows = 0, max_len = 0;
+        r->n_segs = 0;
         while (n < T && item < n_items) {
             const gn_step_item *it = &items[item];
             gn_seq *s = it->seq;
@@ -596,6 +703,14 @@ static int run_chunks(gn_runner *r, const gn_step_item *items, int n_items, floa
                 r->h_tok_seq[n] = cs;
                 r->h_tok_pos[n] = s->len + t;
                 if (it->all_logits || t == it->n_tokens - 1) r->h_rows[n_rows++] = n;
+            }
+            if (s->ad) {
+                /* Rows of one adapter next to each other: one segment. */
+                ad_seg *last = r->n_segs ? &r->segs[r->n_segs - 1] : NULL;
+                if (last && last->ad == s->ad && last->start + last->n == n - take)
+                    last->n += take;
+                else
+                    r->segs[r->n_segs++] = (ad_seg){.start = n - take, .n = take, .ad = s->ad};
             }
             r->h_seq_len[cs] = s->len + off + take;
             if (r->h_seq_len[cs] > max_len) max_len = r->h_seq_len[cs];

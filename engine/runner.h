@@ -44,6 +44,14 @@ void gn_seq_free(gn_seq *s);
 int gn_seq_len(const gn_seq *s);
 /* Forgets the tail: keeps the first n tokens (n <= len). */
 void gn_seq_truncate(gn_seq *s, int n);
+/* Binds a LoRA adapter (lora.h; NULL = none, the default) to s: every step
+ * of s then applies it on top of the shared weights. Only while s holds no
+ * tokens (GN_EINVAL otherwise); the adapter must belong to the runner's model
+ * (GN_EMISMATCH) and outlive s. Sequences with different adapters (or none)
+ * share one batch. */
+struct gn_lora_adapter;
+int gn_seq_set_adapter(gn_seq *s, const struct gn_lora_adapter *a, gn_err *err);
+const struct gn_lora_adapter *gn_seq_adapter(const gn_seq *s);
 
 typedef struct gn_step_item {
     gn_seq *seq;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "gn_alloc.h"
+#include "lora.h"
 #include "model.h"
 #include "step_server.h" /* gn_wire_now_ms */
 #include "tokenizer.h"
@@ -14,13 +15,25 @@
 #define ERR_MSG_MAX 240
 #define COMP "reward_worker"
 
+/* A backbone shared by the LoRA-adapter ARMs loaded on it: one model, one
+ * host (KV pool, sequence table keyed by (seq_id, adapter)). */
+typedef struct backbone {
+    int used;
+    char path[GN_ARM_PATH_MAX];
+    gn_model *m;
+    gn_host *h;
+    int refs; /* entries using it */
+} backbone;
+
 typedef struct arm_entry {
     int used;
     char name[GN_ARM_NAME_MAX];
     uint32_t version;
     char tok_hash[GN_ARM_HASH_HEX];
-    gn_model *m;
-    gn_host *h;
+    gn_model *m;         /* its own model, NULL for an adapter on a backbone */
+    gn_host *h;          /* its own host, or the backbone's */
+    int bb;              /* backbone index, -1 = own model */
+    gn_lora_adapter *ad; /* the adapter (NULL for a full model): its sequences in h */
     int n_out;
     int is_current;
     int draining; /* superseded or unloaded: no new sequences, freed when empty */
@@ -33,6 +46,7 @@ struct gn_arms {
     gn_arms_resolve_fn resolve;
     void *resolve_ud;
     arm_entry *e;    /* (max_models) */
+    backbone *bb;    /* (max_models) */
     int n_used;
     uint64_t gen;
     /* Per-step scratch for split requests, sized max_req_seqs. */
@@ -40,16 +54,18 @@ struct gn_arms {
     int *group_of_entry;            /* (max_models) group index, -1 = none */
     int *group_entry;               /* (max_models) entry of each group */
     Genarm__V1__SeqStep **sub;      /* (max_req_seqs) sub-request sequence pointers */
-    gn_wire_step_resp *gresp;       /* (max_models) each group's reply */
+    size_t *gcount;                 /* (max_models) each group's results (in res from gcursor) */
     int *gcode;                     /* (max_models) each group's whole-step code */
     char (*gmsg)[ERR_MSG_MAX];      /* (max_models) and message */
-    int *gcursor;                   /* (max_models) */
+    int *gcursor;                   /* (max_models) first result of each group in res */
     Genarm__V1__SeqResult *res;     /* (max_req_seqs) merged reply */
     Genarm__V1__SeqResult **res_ptr;
     gn_wire_seq_errors *errors;     /* (max_req_seqs) merged error replies */
     Genarm__V1__Tensor tensor;
-    uint8_t *bytes;
+    uint8_t *bytes;     /* the merged rows, in request order */
     size_t bytes_cap;
+    uint8_t *stage;     /* each group's rows as they come (group order) */
+    size_t stage_cap;
     /* Versions whose load on demand failed (tokenizer mismatch, broken files):
      * refused from memory for REFUSE_MS instead of reloading on every step. */
     struct {
@@ -100,18 +116,19 @@ gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *pin, gn_arms_resol
     a->resolve_ud = resolve_ud;
     size_t nm = (size_t)p.max_models, ns = (size_t)p.max_req_seqs;
     a->e = gn_calloc(nm, sizeof *a->e);
+    a->bb = gn_calloc(nm, sizeof *a->bb);
     a->seq_entry = gn_calloc(ns, sizeof *a->seq_entry);
     a->group_of_entry = gn_calloc(nm, sizeof *a->group_of_entry);
     a->group_entry = gn_calloc(nm, sizeof *a->group_entry);
     a->sub = gn_calloc(ns, sizeof *a->sub);
-    a->gresp = gn_calloc(nm, sizeof *a->gresp);
+    a->gcount = gn_calloc(nm, sizeof *a->gcount);
     a->gcode = gn_calloc(nm, sizeof *a->gcode);
     a->gmsg = gn_calloc(nm, sizeof *a->gmsg);
     a->gcursor = gn_calloc(nm, sizeof *a->gcursor);
     a->res = gn_calloc(ns, sizeof *a->res);
     a->res_ptr = gn_calloc(ns, sizeof *a->res_ptr);
     a->errors = gn_wire_seq_errors_create((int)ns);
-    if (!a->e || !a->seq_entry || !a->group_of_entry || !a->group_entry || !a->sub || !a->gresp ||
+    if (!a->e || !a->bb || !a->seq_entry || !a->group_of_entry || !a->group_entry || !a->sub || !a->gcount ||
         !a->gcode || !a->gmsg || !a->gcursor || !a->res || !a->res_ptr ||
         !a->errors) {
         gn_errf(err, GN_ENOMEM, "arm set: out of memory");
@@ -121,9 +138,24 @@ gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *pin, gn_arms_resol
     return a;
 }
 
+static void backbone_unref(gn_arms *a, int i) {
+    backbone *b = &a->bb[i];
+    if (--b->refs > 0) return;
+    gn_wire_log("info", COMP, "event=backbone_unloaded path=%s", b->path);
+    gn_host_free(b->h);
+    gn_model_free(b->m);
+    memset(b, 0, sizeof *b);
+}
+
 static void entry_free(gn_arms *a, arm_entry *e) {
-    gn_host_free(e->h);
-    gn_model_free(e->m);
+    if (e->bb >= 0) {
+        gn_host_release_all_for(e->h, e->ad); /* none are left when drained; on gn_arms_free there may be */
+        gn_lora_adapter_free(e->ad);
+        backbone_unref(a, e->bb);
+    } else {
+        gn_host_free(e->h);
+        gn_model_free(e->m);
+    }
     memset(e, 0, sizeof *e);
     a->n_used--;
     a->gen++;
@@ -137,11 +169,12 @@ void gn_arms_free(gn_arms *a) {
             if (a->e[i].used)
                 entry_free(a, &a->e[i]);
     gn_free(a->e);
+    gn_free(a->bb);
     gn_free(a->seq_entry);
     gn_free(a->group_of_entry);
     gn_free(a->group_entry);
     gn_free(a->sub);
-    gn_free(a->gresp);
+    gn_free(a->gcount);
     gn_free(a->gcode);
     gn_free(a->gmsg);
     gn_free(a->gcursor);
@@ -149,6 +182,7 @@ void gn_arms_free(gn_arms *a) {
     gn_free(a->res_ptr);
     gn_wire_seq_errors_free(a->errors);
     gn_free(a->bytes);
+    gn_free(a->stage);
     gn_free(a);
 }
 
@@ -176,7 +210,7 @@ uint32_t gn_arms_current(const gn_arms *a, const char *name) {
 static void collect(gn_arms *a) {
     for (int i = 0; i < a->p.max_models; i++) {
         arm_entry *e = &a->e[i];
-        if (e->used && e->draining && gn_host_n_seqs(e->h) == 0) {
+        if (e->used && e->draining && gn_host_n_seqs_for(e->h, e->ad) == 0) {
             gn_wire_log("info", COMP, "event=arm_unloaded arm=%s@%u reason=drained", e->name,
                         e->version);
             entry_free(a, e);
@@ -192,13 +226,43 @@ static void make_current(gn_arms *a, int k) {
             o->is_current = 0;
             o->draining = 1;
             gn_wire_log("info", COMP, "event=arm_swap arm=%s from=%u to=%u draining_seqs=%d",
-                        e->name, o->version, e->version, gn_host_n_seqs(o->h));
+                        e->name, o->version, e->version, gn_host_n_seqs_for(o->h, o->ad));
         }
     }
     if (!e->is_current || e->draining)
         a->gen++;
     e->is_current = 1;
     e->draining = 0;
+}
+
+/* The backbone at path, loaded (refs 0) when not held yet. Its index, or
+ * negative with err. */
+static int backbone_get(gn_arms *a, const char *path, gn_err *err) {
+    int free_i = -1;
+    for (int i = 0; i < a->p.max_models; i++) {
+        if (a->bb[i].used && !strcmp(a->bb[i].path, path)) return i;
+        if (!a->bb[i].used && free_i < 0) free_i = i;
+    }
+    if (free_i < 0) return gn_errf(err, GN_ERANGE, "already holding %d backbones", a->p.max_models);
+    if (strlen(path) >= GN_ARM_PATH_MAX) return gn_errf(err, GN_ERANGE, "path too long");
+    gn_model_params mp = gn_model_default_params();
+    mp.load_tokenizer = 1;
+    gn_model *m = gn_model_load(path, a->be, &mp, err);
+    if (!m) return err && err->code ? err->code : GN_EIO;
+    gn_host_params hp = a->p.host;
+    gn_host *h = gn_host_create(m, &hp, err);
+    if (!h) {
+        gn_model_free(m);
+        return err && err->code ? err->code : GN_ENOMEM;
+    }
+    backbone *b = &a->bb[free_i];
+    b->used = 1;
+    snprintf(b->path, sizeof b->path, "%s", path);
+    b->m = m;
+    b->h = h;
+    b->refs = 0;
+    gn_wire_log("info", COMP, "event=backbone_loaded path=%s", path);
+    return free_i;
 }
 
 int gn_arms_load(gn_arms *a, const char *name, uint32_t version, const char *path,
@@ -225,13 +289,30 @@ int gn_arms_load(gn_arms *a, const char *name, uint32_t version, const char *pat
     if (slot < 0)
         return gn_errf(err, GN_ERANGE, "ARM %s@%u: already holding %d ARM versions", name, version,
                        a->p.max_models);
-    gn_model_params mp = gn_model_default_params();
-    mp.load_tokenizer = 1;
-    mp.lora_dir = lora_path && lora_path[0] ? lora_path : NULL;
     int64_t t0 = gn_wire_now_ms();
-    gn_model *m = gn_model_load(path, a->be, &mp, err);
-    if (!m)
-        return gn_err_prefix(err, "ARM %s@%u: ", name, version);
+    int lora = lora_path && lora_path[0];
+    gn_model *m = NULL;      /* the model whose tokenizer and rows the ARM has */
+    gn_model *own = NULL;    /* a full model of its own */
+    int bbi = -1;
+    gn_lora_adapter *ad = NULL;
+    if (lora) {
+        if ((bbi = backbone_get(a, path, err)) < 0)
+            return gn_err_prefix(err, "ARM %s@%u: backbone: ", name, version);
+        m = a->bb[bbi].m;
+        if (!(ad = gn_lora_adapter_load(m, lora_path, err))) {
+            if (a->bb[bbi].refs == 0) { /* loaded for it alone */
+                a->bb[bbi].refs = 1;
+                backbone_unref(a, bbi);
+            }
+            return gn_err_prefix(err, "ARM %s@%u: adapter %s: ", name, version, lora_path);
+        }
+        a->bb[bbi].refs++;
+    } else {
+        gn_model_params mp = gn_model_default_params();
+        mp.load_tokenizer = 1;
+        if (!(m = own = gn_model_load(path, a->be, &mp, err)))
+            return gn_err_prefix(err, "ARM %s@%u: ", name, version);
+    }
     const struct gn_tokenizer *tok = gn_model_tokenizer(m);
     const char *hash = tok ? gn_tok_hash(tok) : NULL;
     int rc = 0;
@@ -254,14 +335,18 @@ int gn_arms_load(gn_arms *a, const char *name, uint32_t version, const char *pat
                 break;
             }
     }
-    gn_host *h = NULL;
-    if (!rc) {
+    gn_host *h = lora ? a->bb[bbi].h : NULL;
+    if (!rc && !lora) {
         gn_host_params hp = a->p.host;
         if (!(h = gn_host_create(m, &hp, err)))
             rc = gn_err_prefix(err, "ARM %s@%u: ", name, version);
     }
     if (rc) {
-        gn_model_free(m);
+        if (lora) {
+            gn_lora_adapter_free(ad);
+            backbone_unref(a, bbi);
+        }
+        gn_model_free(own);
         return rc;
     }
     arm_entry *e = &a->e[slot];
@@ -270,8 +355,10 @@ int gn_arms_load(gn_arms *a, const char *name, uint32_t version, const char *pat
     snprintf(e->name, sizeof e->name, "%s", name);
     e->version = version;
     snprintf(e->tok_hash, sizeof e->tok_hash, "%s", hash);
-    e->m = m;
+    e->m = own;
     e->h = h;
+    e->bb = bbi;
+    e->ad = ad;
     e->n_out = gn_model_n_out(m);
     Genarm__V1__ModelRef ref = GENARM__V1__MODEL_REF__INIT;
     e->ref = ref;
@@ -279,8 +366,13 @@ int gn_arms_load(gn_arms *a, const char *name, uint32_t version, const char *pat
     e->ref.version = version;
     a->n_used++;
     a->gen++;
-    gn_wire_log("info", COMP, "event=arm_loaded arm=%s@%u path=%s n_out=%d load_ms=%lld", name,
-                version, path, e->n_out, (long long)(gn_wire_now_ms() - t0));
+    if (lora)
+        gn_wire_log("info", COMP, "event=arm_loaded arm=%s@%u adapter=%s backbone=%s adapter_bytes=%zu "
+                    "n_out=%d load_ms=%lld", name, version, lora_path, path, gn_lora_adapter_bytes(ad), e->n_out,
+                    (long long)(gn_wire_now_ms() - t0));
+    else
+        gn_wire_log("info", COMP, "event=arm_loaded arm=%s@%u path=%s n_out=%d load_ms=%lld", name,
+                    version, path, e->n_out, (long long)(gn_wire_now_ms() - t0));
     if (mk_current || find_current(a, name) < 0)
         make_current(a, slot);
     return 0;
@@ -382,7 +474,7 @@ static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Ge
                  gn_wire_step_resp *resp) {
     if (explicit_k >= 0) {
         arm_entry *e = &a->e[explicit_k];
-        if (e->draining && gn_host_seq_len(e->h, s->seq_id) < 0) {
+        if (e->draining && gn_host_seq_len_for(e->h, e->ad, s->seq_id) < 0) {
             gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
                       "ARM %s@%u is draining (superseded or unloaded) and takes no new "
                       "sequences; start it on version 0 (current)",
@@ -392,7 +484,7 @@ static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Ge
         return explicit_k;
     }
     for (int i = 0; i < a->p.max_models; i++) /* pinned: the version that holds it */
-        if (a->e[i].used && !strcmp(a->e[i].name, name) && gn_host_seq_len(a->e[i].h, s->seq_id) >= 0)
+        if (a->e[i].used && !strcmp(a->e[i].name, name) && gn_host_seq_len_for(a->e[i].h, a->e[i].ad, s->seq_id) >= 0)
             return i;
     if (cur < 0) {
         gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
@@ -436,7 +528,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
                 need_current = 1;
                 for (int j = 0; j < a->p.max_models; j++)
                     if (a->e[j].used && !strcmp(a->e[j].name, name) &&
-                        gn_host_seq_len(a->e[j].h, req->seqs[i]->seq_id) >= 0)
+                        gn_host_seq_len_for(a->e[j].h, a->e[j].ad, req->seqs[i]->seq_id) >= 0)
                         need_current = 0;
             }
         if (need_current) {
@@ -473,14 +565,25 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
     }
     if (n_groups == 1 && resp->n_errors == 0) { /* the common case: straight through */
         arm_entry *e = &a->e[a->group_entry[0]];
-        int code = gn_host_step(e->h, req, now_ms, resp, err);
+        int code = gn_host_step_for(e->h, e->ad, req, now_ms, resp, err);
         resp->model = &e->ref;
         for (size_t i = 0; code == 0 && i < resp->n_results; i++)
             resp->results[i]->model_version = e->version; /* the host's own array */
         return code;
     }
 
-    /* Split: one sub-request per version, then merge in request order. */
+    /* Split: one sub-request per version. Versions may share a host (LoRA
+     * adapters on one backbone), and a host's reply lives only until its next
+     * step, so each group's rows, results and errors are copied out before
+     * the next group runs; results are then listed in request order. */
+    gn_dtype dt;
+    if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) {
+        gn_errf(err, GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
+        return GENARM__V1__ERROR_CODE__ERROR_BAD_DTYPE;
+    }
+    uint64_t row = 0, cols = 0;
+    size_t row_bytes = 0, n_copied = 0;
+    uint64_t compute_us = 0;
     for (int g = 0; g < n_groups; g++) {
         arm_entry *e = &a->e[a->group_entry[g]];
         size_t n = 0;
@@ -491,79 +594,80 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         sr.model = &e->ref;
         sr.seqs = a->sub;
         sr.n_seqs = n;
-        gn_wire_step_resp r0 = GENARM__V1__STEP_RESPONSE__INIT;
-        a->gresp[g] = r0;
+        gn_wire_step_resp gr = GENARM__V1__STEP_RESPONSE__INIT;
         gn_err e2 = {0};
-        a->gcode[g] = gn_host_step(e->h, &sr, now_ms, &a->gresp[g], &e2);
+        a->gcode[g] = gn_host_step_for(e->h, e->ad, &sr, now_ms, &gr, &e2);
         snprintf(a->gmsg[g], ERR_MSG_MAX, "%.200s", e2.msg);
-        a->gcursor[g] = 0;
-    }
-    /* Size the merged tensor. */
-    gn_dtype dt;
-    if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) {
-        gn_errf(err, GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
-        return GENARM__V1__ERROR_CODE__ERROR_BAD_DTYPE;
-    }
-    uint64_t rows = 0, cols = 0;
-    for (int g = 0; g < n_groups; g++) {
-        const Genarm__V1__Tensor *t = a->gresp[g].logprobs;
-        if (a->gcode[g] || !t || t->rows == 0)
+        a->gcursor[g] = (int)n_copied; /* its results start here in a->res */
+        a->gcount[g] = 0;
+        compute_us += gr.compute_us;
+        if (a->gcode[g])
             continue;
-        if (cols && t->cols != cols) {
-            gn_errf(err, GN_EMISMATCH, "ARM %s: versions disagree on the vocabulary size", name);
-            return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+        const Genarm__V1__Tensor *t = gr.logprobs;
+        if (t && t->rows) {
+            if (cols && t->cols != cols) {
+                gn_errf(err, GN_EMISMATCH, "ARM %s: versions disagree on the vocabulary size", name);
+                return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+            }
+            cols = t->cols;
+            size_t have;
+            if (gn_wire_tensor_nbytes(dt, 1, cols, &row_bytes) ||
+                gn_wire_tensor_nbytes(dt, row + t->rows, cols, &have) ||
+                grow((void **)&a->stage, &a->stage_cap, have + 1)) {
+                gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory",
+                        (unsigned long long)(row + t->rows));
+                return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+            }
+            memcpy(a->stage + row * row_bytes, t->data.data, (size_t)t->rows * row_bytes);
         }
-        cols = t->cols;
-        rows += t->rows;
+        for (size_t j = 0; j < gr.n_results; j++) {
+            Genarm__V1__SeqResult r = *gr.results[j];
+            r.row_offset += row;
+            r.model_version = e->version;
+            a->res[n_copied++] = r;
+        }
+        a->gcount[g] = gr.n_results;
+        for (size_t j = 0; j < gr.n_errors; j++) /* the host refused these sequences */
+            gn_wire_seq_errors_add(a->errors, resp, gr.errors[j]->seq_id, gr.errors[j]->code, "ARM %s@%u: %s",
+                                   name, e->version, gr.errors[j]->message);
+        row += t ? t->rows : 0;
     }
-    size_t nbytes = 0, row_bytes = 0;
-    if (gn_wire_tensor_nbytes(dt, rows, cols, &nbytes) ||
-        gn_wire_tensor_nbytes(dt, 1, cols, &row_bytes) ||
-        grow((void **)&a->bytes, &a->bytes_cap, nbytes + 1)) {
-        gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory",
-                (unsigned long long)rows);
+    size_t nbytes = (size_t)row * row_bytes;
+    if (grow((void **)&a->bytes, &a->bytes_cap, nbytes + 1)) {
+        gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory", (unsigned long long)row);
         return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
     }
-    uint64_t row = 0;
     size_t n_res = 0;
+    uint64_t out_row = 0;
     int first_g = -1;
-    for (size_t i = 0; i < req->n_seqs; i++) {
+    for (size_t i = 0; i < req->n_seqs; i++) { /* request order, rows too */
         int k = a->seq_entry[i];
         if (k < 0)
             continue;
         int g = a->group_of_entry[k];
-        const gn_wire_step_resp *gr = &a->gresp[g];
         uint64_t sid = req->seqs[i]->seq_id;
         if (a->gcode[g]) {
-            gn_wire_seq_errors_add(a->errors, resp, sid, a->gcode[g], "ARM %s@%u: %s", name, a->e[k].version, a->gmsg[g]);
+            gn_wire_seq_errors_add(a->errors, resp, sid, a->gcode[g], "ARM %s@%u: %s", name, a->e[k].version,
+                                   a->gmsg[g]);
             continue;
         }
-        if ((size_t)a->gcursor[g] < gr->n_results && gr->results[a->gcursor[g]]->seq_id == sid) {
-            const Genarm__V1__SeqResult *sr = gr->results[a->gcursor[g]++];
-            Genarm__V1__SeqResult r = *sr;
-            r.row_offset = row;
-            r.model_version = a->e[k].version;
-            if (sr->n_rows)
-                memcpy(a->bytes + row * row_bytes, gr->logprobs->data.data + sr->row_offset * row_bytes,
-                       (size_t)sr->n_rows * row_bytes);
-            row += sr->n_rows;
-            a->res[n_res] = r;
-            a->res_ptr[n_res] = &a->res[n_res];
-            n_res++;
-            if (first_g < 0)
-                first_g = g;
-            continue;
-        }
-        for (size_t j = 0; j < gr->n_errors; j++) /* the host refused this sequence */
-            if (gr->errors[j]->seq_id == sid) {
-                gn_wire_seq_errors_add(a->errors, resp, sid, gr->errors[j]->code, "ARM %s@%u: %s", name,
-                          a->e[k].version, gr->errors[j]->message);
+        for (size_t j = (size_t)a->gcursor[g]; j < (size_t)a->gcursor[g] + a->gcount[g]; j++)
+            if (a->res[j].seq_id == sid) {
+                Genarm__V1__SeqResult *r = &a->res[j];
+                if (r->n_rows)
+                    memcpy(a->bytes + out_row * row_bytes, a->stage + r->row_offset * row_bytes,
+                           (size_t)r->n_rows * row_bytes);
+                r->row_offset = out_row;
+                out_row += r->n_rows;
+                a->res_ptr[n_res++] = r;
+                if (first_g < 0)
+                    first_g = g;
                 break;
             }
     }
     resp->n_results = n_res;
-    resp->compute_us = 0;
-    for (int g = 0; g < n_groups; g++) resp->compute_us += a->gresp[g].compute_us; /* run one after another */
+    resp->results = a->res_ptr;
+    resp->compute_us = compute_us; /* the groups ran one after another */
     Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
     t.dtype = gn_wire_dtype_to_proto(dt);
     t.rows = row;
@@ -587,7 +691,7 @@ int gn_arms_release(gn_arms *a, const char *name, uint32_t version, const uint64
         arm_entry *e = &a->e[i];
         if (e->used && (!name || !name[0] || !strcmp(e->name, name)) &&
             (version == 0 || e->version == version))
-            freed += gn_host_release(e->h, ids, n);
+            freed += gn_host_release_for(e->h, e->ad, ids, n);
     }
     collect(a);
     return freed;
@@ -613,7 +717,7 @@ int gn_arms_get(const gn_arms *a, int idx, gn_arm_info *out) {
         if (n++ == idx) {
             out->name = e->name;
             out->version = e->version;
-            out->n_seqs = gn_host_n_seqs(e->h);
+            out->n_seqs = gn_host_n_seqs_for(e->h, e->ad);
             out->is_current = e->is_current;
             out->draining = e->draining;
             return 0;
@@ -626,8 +730,14 @@ int gn_arms_load_total(const gn_arms *a) {
     int n = 0;
     for (int i = 0; i < a->p.max_models; i++)
         if (a->e[i].used)
-            n += gn_host_n_seqs(a->e[i].h);
+            n += gn_host_n_seqs_for(a->e[i].h, a->e[i].ad);
     return n;
 }
 
 uint64_t gn_arms_generation(const gn_arms *a) { return a->gen; }
+
+int gn_arms_backbones(const gn_arms *a) {
+    int n = 0;
+    for (int i = 0; i < a->p.max_models; i++) n += a->bb[i].used;
+    return n;
+}

@@ -14,6 +14,13 @@
  *  - A request whose sequences live on different versions is split per
  *    version and the replies merged back in request order (one tensor).
  *
+ * LoRA ARMs: a version whose source names a PEFT adapter (lora_path) is
+ * served on its backbone (path) WITHOUT merging: one backbone model and host
+ * per path, shared by every adapter version on it (gn_lora_adapter, applied
+ * per sequence by the runner), so ten adapters cost one backbone plus ten
+ * small factor sets, and sequences of different adapters share batches. A
+ * backbone is freed with its last adapter.
+ *
  * Loads go through a resolver callback (the worker's Redis ARM registry)
  * when a step or a promote names an ARM version that is not held; every load
  * checks gn_tok_hash of the loaded tokenizer against the hash the registry
@@ -70,7 +77,8 @@ gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *p, gn_arms_resolve
 /* Frees every host and model (NULL is a no-op). */
 void gn_arms_free(gn_arms *a);
 
-/* Loads name@version from path (lora_path may be NULL/""). want_hash (may be
+/* Loads name@version from path, or (lora_path not NULL/"") the adapter in
+ * lora_path on the backbone at path. want_hash (may be
  * NULL/"") is the tokenizer hash the registry recorded. make_current: make it
  * the current version (the old current starts draining); a name with no
  * current version gets this one as current anyway. Loading a version already
@@ -138,6 +146,10 @@ uint32_t gn_arms_current(const gn_arms *a, const char *name);
 
 /* Sequences held over every version. */
 int gn_arms_load_total(const gn_arms *a);
+
+/* Backbones held for LoRA-adapter ARMs (each loaded once, freed with its
+ * last adapter). */
+int gn_arms_backbones(const gn_arms *a);
 
 /* Increases whenever the held set or a current/draining flag changes (so the
  * worker re-publishes its registry record). */

@@ -33,6 +33,7 @@
 #include "control.h"
 #include "gn_alloc.h"
 #include "gn_cli.h"
+#include "lora_dir.h"
 #include "step_server.h"
 #include "wire.h"
 
@@ -269,8 +270,14 @@ static int resolve(void *ud, const char *name, uint32_t version, gn_arm_source *
     if (parse_version(v.version, &out->version) != 0)
         return gn_errf(err, GN_EUNSUP, "ARM %s: registry version \"%s\" is not a decimal number "
                        ">= 1 (the step protocol addresses versions as uint32)", name, v.version);
-    snprintf(out->path, sizeof out->path, "%s", v.path);
-    out->lora_path[0] = 0;
+    if (gn_lora_is_adapter_dir(v.path)) { /* a PEFT adapter: served on its backbone, shared */
+        snprintf(out->lora_path, sizeof out->lora_path, "%s", v.path);
+        if ((rc = gn_lora_backbone_dir(v.path, out->path, sizeof out->path, err)) != 0)
+            return gn_err_prefix(err, "ARM %s@%s: ", name, v.version);
+    } else {
+        snprintf(out->path, sizeof out->path, "%s", v.path);
+        out->lora_path[0] = 0;
+    }
     snprintf(out->tokenizer_hash, sizeof out->tokenizer_hash, "%s", v.tokenizer_hash);
     out->is_current = version == 0 || !strcmp(v.version, cur.version);
     return 0;

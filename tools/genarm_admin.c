@@ -9,7 +9,9 @@
 #include <time.h>
 
 #include "control.h"
+#include "fsutil.h"
 #include "gn_alloc.h"
+#include "lora_dir.h"
 #include "tokenizer.h"
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_NOTFOUND = 3, EXIT_CONN = 4 };
@@ -245,7 +247,8 @@ static int cmd_profile(gn_ctl *c, int argc, char **argv) {
     return usage_error("profile: set, get, list or del with their arguments%s", "");
 }
 
-/* Tokenizer hash from --tokenizer-hash or DIR/tokenizer.json. */
+/* Tokenizer hash from --tokenizer-hash or DIR/tokenizer.json (a PEFT adapter
+ * directory without one: its backbone's). */
 static int tokenizer_hash(const char *given, const char *dir, char out[GN_CTL_HASH_HEX]) {
     if (given) {
         if (strlen(given) != 64) {
@@ -256,6 +259,17 @@ static int tokenizer_hash(const char *given, const char *dir, char out[GN_CTL_HA
         return 0;
     }
     gn_err e = {0};
+    char backbone[4096];
+    char *tj = gn_fs_join(dir, "tokenizer.json");
+    if (tj && !gn_fs_is_file(tj) && gn_lora_is_adapter_dir(dir)) {
+        if (gn_lora_backbone_dir(dir, backbone, sizeof backbone, &e)) {
+            gn_free(tj);
+            fprintf(stderr, "genarm-admin: error: %s\n", e.msg);
+            return EXIT_FAIL;
+        }
+        dir = backbone;
+    }
+    gn_free(tj);
     gn_tokenizer *t = gn_tok_load(dir, &e);
     if (!t) {
         fprintf(stderr, "genarm-admin: error: cannot compute the tokenizer hash from %s: %s\n", dir, e.msg);

@@ -21,6 +21,8 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
  (h) chat requests equal the single-process backend (--inproc);
  (i) a client that disconnects mid-stream has its sequence aborted;
  (k) a reward worker at capacity: the requests it refuses wait and run;
+ (l) two ARMs that are LoRA adapters on one backbone, served by one reward
+     worker that loads the backbone once;
  (j) two more coordinators share requests through the Redis queue: one with
      room for a single sequence queues the rest, the other runs them and
      streams them back (identical to the single-process result); a client
@@ -725,6 +727,43 @@ def test_k(s):
     t.join(20)
 
 
+def test_l(s):
+    """ARMs that are LoRA adapters on one backbone: one reward worker loads the
+    backbone once and serves both adapters from it; guided requests through
+    both run and are reproducible."""
+    bb = os.path.join(WORK, "lora_backbone")
+    ad1 = os.path.join(WORK, "lora_adapter1")
+    ad2 = os.path.join(WORK, "lora_adapter2")
+    subprocess.run([os.path.join(s.b, "tools/genarm-make-model"), "--arch", "llama", "--out", bb,
+                    "--tokenizer-from", os.path.join(s.b, "fixtures/tokenizers/llama2"), "--dim", "64",
+                    "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--seed", "9",
+                    "--std", "0.15", "--lora-out", ad1], check=True, capture_output=True)
+    shutil.copytree(ad1, ad2)
+    cfg_path = os.path.join(ad2, "adapter_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["lora_alpha"] = 4 * cfg.get("lora_alpha", 16)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    s.adm("arm", "register", "lora1", "--version", "1", "--path", ad1)
+    s.adm("arm", "register", "lora2", "--version", "1", "--path", ad2)
+    spawn("reward_worker4", [os.path.join(s.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*",
+                             "--redis", s.redis, "--worker-id", "rw4", "--arm", "lora1", "--arm", "lora2",
+                             "--threads", "1", "--heartbeat-ms", "300",
+                             "--ready-file", os.path.join(WORK, "rw4.ep")])
+    wait_file(os.path.join(WORK, "rw4.ep"))
+    body = {"model": "tiny", "prompt": "Adapters", "max_tokens": 12, "temperature": 0.9, "seed": 5, "beta": 1.0,
+            "reward_models": [{"name": "lora1", "weight": 1.0}, {"name": "lora2", "weight": 0.5}]}
+    st1, t1, f1, n1, e1 = s.stream(body, s.key1)
+    st2, t2, f2, n2, e2 = s.stream(body, s.key1)
+    check(st1 == 200 and e1 is None and n1 > 0, "(l) two adapter ARMs: %s %s" % (st1, e1))
+    check(t1 == t2, "(l) reproducible: %r != %r" % (t1, t2))
+    with open(os.path.join(WORK, "reward_worker4.log")) as f:
+        log = f.read()
+    check(log.count("event=backbone_loaded") == 1 and log.count("event=arm_loaded") == 2 and
+          log.count("adapter=") == 2, "(l) one backbone, two adapters: %r" % log[-600:])
+
+
 def test_d(s):
     st, body = s.post("/v1/completions", {"model": "tiny", "prompt": "hi", "profile": "nope"}, s.key1)
     error_object(st, body, 404, "(d) unknown profile")
@@ -755,7 +794,7 @@ def main():
     t0 = time.time()
     s.start()
     parts = (("d", test_d), ("a", test_a), ("h", test_h), ("b", test_b), ("c", test_c), ("i", test_i),
-             ("f", test_f), ("e", test_e), ("k", test_k), ("g", test_g), ("j", test_j))
+             ("f", test_f), ("e", test_e), ("k", test_k), ("l", test_l), ("g", test_g), ("j", test_j))
     only = os.environ.get("GN_E2E_PARTS")  # e.g. "d,a,b" (debugging, sanitizer runs)
     for name, fn in parts:
         if only and name not in only.split(","):

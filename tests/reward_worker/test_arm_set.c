@@ -7,11 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "arm_set.h"
 #include "gn_alloc.h"
 #include "gn_test.h"
+#include "lora.h"
 #include "model.h"
 #include "model_maker.h"
+#include "runner.h"
 #include "tokenizer.h"
 
 static char g_root[128];
@@ -249,6 +253,132 @@ static void test_alloc_failures(gn_backend *be) {
     CHECK(ok_run, "a run with no injected failure completes");
 }
 
+/* The first step's row of `toks` on the backbone with the adapter in ad_dir,
+ * computed in process (the reference for the shared-backbone rows). */
+static int ref_row(gn_backend *be, const char *bb_dir, const char *ad_dir, const int32_t *toks, int n,
+                   float *out, size_t n_out) {
+    gn_err e = {0};
+    gn_model *m = gn_model_load(bb_dir, be, NULL, &e);
+    gn_lora_adapter *ad = m ? gn_lora_adapter_load(m, ad_dir, &e) : NULL;
+    gn_runner *r = ad ? gn_runner_create(m, NULL, &e) : NULL;
+    gn_seq *q = r ? gn_seq_create(r, &e) : NULL;
+    int rc = -1;
+    if (q && gn_seq_set_adapter(q, ad, &e) == 0) {
+        gn_step_item it = {q, toks, n, 0};
+        float *rows = malloc(n_out * sizeof(float));
+        if (rows && gn_runner_step(r, &it, 1, rows, &e) == 0) {
+            memcpy(out, rows, n_out * sizeof(float));
+            rc = 0;
+        }
+        free(rows);
+    }
+    if (rc) fprintf(stderr, "reference row: %s\n", e.msg);
+    gn_seq_free(q);
+    gn_runner_free(r);
+    gn_lora_adapter_free(ad);
+    gn_model_free(m);
+    return rc;
+}
+
+/* Adapters on one backbone: loaded once, shared; the same sequence id under
+ * two adapters; a hot swap between two adapter versions of one ARM on the
+ * same backbone (a split request through one host); freed with the last. */
+static void test_shared_backbone(gn_backend *be) {
+    char bb[300], ad1[300], ad2[300];
+    snprintf(bb, sizeof bb, "%s/backbone", g_root);
+    snprintf(ad1, sizeof ad1, "%s/adapter1", g_root);
+    snprintf(ad2, sizeof ad2, "%s/adapter2", g_root);
+    gn_err e = {0};
+    gn_make_model_params mp = gn_make_model_default_params();
+    mp.arch = "llama";
+    mp.dim = 32;
+    mp.n_layers = 2;
+    mp.ffn_dim = 64;
+    mp.init_std = 0.15f;
+    mp.seed = 5;
+    mp.lora_out = ad1;
+    CHECK(gn_make_model(&mp, bb, &e) == 0, "make backbone + adapter: %s", e.msg);
+    /* adapter 2: the same factors at twice the scale */
+    char cmd[1000];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s'/* '%s'/", ad2, ad1, ad2);
+    CHECK(system(cmd) == 0, "copy adapter");
+    char cfgp[400];
+    snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", ad2);
+    json_t *cfg = json_load_file(cfgp, 0, NULL);
+    CHECK(cfg && json_object_set_new(cfg, "lora_alpha", json_integer(32)) == 0 && json_dump_file(cfg, cfgp, 0) == 0,
+          "adapter 2 config");
+    json_decref(cfg);
+    gn_arms_params p = gn_arms_default_params();
+    p.host.max_seqs = 8;
+    gn_arms *a = gn_arms_create(be, &p, NULL, NULL, &e);
+    if (!a) return;
+    CHECK(gn_arms_load(a, "p", 1, bb, ad1, NULL, 0, &e) == 0, "p@1 = adapter 1: %s", e.msg);
+    CHECK(gn_arms_load(a, "q", 1, bb, ad2, NULL, 0, &e) == 0, "q@1 = adapter 2: %s", e.msg);
+    CHECK(gn_arms_backbones(a) == 1 && held(a, "p@1*,q@1*"), "one backbone for both");
+    int32_t toks[4] = {5, 6, 7, 8};
+    uint64_t id7[1] = {7}, id8[1] = {8};
+    uint32_t zero[1] = {0};
+    gn_wire_step_resp rp = GENARM__V1__STEP_RESPONSE__INIT, rq = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("p", 0, 1, id7, zero, toks, 4), 0, &rp, &e) == 0 && rp.n_results == 1, "p: %s",
+          e.msg);
+    size_t n_out = rp.logprobs ? rp.logprobs->cols : 0;
+    float *row_p = calloc(n_out + 1, sizeof(float)), *row_q = calloc(n_out + 1, sizeof(float));
+    float *want = calloc(n_out + 1, sizeof(float));
+    if (n_out) memcpy(row_p, rp.logprobs->data.data, n_out * sizeof(float));
+    CHECK(gn_arms_step(a, make_req("q", 0, 1, id7, zero, toks, 4), 0, &rq, &e) == 0 && rq.n_results == 1,
+          "the same sequence id under q: %s", e.msg);
+    if (n_out && rq.logprobs) memcpy(row_q, rq.logprobs->data.data, n_out * sizeof(float));
+    CHECK(n_out && memcmp(row_p, row_q, n_out * sizeof(float)) != 0, "the two adapters steer differently");
+    CHECK(ref_row(be, bb, ad1, toks, 4, want, n_out) == 0 && !memcmp(row_p, want, n_out * sizeof(float)),
+          "p's row == backbone + adapter 1 in process, bit for bit");
+    CHECK(ref_row(be, bb, ad2, toks, 4, want, n_out) == 0 && !memcmp(row_q, want, n_out * sizeof(float)),
+          "q's row == backbone + adapter 2 in process, bit for bit");
+    /* hot swap p: 1 -> 2 (adapter 2) on the same backbone; 7 stays on p@1, 8 starts on p@2 */
+    CHECK(gn_arms_load(a, "p", 2, bb, ad2, NULL, 1, &e) == 0 && gn_arms_backbones(a) == 1 &&
+              held(a, "p@1~,q@1*,p@2*"),
+          "p@2 on the same backbone, current: %s", e.msg);
+    uint64_t mix[2] = {7, 8};
+    uint32_t mix_start[2] = {4, 0};
+    int32_t next[4] = {9, 9, 9, 9};
+    gn_wire_step_resp m = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, make_req("p", 0, 2, mix, mix_start, next, 1), 0, &m, &e) == 0 && m.n_results == 2 &&
+              m.results[0]->seq_id == 7 && m.results[0]->model_version == 1 && m.results[1]->seq_id == 8 &&
+              m.results[1]->model_version == 2,
+          "split across two adapters of one host: %s", e.msg);
+    float *mixed = calloc(2 * n_out + 1, sizeof(float));
+    if (m.logprobs && m.logprobs->rows == 2) memcpy(mixed, m.logprobs->data.data, 2 * n_out * sizeof(float));
+    int32_t t9[1] = {9};
+    gn_wire_step_resp q8 = GENARM__V1__STEP_RESPONSE__INIT;
+    uint64_t id9[1] = {9};
+    CHECK(gn_arms_step(a, make_req("q", 0, 1, id9, zero, t9, 1), 0, &q8, &e) == 0 && q8.n_results == 1 &&
+              !memcmp(mixed + m.results[1]->row_offset * n_out, q8.logprobs->data.data, n_out * sizeof(float)),
+          "p@2's row for a new sequence == q's (same adapter, same token)");
+    /* drain: p@1 goes with sequence 7; the backbone stays for q and p@2 */
+    CHECK(gn_arms_release(a, "p", 0, id7, 1) == 1 && held(a, "q@1*,p@2*") && gn_arms_backbones(a) == 1,
+          "p@1 unloaded when drained, backbone kept");
+    CHECK(gn_arms_release(a, "q", 0, id7, 1) == 1, "q's sequence 7 is its own (keyed by adapter)");
+    CHECK(gn_arms_unload(a, "q", 0, &e) == 1 && gn_arms_unload(a, "p", 0, &e) == 1, "unload both");
+    gn_arms_release(a, NULL, 0, id8, 1);
+    gn_arms_release(a, NULL, 0, id9, 1);
+    CHECK(gn_arms_sweep(a, 0) >= 0 && gn_arms_count(a) == 0 && gn_arms_backbones(a) == 0,
+          "the backbone goes with its last adapter (%d held, %d backbones)", gn_arms_count(a),
+          gn_arms_backbones(a));
+    /* an adapter whose shapes do not fit the backbone is refused, and nothing stays loaded */
+    char other[300];
+    snprintf(other, sizeof other, "%s/other", g_root);
+    mp.dim = 48;
+    mp.lora_out = NULL;
+    CHECK(gn_make_model(&mp, other, &e) == 0, "other model");
+    CHECK(gn_arms_load(a, "r", 1, other, ad1, NULL, 0, &e) < 0 && gn_arms_count(a) == 0 &&
+              gn_arms_backbones(a) == 0,
+          "mismatched adapter refused: %s", e.msg);
+    free(row_p);
+    free(row_q);
+    free(want);
+    free(mixed);
+    gn_arms_free(a);
+}
+
 int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/gn_test_arms_XXXXXX");
     if (!mkdtemp(g_root))
@@ -281,6 +411,7 @@ int main(void) {
         test_swap(be);
         test_explicit_swap(be);
         test_alloc_failures(be);
+        test_shared_backbone(be);
     }
     gn_backend_free(be);
     char cmd[200];
