@@ -11,6 +11,9 @@
  *   - decode tokens/s at batch 1, 4 and 16 (one new token per sequence per
  *     step, after those prompts), best of 5 runs of 16 steps (prefill: best
  *     of 2), since the machine may be shared;
+ *   - the same for BF16 with an unmerged LoRA adapter (r 8, alpha 16, q/k/v,
+ *     the paper's ARM adapters) bound to every sequence, as a reward worker
+ *     serves adapter ARMs on a shared backbone, and its ratio to plain decode;
  *   - the achieved fraction of memory bandwidth of decode:
  *         weight bytes read per step × steps/s ÷ copy bandwidth
  *     where the copy bandwidth is measured here, in the same run: a 256 MiB
@@ -40,6 +43,7 @@
 #include "backend_cpu.h"
 #include "gn_alloc.h"
 #include "gn_threadpool.h"
+#include "lora.h"
 #include "model.h"
 #include "model_maker.h"
 #include "runner.h"
@@ -155,7 +159,8 @@ typedef struct result {
 
 /* Prefill b prompts of P tokens in one step, then decode: best of DEC_REPS
  * runs of D steps. */
-static int run_batch(gn_runner *r, const gn_model *m, int b, int P, int D, size_t step_bytes, result *res) {
+static int run_batch(gn_runner *r, const gn_model *m, const gn_lora_adapter *ad, int b, int P, int D,
+                     size_t step_bytes, result *res) {
     gn_err e = {0};
     int nv = gn_model_cfg(m)->n_vocab, no = gn_model_n_out(m);
     gn_seq *seqs[16] = {NULL};
@@ -172,10 +177,11 @@ static int run_batch(gn_runner *r, const gn_model *m, int b, int P, int D, size_
         for (int s = 0; s < b; s++) {
             gn_seq_free(seqs[s]);
             seqs[s] = gn_seq_create(r, &e);
+            if (ad && seqs[s] && gn_seq_set_adapter(seqs[s], ad, &e)) rc = -1;
             items[s] = (gn_step_item){seqs[s], prompt + (size_t)s * (size_t)P, P, 0};
         }
         t = now_s();
-        rc = gn_runner_step(r, items, b, out, &e);
+        if (!rc) rc = gn_runner_step(r, items, b, out, &e);
         t = now_s() - t;
         best = t < best ? t : best;
     }
@@ -246,7 +252,7 @@ int main(int argc, char **argv) {
     const int P = quick ? 32 : 128, D = quick ? 4 : 16;
     static const int batches[3] = {1, 4, 16};
     const gn_dtype dts[2] = {GN_BF16, GN_F32};
-    result res[2][3];
+    result res[2][3], res_lora[3];
     size_t wbytes[2] = {0, 0};
     double params_m = 0;
     int rc = 0;
@@ -270,6 +276,9 @@ int main(int argc, char **argv) {
         mp.ffn_dim = 2048;
         mp.n_vocab = 32000;
         mp.dtype = dts[di];
+        char lora_dir[700];
+        snprintf(lora_dir, sizeof lora_dir, "%s_lora", dir);
+        mp.lora_out = di == 0 ? lora_dir : NULL; /* r = 8, alpha 16 on q/k/v, as the paper's ARMs */
         double t = now_s();
         if ((rc = gn_make_model(&mp, dir, &e)) != 0) {
             fprintf(stderr, "bench_cpu: make model: %s\n", e.msg);
@@ -300,12 +309,23 @@ int main(int argc, char **argv) {
                gn_dtype_name(dts[di]), params_m, (double)wbytes[di] / 1e6, t_make);
         fflush(stdout);
         result warm;
-        rc = run_batch(r, m, 1, 16, 2, wbytes[di], &warm); /* page in the mapping, warm the pool */
-        for (int bi = 0; bi < 3 && !rc; bi++) rc = run_batch(r, m, batches[bi], P, D, wbytes[di], &res[di][bi]);
+        rc = run_batch(r, m, NULL, 1, 16, 2, wbytes[di], &warm); /* page in the mapping, warm the pool */
+        for (int bi = 0; bi < 3 && !rc; bi++)
+            rc = run_batch(r, m, NULL, batches[bi], P, D, wbytes[di], &res[di][bi]);
+        if (!rc && di == 0) { /* the same with an unmerged LoRA adapter on every sequence */
+            gn_lora_adapter *ad = gn_lora_adapter_load(m, lora_dir, &e);
+            if (!ad) {
+                fprintf(stderr, "bench_cpu: adapter: %s\n", e.msg);
+                rc = -1;
+            }
+            for (int bi = 0; bi < 3 && !rc; bi++)
+                rc = run_batch(r, m, ad, batches[bi], P, D, wbytes[di], &res_lora[bi]);
+            gn_lora_adapter_free(ad);
+        }
         gn_runner_free(r);
         gn_model_free(m);
-        char cmd[700];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, lora_dir);
         if (system(cmd) != 0) fprintf(stderr, "bench_cpu: cannot remove %s\n", dir);
     }
     gn_backend_free(be);
@@ -325,6 +345,13 @@ int main(int argc, char **argv) {
                    x->prefill_tps, x->decode_tps, x->step_ms, x->gbps, 100.0 * x->gbps * 1e9 / roof,
                    100.0 * x->gbps * 1e9 / readmax);
         }
+    printf("\nBF16 with an unmerged LoRA adapter (r 8, q/k/v) on every sequence, as a reward worker serves adapter "
+           "ARMs on a shared backbone:\n");
+    printf("%-5s %5s %14s %13s %10s %16s\n", "dtype", "batch", "prefill tok/s", "decode tok/s", "step ms",
+           "decode vs plain");
+    for (int bi = 0; bi < 3; bi++)
+        printf("%-5s %5d %14.1f %13.1f %10.2f %15.2fx\n", "BF16", batches[bi], res_lora[bi].prefill_tps,
+               res_lora[bi].decode_tps, res_lora[bi].step_ms, res_lora[bi].decode_tps / res[0][bi].decode_tps);
     printf("\nbatch-1 BF16 decode: %.1f%% of the copy-bandwidth roofline (goal >= 70%%); total bench time %.0f s\n",
            100.0 * res[0][0].gbps * 1e9 / roof, now_s() - t_start);
     return 0;
