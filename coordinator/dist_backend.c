@@ -11,17 +11,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "chat_template.h"
 #include "control.h"
 #include "generate.h"
 #include "gn_alloc.h"
 #include "gn_threadpool.h"
 #include "guidance.h"
-#include "fsutil.h"
 #include "hf_config.h"
-#include "lora_dir.h"
 #include "job_share.h"
 #include "model_config.h"
+#include "prompt_model.h"
 #include "sampler.h"
 #include "step_client.h"
 #include "tokenizer.h"
@@ -34,12 +32,7 @@
 
 /* ---- models as the coordinator sees them: tokenizer + chat template -------- */
 
-typedef struct minfo {
-    char path[GN_CTL_PATH_MAX];
-    gn_tokenizer *tok;
-    gn_chat_template *tmpl; /* NULL: fallback format */
-    char *bos, *eos;
-} minfo;
+typedef gn_prompt_model minfo; /* prompt_model.h */
 
 /* ---- jobs and sequences -------------------------------------------------------- */
 
@@ -201,108 +194,28 @@ gn_dist_params gn_dist_default_params(void) {
 
 /* ---- model info ------------------------------------------------------------------ */
 
-static char *tok_str(const gn_tokenizer *t, int id) {
-    const char *s = id >= 0 ? gn_tok_token_str(t, id) : NULL;
-    return s ? gn_strdup(s) : NULL;
-}
-
-static int minfo_load(minfo *m, const char *path, gn_err *err) {
-    memset(m, 0, sizeof *m);
-    snprintf(m->path, sizeof m->path, "%s", path);
-    if (!(m->tok = gn_tok_load(path, err))) return err ? err->code : GN_EIO;
-    m->bos = tok_str(m->tok, gn_tok_bos(m->tok));
-    m->eos = tok_str(m->tok, gn_tok_eos(m->tok));
-    const char *src = gn_tok_chat_template(m->tok);
-    if (src && *src && !(m->tmpl = gn_chat_template_parse(src, err)))
-        return gn_err_prefix(err, "chat template of %s: ", path);
-    return 0;
-}
-
-static void minfo_clear(minfo *m) {
-    gn_chat_template_free(m->tmpl);
-    gn_tok_free(m->tok);
-    gn_free(m->bos);
-    gn_free(m->eos);
-    memset(m, 0, sizeof *m);
-}
-
-/* The ARM at `path` (under mu_ctl): its tokenizer and chat template; a PEFT
- * adapter directory without a tokenizer has its backbone's. Falls back to the
- * base model's when the directory cannot be read here (the registry's hash
- * guarantees the same tokenizer; only the template could differ). */
+/* The ARM at `path` (under mu_ctl): its tokenizer and chat template, loaded
+ * once. Falls back to the base model's when the directory cannot be read here
+ * (the registry's hash guarantees the same tokenizer; only the template could
+ * differ). */
 static const minfo *arm_minfo(gn_dist *d, const char *path) {
     for (int i = 0; i < d->n_minfo; i++)
         if (strcmp(d->arms[i].path, path) == 0) return &d->arms[i];
     if (d->n_minfo == MAX_MINFO) return &d->base;
     gn_err e = {0};
     minfo *m = &d->arms[d->n_minfo];
-    char backbone[GN_CTL_PATH_MAX];
-    const char *from = path;
-    char *tj = gn_fs_join(path, "tokenizer.json");
-    if (tj && !gn_fs_is_file(tj) && gn_lora_is_adapter_dir(path) &&
-        gn_lora_backbone_dir(path, backbone, sizeof backbone, &e) == 0)
-        from = backbone;
-    gn_free(tj);
-    if (minfo_load(m, from, &e)) {
+    if (gn_prompt_model_load(m, path, &e)) {
         gn_wire_log("warn", "coordinator", "event=arm_tokenizer_unreadable path=\"%s\" msg=\"%s\"", path, e.msg);
-        minfo_clear(m);
         return &d->base;
     }
-    snprintf(m->path, sizeof m->path, "%s", path); /* cached under the ARM's path */
     d->n_minfo++;
     return m;
 }
 
-static char *fallback_chat(const gn_oai_request *r) {
-    size_t n = 16;
-    for (int i = 0; i < r->n_messages; i++) n += strlen(r->messages[i].role) + strlen(r->messages[i].content) + 3;
-    char *s = gn_malloc(n);
-    if (!s) return NULL;
-    size_t off = 0;
-    for (int i = 0; i < r->n_messages; i++)
-        off += (size_t)snprintf(s + off, n - off, "%s: %s\n", r->messages[i].role, r->messages[i].content);
-    snprintf(s + off, n - off, "assistant:");
-    return s;
-}
-
-static int render_chat(const minfo *m, const gn_oai_request *r, char **out, gn_err *err) {
-    if (!m->tmpl) {
-        *out = fallback_chat(r);
-        return *out ? 0 : gn_errf(err, GN_ENOMEM, "out of memory");
-    }
-    gn_chat_message *msg = gn_malloc((size_t)(r->n_messages > 0 ? r->n_messages : 1) * sizeof *msg);
-    if (!msg) return gn_errf(err, GN_ENOMEM, "out of memory");
-    for (int i = 0; i < r->n_messages; i++) msg[i] = (gn_chat_message){r->messages[i].role, r->messages[i].content};
-    gn_chat_render_opts o = gn_chat_render_default_opts();
-    o.add_generation_prompt = 1;
-    o.bos_token = m->bos;
-    o.eos_token = m->eos;
-    size_t len;
-    int rc = gn_chat_template_render(m->tmpl, msg, r->n_messages, &o, out, &len, err);
-    gn_free(msg);
-    if (rc) gn_err_prefix(err, "chat template of %s: ", m->path);
-    return rc;
-}
-
 /* The prompt tokens of model mi for job jb (m: its tokenizer/template). */
 static int job_prompt(gn_dist *d, djob *jb, int mi, const minfo *m, gn_err *err) {
-    const gn_oai_request *r = jb->j.req;
-    char *txt = NULL;
-    const char *text = r->prompt;
-    size_t len = r->prompt ? r->prompt_len : 0;
-    int add_special = 1;
-    if (r->kind == GN_OAI_CHAT) {
-        int rc = render_chat(m, r, &txt, err);
-        if (rc) return rc;
-        text = txt;
-        len = strlen(txt);
-        add_special = 0;
-    }
-    if (!text) return gn_errf(err, GN_EINVAL, "no prompt");
-    int rc = gn_tok_encode(m->tok, text, len, add_special, &jb->prompt[mi], &jb->n_prompt[mi], err);
-    gn_free(txt);
-    if (rc) return gn_err_prefix(err, "tokenizing the prompt: ");
-    if (jb->n_prompt[mi] == 0) return gn_errf(err, GN_EINVAL, "the prompt is empty after tokenization");
+    int rc = gn_prompt_tokens(m, jb->j.req, &jb->prompt[mi], &jb->n_prompt[mi], err);
+    if (rc) return rc;
     if (jb->n_prompt[mi] > d->ctx_limit)
         return gn_errf(err, GN_ERANGE, "prompt of %d tokens exceeds the context limit of %d", jb->n_prompt[mi],
                        d->ctx_limit);
@@ -1350,7 +1263,7 @@ gn_dist *gn_dist_create(const gn_dist_params *p, gn_err *err) {
         const char *b = strrchr(p->base_model_dir, '/');
         snprintf(d->model_id, sizeof d->model_id, "%s", b && b[1] ? b + 1 : p->base_model_dir);
     }
-    if (minfo_load(&d->base, p->base_model_dir, err)) {
+    if (gn_prompt_model_load(&d->base, p->base_model_dir, err)) {
         gn_err_prefix(err, "base model %s: ", p->base_model_dir);
         goto fail;
     }
@@ -1472,8 +1385,8 @@ void gn_dist_free(gn_dist *d) {
     gn_step_client_free(d->hb_client);
     gn_ctl_free(d->ctl_sched);
     gn_ctl_free(d->ctl_submit);
-    for (int i = 0; i < d->n_minfo; i++) minfo_clear(&d->arms[i]);
-    minfo_clear(&d->base);
+    for (int i = 0; i < d->n_minfo; i++) gn_prompt_model_clear(&d->arms[i]);
+    gn_prompt_model_clear(&d->base);
     pthread_cond_destroy(&d->cv);
     pthread_mutex_destroy(&d->mu);
     pthread_mutex_destroy(&d->mu_ctl);
