@@ -372,22 +372,32 @@ static int build_matcher(ld *c, tk_matcher *m, int normalized) {
 
 /* ---- normalizer / pre-tokenizer / decoder / post-processor ---- */
 
+typedef int (*add_fn)(ld *c, json_t *o, const char *path);
+
+/* The head the four component parsers share: o must be an object with a
+ * "type"; a "Sequence" applies add to each element of its array `list`.
+ * Returns 1 with *ty set when the caller goes on with a single component, 0
+ * when it was a Sequence (done), or a negative code. */
+static int component(ld *c, json_t *o, const char *path, const char *list, add_fn add, const char **ty) {
+    if (!json_is_object(o)) return fail(c, GN_EFORMAT, "%s must be an object", path);
+    if (!(*ty = type_of(o))) return fail(c, GN_EFORMAT, "%s.type is missing", path);
+    if (strcmp(*ty, "Sequence") != 0) return 1;
+    json_t *arr = json_object_get(o, list);
+    if (!json_is_array(arr)) return fail(c, GN_EFORMAT, "%s.%s must be an array", path, list);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        char sub[160];
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", path, list, i);
+        int rc = add(c, json_array_get(arr, i), sub);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 static int add_norm(ld *c, json_t *o, const char *path) {
     gn_tokenizer *t = c->t;
-    if (!json_is_object(o)) return fail(c, GN_EFORMAT, "%s must be an object", path);
-    const char *ty = type_of(o);
-    if (!ty) return fail(c, GN_EFORMAT, "%s.type is missing", path);
-    if (!strcmp(ty, "Sequence")) {
-        json_t *arr = json_object_get(o, "normalizers");
-        if (!json_is_array(arr)) return fail(c, GN_EFORMAT, "%s.normalizers must be an array", path);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[160];
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", path, i);
-            int rc = add_norm(c, json_array_get(arr, i), sub);
-            if (rc) return rc;
-        }
-        return 0;
-    }
+    const char *ty = NULL;
+    int head = component(c, o, path, "normalizers", add_norm, &ty);
+    if (head <= 0) return head; /* a Sequence done, or an error */
     tk_norm z = {0};
     int rc;
     if (!strcmp(ty, "Prepend")) {
@@ -472,21 +482,9 @@ static int get_replacement(ld *c, json_t *o, const char *path, char repl[4], int
 
 static int add_pretok(ld *c, json_t *o, const char *path) {
     gn_tokenizer *t = c->t;
-    if (!json_is_object(o)) return fail(c, GN_EFORMAT, "%s must be an object", path);
-    const char *ty = type_of(o);
-    if (!ty) return fail(c, GN_EFORMAT, "%s.type is missing", path);
-    if (!strcmp(ty, "Sequence")) {
-        json_t *arr = json_object_get(o, "pretokenizers");
-        if (!json_is_array(arr))
-            return fail(c, GN_EFORMAT, "%s.pretokenizers must be an array", path);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[160];
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", path, i);
-            int rc = add_pretok(c, json_array_get(arr, i), sub);
-            if (rc) return rc;
-        }
-        return 0;
-    }
+    const char *ty = NULL;
+    int head = component(c, o, path, "pretokenizers", add_pretok, &ty);
+    if (head <= 0) return head; /* a Sequence done, or an error */
     if (t->n_pre >= TK_MAX_DEPTH)
         return fail(c, GN_EUNSUP, "%s: more than %d pre-tokenizer steps", path, TK_MAX_DEPTH);
     tk_pretok *p = &t->pre[t->n_pre];
@@ -544,20 +542,9 @@ static int add_pretok(ld *c, json_t *o, const char *path) {
 
 static int add_dec(ld *c, json_t *o, const char *path) {
     gn_tokenizer *t = c->t;
-    if (!json_is_object(o)) return fail(c, GN_EFORMAT, "%s must be an object", path);
-    const char *ty = type_of(o);
-    if (!ty) return fail(c, GN_EFORMAT, "%s.type is missing", path);
-    if (!strcmp(ty, "Sequence")) {
-        json_t *arr = json_object_get(o, "decoders");
-        if (!json_is_array(arr)) return fail(c, GN_EFORMAT, "%s.decoders must be an array", path);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[160];
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", path, i);
-            int rc = add_dec(c, json_array_get(arr, i), sub);
-            if (rc) return rc;
-        }
-        return 0;
-    }
+    const char *ty = NULL;
+    int head = component(c, o, path, "decoders", add_dec, &ty);
+    if (head <= 0) return head; /* a Sequence done, or an error */
     tk_dec d;
     memset(&d, 0, sizeof d);
     int rc;
@@ -630,21 +617,10 @@ static int push_id(ld *c, int32_t **arr, int *n, long id) {
 
 static int add_post(ld *c, json_t *o, const char *path) {
     gn_tokenizer *t = c->t;
-    if (!json_is_object(o)) return fail(c, GN_EFORMAT, "%s must be an object", path);
-    const char *ty = type_of(o);
-    if (!ty) return fail(c, GN_EFORMAT, "%s.type is missing", path);
+    const char *ty = NULL;
+    int head = component(c, o, path, "processors", add_post, &ty);
+    if (head <= 0) return head; /* a Sequence done, or an error */
     if (!strcmp(ty, "ByteLevel")) return 0; /* offsets only; ids are unchanged */
-    if (!strcmp(ty, "Sequence")) {
-        json_t *arr = json_object_get(o, "processors");
-        if (!json_is_array(arr)) return fail(c, GN_EFORMAT, "%s.processors must be an array", path);
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[160];
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", path, i);
-            int rc = add_post(c, json_array_get(arr, i), sub);
-            if (rc) return rc;
-        }
-        return 0;
-    }
     if (!strcmp(ty, "BertProcessing") || !strcmp(ty, "RobertaProcessing")) {
         json_t *cls = json_object_get(o, "cls"), *sep = json_object_get(o, "sep");
         if (!json_is_array(cls) || !json_is_integer(json_array_get(cls, 1)) ||
