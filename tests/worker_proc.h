@@ -60,4 +60,19 @@ static inline int gn_t_wait_ready(pid_t pid, const char *ready, const char *log,
     return -1;
 }
 
+/* Sends sig to pid and waits up to timeout_ms for it to exit. Returns its
+ * exit status (128 + signal when a signal ended it), or -1 when it had to be
+ * killed (SIGKILL) after the timeout. Either way the child is reaped. */
+static inline int gn_t_stop(pid_t pid, int sig, int timeout_ms) {
+    kill(pid, sig);
+    for (int i = 0; i < timeout_ms / 10; i++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
 #endif

@@ -132,19 +132,9 @@ static int start_worker(worker *w, const char *name, const char *const *extra) {
 /* SIGTERM, then waits up to timeout_ms. Returns the exit status, or -1
  * (killed) when it did not exit in time. */
 static int stop_worker(worker *w, int timeout_ms) {
-    kill(w->pid, SIGTERM);
-    for (int i = 0; i < timeout_ms / 10; i++) {
-        int st;
-        if (waitpid(w->pid, &st, WNOHANG) == w->pid) {
-            g_children[w->slot] = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(10000);
-    }
-    kill(w->pid, SIGKILL);
-    waitpid(w->pid, NULL, 0);
+    int rc = gn_t_stop(w->pid, SIGTERM, timeout_ms);
     g_children[w->slot] = 0;
-    return -1;
+    return rc;
 }
 
 /* ---- in-process reference --------------------------------------------------- */
