@@ -97,6 +97,8 @@ typedef struct client_ent {
 /* One StepRequest of a step: a worker + model, and the sequences it carries. */
 typedef struct group {
     gn_step_client *c;
+    const char *worker;  /* the endpoint c reaches (worker_len bytes; "" for the base worker) */
+    size_t worker_len;
     const char *name;
     uint32_t version;
     char label[GN_CTL_REF_MAX];
@@ -374,18 +376,16 @@ static gn_step_client *get_client(gn_dist *d, const char *endpoint, const char *
     return c;
 }
 
-/* 1 when two step clients reach the same worker (one client per endpoint and
- * ARM version; the base worker has its own). */
-static int same_worker(const gn_dist *d, const gn_step_client *a, const gn_step_client *b) {
-    if (a == b) return 1;
-    const char *ka = NULL, *kb = NULL;
-    for (int i = 0; i < d->n_clients; i++) {
-        if (d->clients[i].c == a) ka = d->clients[i].key;
-        if (d->clients[i].c == b) kb = d->clients[i].key;
-    }
-    if (!ka || !kb) return 0;
-    size_t la = strcspn(ka, "|"), lb = strcspn(kb, "|");
-    return la == lb && memcmp(ka, kb, la) == 0;
+/* The endpoint client c reaches (the prefix of its key, *len bytes), or ""
+ * for the base worker's own client. */
+static const char *client_worker(const gn_dist *d, const gn_step_client *c, size_t *len) {
+    for (int i = 0; i < d->n_clients; i++)
+        if (d->clients[i].c == c) {
+            *len = strcspn(d->clients[i].key, "|");
+            return d->clients[i].key;
+        }
+    *len = 0;
+    return "";
 }
 
 /* ---- admission ------------------------------------------------------------------------- */
@@ -481,6 +481,7 @@ static group *group_for(gn_dist *d, int *n_groups, gn_step_client *c, const char
     if (*n_groups == d->n_groups_max) return NULL;
     group *g = &d->groups[(*n_groups)++];
     g->c = c;
+    g->worker = client_worker(d, c, &g->worker_len);
     g->name = name;
     g->version = ver;
     g->n = 0;
@@ -826,8 +827,12 @@ static int run_step(gn_dist *d) {
     for (int i = 0; i < ng; i++) {
         const group *g = &d->groups[i];
         double c = 0;
-        for (int j = 0; j < ng; j++)
-            if (same_worker(d, d->groups[j].c, g->c)) c += d->groups[j].compute_us * 1e-6;
+        for (int j = 0; j < ng; j++) {
+            const group *h = &d->groups[j];
+            if (h->c == g->c || (g->worker_len && h->worker_len == g->worker_len &&
+                                 !memcmp(h->worker, g->worker, g->worker_len)))
+                c += h->compute_us * 1e-6;
+        }
         if (c > compute) compute = c;
     }
     pthread_mutex_lock(&d->mu);
