@@ -5,9 +5,10 @@
  *      adapter merged (gn_model_params.lora_dir), prefill and decode, on
  *      "cpu-ref" and "cpu", within a stated tolerance;
  *   2. one batch mixing sequences without an adapter, with adapter 1 and
- *      with adapter 2 (prefill and decode mixed, different lengths) gives,
- *      bit for bit, what each sequence gives stepped alone, and the
- *      sequences without an adapter equal a runner that never saw one;
+ *      with adapter 2 (prefill and decode mixed, different lengths) gives
+ *      what each sequence gives stepped alone, and the sequences without an
+ *      adapter equal a runner that never saw one: bit for bit on the CPU
+ *      backends, within rounding on a GPU (rows_match);
  *   3. refusals: wrong shapes, wrong layer count, another model's adapter,
  *      binding to a sequence that holds tokens;
  *   4. the adapter holds its factors only; loading adapters leaves the model
@@ -32,13 +33,22 @@
 static char g_root[256];
 static gn_backend *g_fast, *g_ref;
 
-/* Rows that must match: bit for bit on the CPU backends (batch-invariant),
- * within float noise on others (a GPU's batched GEMM is not its GEMV). */
-static int rows_match(const gn_backend *be, const float *got, const float *want, size_t n) {
-    if (!strncmp(be->name, "cpu", 3)) return memcmp(got, want, n * sizeof(float)) == 0;
-    for (size_t i = 0; i < n; i++)
-        if (!(fabsf(got[i] - want[i]) <= 2e-3f + 2e-3f * fabsf(want[i]))) return 0;
-    return 1;
+/* Rows that must match: bit for bit on the CPU backends (batch-invariant).
+ * On others within `tol` (absolute and relative): a GPU's batched GEMM is not
+ * its GEMV, and with 16-bit weights its cuBLAS path rounds the activations to
+ * the weight dtype (test_cuda_model), which these sharp models amplify to a
+ * few hundredths of a log-prob. The largest difference seen is kept in
+ * g_mixed_worst and printed. */
+static double g_mixed_worst;
+static int rows_match(const gn_backend *be, float tol, const float *got, const float *want, size_t n) {
+    if (be->is_host) return memcmp(got, want, n * sizeof(float)) == 0;
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (d > g_mixed_worst) g_mixed_worst = d;
+        if (!(d <= tol + tol * fabsf(want[i]))) ok = 0;
+    }
+    return ok;
 }
 static double g_worst;
 
@@ -238,7 +248,10 @@ static void test_merged(const char *model_dir, const char *lora_dir, gn_backend 
                   "%s: chunked steps: %s", what, e.msg);
             char lbl[200];
             snprintf(lbl, sizeof lbl, "%s: prefill in chunks of 4 vs one chunk", what);
-            gn_t_close(lbl, om, oa, (size_t)NP * (size_t)no, ATOL_F32, RTOL_F32);
+            /* One order of operations per output on the CPU backends: only
+             * float noise; a GPU rounds activations as in test_mixed. */
+            gn_t_close(lbl, om, oa, (size_t)NP * (size_t)no, be->is_host ? ATOL_F32 : atol,
+                       be->is_host ? RTOL_F32 : rtol);
         }
         gn_seq_free(s1);
         gn_seq_free(s4);
@@ -266,12 +279,12 @@ out:
     gn_model_free(merged);
 }
 
-/* ---- 2. mixed batch == alone, bit for bit --------------------------------------- */
+/* ---- 2. mixed batch == alone ---------------------------------------------------- */
 
 enum { NSEQ = 6, NSTEP = 3, MAXT = 16 };
 
 static void test_mixed(const char *model_dir, const char *lora1, const char *lora2, gn_backend *be,
-                       const char *what) {
+                       float tol, const char *what) {
     gn_model *m = load(model_dir, be, NULL), *m_plain = load(model_dir, be, NULL);
     if (!m || !m_plain) goto out;
     gn_err e = {0};
@@ -315,12 +328,12 @@ static void test_mixed(const char *model_dir, const char *lora1, const char *lor
             rc = gn_runner_step(ra, &one, 1, oa, &e);
             CHECK(rc == 0, "%s: alone step %d seq %d: %s", what, step, s, e.msg);
             size_t nf = (size_t)rows * (size_t)no;
-            CHECK(rows_match(be, ob + row * (size_t)no, oa, nf), "%s: step %d seq %d (adapter %d): batched != alone",
+            CHECK(rows_match(be, tol, ob + row * (size_t)no, oa, nf), "%s: step %d seq %d (adapter %d): batched != alone",
                   what, step, s, ads[s] == a1 ? 1 : ads[s] == a2 ? 2 : 0);
             if (!ads[s]) {
                 one.seq = sp[s];
                 rc = gn_runner_step(rp, &one, 1, op, &e);
-                CHECK(rc == 0 && rows_match(be, ob + row * (size_t)no, op, nf),
+                CHECK(rc == 0 && rows_match(be, tol, ob + row * (size_t)no, op, nf),
                       "%s: step %d seq %d: no-adapter sequence differs from a runner without adapters", what, step,
                       s);
             }
@@ -475,6 +488,7 @@ int main(int argc, char **argv) {
         write_adapter(all, sh, 0x7f, 8, 16, GN_F32, 200 + (uint64_t)i, 0);
         write_adapter(all2, sh, GN_LORA_K | GN_LORA_O | GN_LORA_DOWN, 4, 4, GN_F16, 300 + (uint64_t)i, 0);
         float atol = mc->dt == GN_F32 ? ATOL_F32 : ATOL_BF16, rtol = mc->dt == GN_F32 ? RTOL_F32 : RTOL_BF16;
+        float mtol = mc->dt == GN_F32 ? 2e-3f : ATOL_BF16; /* mixed batch vs alone, off the CPU */
         gn_backend *bes[2] = {g_ref, g_fast};
         for (int b = 0; b < 2; b++) {
             char what[300];
@@ -487,9 +501,13 @@ int main(int argc, char **argv) {
                 test_merged(dirs[i], maker_qkv, bes[b], atol, rtol, what);
             }
             snprintf(what, sizeof what, "%s/%s mixed", mc->name, bes[b]->name);
-            test_mixed(dirs[i], all, all2, bes[b], what);
+            test_mixed(dirs[i], all, all2, bes[b], mtol, what);
             snprintf(what, sizeof what, "%s/%s mixed q,k,v", mc->name, bes[b]->name);
-            if (b == 1) test_mixed(dirs[i], qkv, all, bes[b], what);
+            if (b == 1) test_mixed(dirs[i], qkv, all, bes[b], mtol, what);
+            if (!bes[b]->is_host)
+                printf("%s/%s: mixed batch vs alone, max |d| %.3g (tolerance %g)\n", mc->name, bes[b]->name,
+                       g_mixed_worst, mtol);
+            g_mixed_worst = 0;
         }
         if (i == 1) test_refusals(dirs[1], dirs[0], sh);
     }
