@@ -38,6 +38,7 @@ namespace {
 
 constexpr int kAttnWarps = 8;
 constexpr int kMaxPairsPerLane = 4; /* head_dim <= 2 * 32 * 4 = 256 */
+constexpr int kPV = 8;              /* V rows whose loads are in flight together */
 
 template <typename KV>
 __global__ void kv_write_kernel(KV *__restrict__ pool, const float *__restrict__ k,
@@ -86,6 +87,34 @@ __device__ __forceinline__ void ld8(const __nv_bfloat16 *p, float (&f)[8]) {
     }
 }
 
+/* Two consecutive elements of a V row (the pair a lane owns), loaded as
+ * stored and converted at the point of use, so that kPV rows' loads in flight
+ * take one register per pair for 16-bit pools. */
+template <typename KV>
+struct vpair {
+    using raw = unsigned;
+    static __device__ __forceinline__ raw load(const KV *p) { return *(const unsigned *)p; }
+    static __device__ __forceinline__ raw zero() { return 0u; }
+    static __device__ __forceinline__ float2 get(raw u);
+};
+template <>
+__device__ __forceinline__ float2 vpair<__half>::get(unsigned u) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return __half22float2(h);
+}
+template <>
+__device__ __forceinline__ float2 vpair<__nv_bfloat16>::get(unsigned u) { /* element 0 in the low half */
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+template <>
+struct vpair<float> {
+    using raw = float2;
+    static __device__ __forceinline__ raw load(const float *p) { return *(const float2 *)p; }
+    static __device__ __forceinline__ raw zero() { return make_float2(0.0f, 0.0f); }
+    static __device__ __forceinline__ float2 get(raw v) { return v; }
+};
+
 /* q·k over head_dim for one K row kp (16-byte aligned when VEC); sq is q·scale
  * in shared memory. */
 template <bool VEC, typename KV>
@@ -111,21 +140,6 @@ __device__ __forceinline__ float qk_dot(const KV *kp, const float *sq, int head_
         }
     }
     return a;
-}
-
-/* acc += pj · V row vp (lane owns dimension pairs lane, lane + 32, ...). */
-template <typename KV>
-__device__ __forceinline__ void pv_acc(float2 (&acc)[kMaxPairsPerLane], const KV *vp, float pj, int lane,
-                                       int npairs) {
-#pragma unroll
-    for (int j = 0; j < kMaxPairsPerLane; j++) {
-        const int pi = lane + 32 * j;
-        if (pi < npairs) {
-            const float2 vv = gn_ld2(vp + 2 * pi);
-            acc[j].x = fmaf(pj, vv.x, acc[j].x);
-            acc[j].y = fmaf(pj, vv.y, acc[j].y);
-        }
-    }
 }
 
 /* Stages q·scale and this token's K row (pool dtype) rotated by RoPE, as
@@ -155,12 +169,12 @@ constexpr size_t kSelfRow = ~(size_t)0;
  * all in flight, q·scale broadcast from shared memory), the warp updates its
  * online softmax (running max m, sum l) once per tile, then accumulates
  * Σ p_j·V_j with lane l owning dimension pairs l, l+32, ... (V rows read
- * coalesced, eight positions' loads in flight). The warps' partial results
+ * coalesced, kPV positions' loads in flight). The warps' partial results
  * are merged in shared memory at the end. Compared with one position per
  * warp step, a decode step of a few hundred positions takes a handful of
  * dependent memory round trips instead of one per position. */
 template <typename KV, bool VEC>
-__global__ void __launch_bounds__(kAttnWarps * 32)
+__global__ void __launch_bounds__(kAttnWarps * 32, 4) /* 64 registers: 4 blocks per SM */
 attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__restrict__ pool,
             KV *pool_w, const float *k_new, const float *v_new, const float *inv_freq,
             const int32_t *tok_seq, const int32_t *tok_pos, const int32_t *block_table, int max_blocks,
@@ -252,14 +266,37 @@ attn_kernel(float *__restrict__ out, const float *__restrict__ q, const KV *__re
         sm_off[warp][lane] = self && p == pos ? kSelfRow : off + v_off;
         sm_p[warp][lane] = pe;
         __syncwarp();
+        /* kPV positions at a time: every V load of the group is issued
+         * before the first FMA (one memory round trip per group, not per
+         * position); rows with p = 0 are not read (skipped rows never are),
+         * and the sums are taken in position order as one at a time would. */
         const int cnt = min(32, pos - p0 + 1);
-#pragma unroll 8
-        for (int jj = 0; jj < cnt; jj++) {
-            const float pj = sm_p[warp][jj];
-            if (pj == 0.0f) continue; /* warp-uniform; p = 0: skipped rows are never read */
-            const size_t o = sm_off[warp][jj];
-            if (o == kSelfRow) pv_acc(acc, (const KV *)s_v, pj, lane, npairs);
-            else pv_acc(acc, pool + o, pj, lane, npairs);
+        for (int j0 = 0; j0 < cnt; j0 += kPV) {
+            float pj[kPV];
+            const KV *vp[kPV];
+#pragma unroll
+            for (int u = 0; u < kPV; u++) {
+                const int jj = min(j0 + u, 31);
+                pj[u] = j0 + u < cnt ? sm_p[warp][jj] : 0.0f;
+                const size_t o = sm_off[warp][jj];
+                vp[u] = pj[u] == 0.0f ? nullptr : o == kSelfRow ? (const KV *)s_v : pool + o;
+            }
+            typename vpair<KV>::raw vv[kPV][kMaxPairsPerLane]; /* as stored: few registers */
+#pragma unroll
+            for (int u = 0; u < kPV; u++)
+#pragma unroll
+                for (int j = 0; j < kMaxPairsPerLane; j++) {
+                    const int pi = lane + 32 * j;
+                    vv[u][j] = vp[u] && pi < npairs ? vpair<KV>::load(vp[u] + 2 * pi) : vpair<KV>::zero();
+                }
+#pragma unroll
+            for (int u = 0; u < kPV; u++)
+#pragma unroll
+                for (int j = 0; j < kMaxPairsPerLane; j++) {
+                    const float2 v2 = vpair<KV>::get(vv[u][j]);
+                    acc[j].x = fmaf(pj[u], v2.x, acc[j].x);
+                    acc[j].y = fmaf(pj[u], v2.y, acc[j].y);
+                }
         }
         __syncwarp(); /* the next tile rewrites sm_off / sm_p */
     }
