@@ -35,7 +35,7 @@ struct gn_host {
     gn_wire_seq_errors *errors;       /* (max_req_seqs) error replies */
     Genarm__V1__Tensor tensor;
     Genarm__V1__ModelRef model_ref;
-    float *out;                       /* (out_cap) float32 log-probs from the runner */
+    float *out;                       /* (out_cap) float32 log-probs from the runner (gn_backend_host_alloc) */
     size_t out_cap;
     uint8_t *bytes;                   /* (bytes_cap) packed tensor data */
     size_t bytes_cap;
@@ -109,7 +109,7 @@ void gn_host_free(gn_host *h) {
     gn_free(h->res);
     gn_free(h->res_ptr);
     gn_wire_seq_errors_free(h->errors);
-    gn_free(h->out);
+    gn_backend_host_free(gn_model_backend(h->m), h->out);
     gn_free(h->bytes);
     gn_free(h);
 }
@@ -136,6 +136,20 @@ static int grow(void **buf, size_t *cap, size_t need) {
         return GN_ENOMEM;
     *buf = nb;
     *cap = need;
+    return 0;
+}
+
+/* The runner's output buffer, from the backend's host memory (page-locked on
+ * a GPU: the log-probs are downloaded into it every step). Its contents need
+ * not survive growing. */
+static int grow_out(gn_host *h, size_t need) {
+    if (need <= h->out_cap) return 0;
+    gn_backend *be = gn_model_backend(h->m);
+    float *nb = gn_backend_host_alloc(be, need);
+    if (!nb) return GN_ENOMEM;
+    gn_backend_host_free(be, h->out);
+    h->out = nb;
+    h->out_cap = need;
     return 0;
 }
 
@@ -240,7 +254,7 @@ int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_r
         gn_wire_tensor_nbytes(dt, (uint64_t)rows, (uint64_t)h->n_out, &n_bytes)) {
         rc = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
         gn_errf(err, GN_ERANGE, "step output of %d rows overflows", rows);
-    } else if (grow((void **)&h->out, &h->out_cap, n_vals * sizeof(float) + 1) ||
+    } else if (grow_out(h, n_vals * sizeof(float) + 1) ||
                (!(dt == GN_F32 && GN_WIRE_HOST_LE) && grow((void **)&h->bytes, &h->bytes_cap, n_bytes + 1))) {
         rc = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
         gn_errf(err, GN_ENOMEM, "step output of %d rows x %d: out of memory", rows, h->n_out);

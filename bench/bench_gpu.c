@@ -17,7 +17,12 @@
  * with the same loop. Also a matmul micro-benchmark (GEMV kernel with and
  * without programmatic dependent launch, cuBLAS; single weights and the
  * fused q/k/v and gate/up launches of matmul_multi) on the 7B projection
- * shapes, which decides GN_CUDA_GEMV_MAX.
+ * shapes, which decides GN_CUDA_GEMV_MAX; the log-prob download into pageable
+ * and into page-locked host memory (gn_backend_host_alloc, what the workers
+ * and this bench use); for each shape, where an eager decode step's GPU time
+ * goes, op by op (gn_backend_cuda_profile, batch 1 with the fused ops on and
+ * off, batch 64); and in the guided table the host's share of each step
+ * (combining and the argmax).
  *
  * How the weights are made: writing a 13.5 GB safetensors file would take
  * minutes, so the bench writes config.json and a *sparse* model.safetensors
@@ -28,7 +33,8 @@
  * std of a freshly initialised model; norms around 1). So the model goes
  * through the same loader, upload and runner as a real one.
  *
- * Usage: bench_gpu [--quick]   (--quick: 1B only, fewer steps)
+ * Usage: bench_gpu [--quick | --matmul]   (--quick: 1B only, fewer steps;
+ *        --matmul: the matmul micro-benchmark only)
  * Environment: GN_BENCH_DIR (scratch directory, default /tmp).
  * Exits 77 without a GPU (or in a build without CUDA). */
 #if defined(__has_include)
@@ -288,6 +294,9 @@ static void argmax_rows(const float *x, int B, int n, int32_t *tok) {
     }
 }
 
+/* Host seconds spent combining and in argmax by decode_steps (summed). */
+static double g_host_s;
+
 /* Runs `steps` decode steps of B sequences on base (and arm when non-NULL,
  * combining with alpha 1); returns seconds. */
 static double decode_steps(decoder *base, decoder *arm, int B, int steps, float *lp_base,
@@ -305,13 +314,17 @@ static double decode_steps(decoder *base, decoder *arm, int B, int steps, float 
         if (arm) {
             for (int b = 0; b < B; b++) items[b] = (gn_step_item){arm->seqs[b], &tok[b], 1, 0};
             if (gn_runner_step(arm->r, items, B, lp_arm, &err)) die("decode step (arm)", err.msg);
+            g_host_s -= now_s();
             for (int b = 0; b < B; b++) {
                 const float *arm_row = lp_arm + (size_t)b * arm->n_out;
                 float *row = lp_base + (size_t)b * base->n_out;
                 gn_guidance_combine(&g, row, &arm_row, row, base->n_out);
             }
+            g_host_s += now_s();
         }
+        g_host_s -= now_s();
         argmax_rows(lp_base, B, base->n_out, tok);
+        g_host_s += now_s();
     }
     return now_s() - t0;
 }
@@ -409,10 +422,60 @@ static double decode_rate(gn_model *m, gn_runner *r, int B, int prompt_len, int 
     return steps / t;
 }
 
+/* ---- where the time goes ----------------------------------------------------- */
+
+/* GPU time per op of `steps` eager decode steps of B sequences
+ * (gn_backend_cuda_profile: CUDA events between ops). */
+static void profile_steps(gn_backend *be, gn_model *m, const char *what, int B, int prompt_len, int steps,
+                          float *lp, float *lp2) {
+    gn_runner *r = make_runner(m, 128, B, 0);
+    decoder d;
+    start_batch(&d, m, r, B, prompt_len, lp);
+    decode_steps(&d, NULL, B, 2, lp, lp2);
+    if (gn_backend_cuda_profile(be, 1)) die("profile", be->err.msg);
+    double t = decode_steps(&d, NULL, B, steps, lp, lp2);
+    printf("  %s, batch %d, eager steps profiled (%.3f ms/step with the events):\n", what, B, 1e3 * t / steps);
+    gn_backend_cuda_profile_report(be, stdout, steps);
+    gn_backend_cuda_profile(be, 0);
+    end_batch(&d, B);
+    gn_runner_free(r);
+}
+
+/* Microseconds per download of B rows of 32000 log-probs into pageable
+ * (malloc) and into page-locked (gn_backend_host_alloc) host memory. */
+static void bench_download(gn_backend *be) {
+    const size_t max = (size_t)64 * 32000 * sizeof(float);
+    void *dev = be->ops->alloc(be, max), *pinned = gn_backend_host_alloc(be, max);
+    unsigned char *pageable = malloc(max);
+    if (!dev || !pageable || !pinned) die("download bench", "allocation");
+    memset(pageable, 0, max);
+    printf("\nlog-prob download (B x 32000 floats), us per download: pageable | pinned host memory\n");
+    const int batches[3] = {1, 8, 64};
+    for (int bi = 0; bi < 3; bi++) {
+        size_t n = (size_t)batches[bi] * 32000 * sizeof(float);
+        double us[2];
+        for (int k = 0; k < 2; k++) {
+            void *dst = k ? pinned : (void *)pageable;
+            double t0 = 0;
+            for (int i = -3; i < 20; i++) {
+                if (i == 0) t0 = now_s();
+                if (be->ops->download(be, dst, dev, n)) die("download", be->err.msg);
+            }
+            us[k] = 1e6 * (now_s() - t0) / 20;
+        }
+        printf("  B=%-3d %8.1f | %8.1f  (%.1f | %.1f GB/s)\n", batches[bi], us[0], us[1], n / us[0] / 1e3,
+               n / us[1] / 1e3);
+    }
+    gn_backend_host_free(be, pinned);
+    free(pageable);
+    be->ops->free(be, dev);
+}
+
 /* ---- main ------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int matmul_only = argc > 1 && !strcmp(argv[1], "--matmul");
     if (gn_backend_cuda_device_count() == 0) {
         printf("skipped: no CUDA device\n");
         return 77;
@@ -434,12 +497,19 @@ int main(int argc, char **argv) {
     printf("KV cache dtype %s\n", gn_dtype_name(be->kv_dtype));
 
     bench_matmul(be, copy_gbps);
+    if (matmul_only) {
+        be->ops->destroy(be);
+        return 0;
+    }
+    bench_download(be);
 
     const int batches[4] = {1, 8, 32, 64};
     const int prompt_len = 32;
     const int ctx = 128; /* prompt + warm-up + timed steps fit */
-    float *lp_base = malloc((size_t)64 * 32000 * sizeof(float));
-    float *lp_arm = malloc((size_t)64 * 32000 * sizeof(float));
+    /* Page-locked, as the workers' output buffers (gn_backend_host_alloc). */
+    float *lp_base = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
+    float *lp_arm = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
+    if (!lp_base || !lp_arm) die("host_alloc", be->err.msg);
     double base_tps[4] = {0};
     gn_model *m1 = NULL, *m7 = NULL;
     gn_runner *r1 = NULL, *r7 = NULL;
@@ -489,6 +559,14 @@ int main(int argc, char **argv) {
             printf("  %-3s %5d %14s %14.3f %10.1f %12.0f %8.1f%%   (graph, fused ops off)\n", s->name, 1, "",
                    1e3 / sn, sn, wb * sn / 1e9, 100.0 * wb * sn / 1e9 / copy_gbps);
         }
+        /* Where a step's GPU time goes (eager, fused ops on and off). */
+        profile_steps(be, m, s->name, 1, prompt_len, 8, lp_base, lp_arm);
+        {
+            int was = gn_backend_cuda_set_fuse(be, 0);
+            profile_steps(be, m, "fused ops off", 1, prompt_len, 8, lp_base, lp_arm);
+            gn_backend_cuda_set_fuse(be, was);
+        }
+        profile_steps(be, m, s->name, 64, prompt_len, 8, lp_base, lp_arm);
         if (si == 0) m1 = m, r1 = r;
         else m7 = m, r7 = r;
     }
@@ -496,7 +574,8 @@ int main(int argc, char **argv) {
     if (m1 && m7) {
         printf("\nguided decoding: 7B base + 1B ARM on one GPU, both stepped every token (graphs),\n"
                "log-probs combined on the host (alpha 1) and the argmax fed back\n");
-        printf("  %5s %14s %14s %8s\n", "batch", "base tokens/s", "guided tok/s", "ratio");
+        printf("  %5s %14s %14s %8s %18s\n", "batch", "base tokens/s", "guided tok/s", "ratio",
+               "host ms/step (*)");
         for (int bi = 0; bi < 4; bi++) {
             int B = batches[bi];
             decoder db, da;
@@ -504,19 +583,22 @@ int main(int argc, char **argv) {
             start_batch(&da, m1, r1, B, prompt_len, lp_arm);
             decode_steps(&db, &da, B, 3, lp_base, lp_arm);
             int steps = 24;
+            g_host_s = 0;
             double t = decode_steps(&db, &da, B, steps, lp_base, lp_arm);
             end_batch(&db, B);
             end_batch(&da, B);
             double tps = steps * B / t;
-            printf("  %5d %14.1f %14.1f %7.2fx\n", B, base_tps[bi], tps, tps / base_tps[bi]);
+            printf("  %5d %14.1f %14.1f %7.2fx %18.3f\n", B, base_tps[bi], tps, tps / base_tps[bi],
+                   1e3 * g_host_s / steps);
         }
+        printf("  (*) combine + argmax on the host, part of the guided time\n");
     }
     gn_runner_free(r1);
     gn_runner_free(r7);
     gn_model_free(m1);
     gn_model_free(m7);
-    free(lp_base);
-    free(lp_arm);
+    gn_backend_host_free(be, lp_base);
+    gn_backend_host_free(be, lp_arm);
     be->ops->destroy(be);
     return 0;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend_cpu.h"
+#include "gn_alloc.h"
 #ifdef GN_HAVE_CUDA
 #include "backend_cuda.h"
 #endif
@@ -48,4 +49,14 @@ gn_backend *gn_backend_create(const char *device, const gn_backend_params *p, gn
 
 void gn_backend_free(gn_backend *be) {
     if (be) be->ops->destroy(be);
+}
+
+void *gn_backend_host_alloc(gn_backend *be, size_t nbytes) {
+    return be->ops->host_alloc ? be->ops->host_alloc(be, nbytes) : gn_malloc(nbytes ? nbytes : 1);
+}
+
+void gn_backend_host_free(gn_backend *be, void *p) {
+    if (!p) return;
+    if (be->ops->host_free) be->ops->host_free(be, p);
+    else gn_free(p);
 }

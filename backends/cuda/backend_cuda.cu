@@ -49,6 +49,7 @@ static void cu_destroy(gn_backend *be) {
             if (cudaStreamEndCapture(c->stream, &g) == cudaSuccess && g) cudaGraphDestroy(g);
         }
         if (c->stream) cudaStreamSynchronize(c->stream);
+        gn_cu_prof_destroy(be);
         for (int i = 0; i < GN_GRAPH_SLOTS; i++)
             if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
         if (c->cublas) cublasDestroy(c->cublas);
@@ -87,6 +88,28 @@ static void *cu_alloc(gn_backend *be, size_t nbytes) {
     return p;
 }
 
+/* Page-locked host memory (downloads into it run at full PCIe speed). */
+static void *cu_host_alloc(gn_backend *be, size_t nbytes) {
+    if (cu_not_capturing(be, "host_alloc") || cu_enter(be)) return NULL;
+    void *p = NULL;
+    int rc = [&]() -> int {
+        GN_CU_CHECK(be, cudaMallocHost(&p, nbytes ? nbytes : 1));
+        return 0;
+    }();
+    if (rc) {
+        cudaGetLastError();
+        gn_err_prefix(&be->err, "allocating %zu bytes of page-locked host memory: ", nbytes);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(gn_backend *be, void *p) {
+    if (!p) return;
+    cudaSetDevice(gn_cu(be)->device);
+    if (cudaFreeHost(p) != cudaSuccess) cudaGetLastError();
+}
+
 static void cu_free(gn_backend *be, void *p) {
     if (!p) return;
     gn_cuda *c = gn_cu(be);
@@ -103,6 +126,7 @@ static int cu_synchronize(gn_backend *be) {
     if (cu_enter(be)) return GN_EBACKEND;
     GN_CU_CHECK(be, cudaStreamSynchronize(c->stream));
     c->staging_used = 0; /* every staged upload has been consumed */
+    gn_cu_prof_end(be);
     return 0;
 }
 
@@ -111,6 +135,7 @@ static int cu_upload(gn_backend *be, void *dst, const void *src_host, size_t nby
     if (!nbytes) return 0;
     if (cu_not_capturing(be, "upload")) return GN_EINVAL;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "upload");
     if (nbytes <= GN_CU_STAGED_MAX && c->staging) {
         /* Small per-step uploads (token ids, positions, block tables) go through
          * pinned memory: a pageable cudaMemcpyAsync would synchronise the
@@ -140,9 +165,11 @@ static int cu_download(gn_backend *be, void *dst_host, const void *src, size_t n
     if (!nbytes) return cu_synchronize(be);
     if (cu_not_capturing(be, "download")) return GN_EINVAL;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "download %zu KiB", nbytes >> 10);
     GN_CU_CHECK(be, cudaMemcpyAsync(dst_host, src, nbytes, cudaMemcpyDeviceToHost, c->stream));
     GN_CU_CHECK(be, cudaStreamSynchronize(c->stream));
     c->staging_used = 0;
+    gn_cu_prof_end(be);
     return 0;
 }
 
@@ -226,6 +253,7 @@ static int cu_matmul(gn_backend *be, float *y, const float *x, const gn_tensor *
     int rc = cu_check_w(be, "matmul", w, bias, n);
     if (rc || n == 0) return rc;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "matmul %lldx%lld n=%d", (long long)w->rows, (long long)w->cols, n);
     if (n <= c->gemv_max) return gn_cuda_gemv(be, y, x, w, bias, n);
     if (w->dtype != GN_F32 && (rc = cu_convert_x(be, x, w->dtype, n, (int)w->cols))) return rc;
     return cu_gemm(be, y, x, c->scratch, w, bias, n);
@@ -251,6 +279,7 @@ static int cu_matmul_multi(gn_backend *be, int n_mats, float *const *ys, const f
     }
     if (n == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "matmul_multi %dx %lldx%lld n=%d", n_mats, (long long)ws[0]->rows, (long long)ws[0]->cols, n);
     if (n <= c->gemv_max) {
         bool fuse = same && n_mats > 1;
         for (int i = 0; i < n_mats && fuse; i++) fuse = gn_cuda_gemv_ok(x, ws[i]) != 0;
@@ -280,6 +309,7 @@ static int cu_embed(gn_backend *be, float *out, const gn_tensor *table, const in
                     int n) {
     if (n <= 0) return n < 0 ? gn_errf(&be->err, GN_EINVAL, "%s: embed: n=%d", be->name, n) : 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "embed n=%d", n);
     return gn_cuda_embed(be, out, table, tokens, n);
 }
 
@@ -290,6 +320,7 @@ static int cu_rmsnorm(gn_backend *be, float *out, const float *x, const gn_tenso
                        n_rows, dim);
     if (n_rows == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "rmsnorm %dx%d", n_rows, dim);
     return gn_cuda_rmsnorm(be, out, x, w, n_rows, dim, eps);
 }
 
@@ -300,6 +331,7 @@ static int cu_rope(gn_backend *be, float *x, int n_tok, int n_heads, int head_di
                        be->name, n_tok, n_heads, head_dim);
     if (n_tok == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "rope n=%d", n_tok);
     return gn_cuda_rope(be, x, n_tok, n_heads, head_dim, pos, inv_freq);
 }
 
@@ -310,6 +342,7 @@ static int cu_add_rmsnorm(gn_backend *be, float *x, const float *y, float *out, 
                        n_rows, dim, out == x ? " (out aliases x)" : "");
     if (n_rows == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "add_rmsnorm %dx%d", n_rows, dim);
     return gn_cuda_add_rmsnorm(be, x, y, out, w, n_rows, dim, eps);
 }
 
@@ -320,18 +353,21 @@ static int cu_rope_qk(gn_backend *be, float *q, float *k, int n_tok, int n_heads
                        be->name, n_tok, n_heads, n_kv_heads, head_dim);
     if (n_tok == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "rope_qk n=%d", n_tok);
     return gn_cuda_rope_qk(be, q, k, n_tok, n_heads, n_kv_heads, head_dim, pos, inv_freq);
 }
 
 static int cu_swiglu(gn_backend *be, float *out, const float *gate, const float *up, size_t n) {
     if (!n) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "swiglu %zu", n);
     return gn_cuda_swiglu(be, out, gate, up, n);
 }
 
 static int cu_add(gn_backend *be, float *x, const float *y, size_t n) {
     if (!n) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "add %zu", n);
     return gn_cuda_add(be, x, y, n);
 }
 
@@ -341,6 +377,7 @@ static int cu_get_rows(gn_backend *be, float *out, const float *x, const int32_t
         return gn_errf(&be->err, GN_EINVAL, "%s: get_rows: n=%d dim=%d", be->name, n, dim);
     if (n == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "get_rows n=%d", n);
     return gn_cuda_get_rows(be, out, x, rows, n, dim);
 }
 
@@ -350,6 +387,7 @@ static int cu_attention(gn_backend *be, float *out, const float *q, const float 
     if (b->n_tokens < 0) return gn_errf(&be->err, GN_EINVAL, "%s: attention: n_tokens < 0", be->name);
     if (b->n_tokens == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "attention n=%d seqs=%d", b->n_tokens, b->n_seqs);
     return gn_cuda_attention(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale);
 }
 
@@ -361,6 +399,7 @@ static int cu_rope_attention(gn_backend *be, float *out, float *q, float *k, con
                        b->n_tokens, (const void *)inv_freq);
     if (b->n_tokens == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "rope_attention n=%d seqs=%d", b->n_tokens, b->n_seqs);
     return gn_cuda_rope_attention(be, out, q, k, v, kv, layer, b, n_heads, sliding_window, scale, inv_freq);
 }
 
@@ -371,6 +410,7 @@ static int cu_log_softmax(gn_backend *be, float *out, const float *x, int n_rows
                        n_rows, n_cols, ld_x, out == x ? " (in place)" : "");
     if (n_rows == 0) return 0;
     if (cu_enter(be)) return GN_EBACKEND;
+    GN_CU_PROF(be, "log_softmax %dx%d", n_rows, n_cols);
     return gn_cuda_log_softmax(be, out, x, n_rows, n_cols, ld_x);
 }
 
@@ -382,7 +422,7 @@ static const gn_backend_ops cu_ops = {
     cu_destroy,      cu_alloc,       cu_free,      cu_upload,    cu_download,     cu_synchronize,
     cu_embed,        cu_rmsnorm,     cu_matmul,    cu_rope,      cu_swiglu,       cu_add,
     cu_get_rows,     cu_attention,   cu_log_softmax, cu_matmul_multi, cu_graph_begin, cu_graph_end,
-    cu_graph_launch, cu_add_rmsnorm, cu_rope_qk,     cu_rope_attention,
+    cu_graph_launch, cu_add_rmsnorm, cu_rope_qk,     cu_rope_attention, cu_host_alloc, cu_host_free,
 };
 
 /* The same without the optional fused ops (gn_backend_cuda_set_fuse(be, 0)). */
@@ -390,7 +430,7 @@ static const gn_backend_ops cu_ops_unfused = {
     cu_destroy,      cu_alloc,       cu_free,      cu_upload,    cu_download,     cu_synchronize,
     cu_embed,        cu_rmsnorm,     cu_matmul,    cu_rope,      cu_swiglu,       cu_add,
     cu_get_rows,     cu_attention,   cu_log_softmax, cu_matmul_multi, cu_graph_begin, cu_graph_end,
-    cu_graph_launch, NULL,           NULL,           NULL,
+    cu_graph_launch, NULL,           NULL,           NULL,              cu_host_alloc, cu_host_free,
 };
 
 /* ---- programmatic dependent launch ---------------------------------------- */

@@ -12,8 +12,7 @@
  * instead of separate launches (see set_fuse). Kernels are launched with
  * programmatic dependent launch where the device has it (see set_pdl), and
  * the vtable's graph hooks record ops into CUDA graphs (see capture_begin).
- * Weights must only change through upload(): a GEMV streams its weights
- * before it waits for the previous kernel. The KV pool element type is F16 by default
+ * The KV pool element type is F16 by default
  * (be->kv_dtype; the attention op reads whatever dtype the pool says, so a
  * caller may set be->kv_dtype = GN_F32 before creating runners for an exact
  * cache).
@@ -31,6 +30,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" { /* the engine headers are C: give their declarations C linkage */
@@ -113,6 +113,18 @@ int gn_backend_cuda_capture_begin(gn_backend *be);
 unsigned long long gn_backend_cuda_graph_launches(gn_backend *be);
 int gn_backend_cuda_capture_end(gn_backend *be, int slot);
 int gn_backend_cuda_graph_launch(gn_backend *be, int slot);
+
+/* Per-op GPU time (for benchmarks; profile.cu). profile(be, 1) starts
+ * counting from zero (0 stops and frees). While on, every eager op enqueued
+ * is timed with CUDA events from its enqueue to the next op's; totals are
+ * taken whenever the host waits for the stream. A replayed graph is not
+ * broken down, and the events cost programmatic dependent launch its
+ * overlap: profile eager steps, and compare with unprofiled timings.
+ * profile_report(be, f, per) prints each op label (op and shape) with calls,
+ * ms, share and us per call, counts and ms divided by `per` (e.g. the
+ * number of steps profiled). */
+int gn_backend_cuda_profile(gn_backend *be, int on);
+int gn_backend_cuda_profile_report(gn_backend *be, FILE *f, double per);
 
 /* Device name and memory (free/total bytes); any out pointer may be NULL. */
 int gn_backend_cuda_device_info(gn_backend *be, char *name, size_t name_cap, size_t *free_bytes,

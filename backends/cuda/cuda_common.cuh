@@ -13,6 +13,8 @@
 
 #include "backend_cuda.h" /* engine/backend.h etc. with C linkage */
 
+struct gn_cu_prof; /* profile.cu */
+
 /* Per-backend state (gn_backend.impl). */
 struct gn_cuda {
     int device;
@@ -37,6 +39,7 @@ struct gn_cuda {
     cudaGraphExec_t graphs[GN_GRAPH_SLOTS];
     int n_graphs;             /* slots holding a graph */
     unsigned long long graph_launches;
+    gn_cu_prof *prof;         /* per-op GPU time of eager ops (profile.cu); NULL when off */
 };
 
 static inline gn_cuda *gn_cu(gn_backend *be) { return (gn_cuda *)be->impl; }
@@ -44,7 +47,20 @@ static inline gn_cuda *gn_cu(gn_backend *be) { return (gn_cuda *)be->impl; }
 extern "C" {
 /* Writes "<stmt> failed at file:line: <what>" into be->err; returns GN_EBACKEND. */
 int gn_cuda_fail(gn_backend *be, const char *stmt, const char *file, int line, const char *what);
+
+/* profile.cu: mark = the ops enqueued from here on until the next mark are
+ * `label` (printf format); end = after the host waited for the stream: close
+ * the last interval and add the intervals up; destroy = free the profile. */
+void gn_cu_prof_mark(gn_backend *be, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void gn_cu_prof_end(gn_backend *be);
+void gn_cu_prof_destroy(gn_backend *be);
 }
+
+/* A profile mark that costs one load when profiling is off. */
+#define GN_CU_PROF(be, ...)                                   \
+    do {                                                      \
+        if (gn_cu(be)->prof) gn_cu_prof_mark(be, __VA_ARGS__); \
+    } while (0)
 
 static inline bool gn_cu_failed(cudaError_t e) { return e != cudaSuccess; }
 static inline bool gn_cu_failed(cublasStatus_t s) { return s != CUBLAS_STATUS_SUCCESS; }
