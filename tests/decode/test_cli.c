@@ -1,7 +1,11 @@
 /* test_cli.c — the `genarm` command line: help, flag validation, clear errors
  * (missing and malformed model directories, mismatched ARM tokenizer), and
  * that `generate` and `score` print what the library computes. Runs the built
- * binary ($GN_BUILD_DIR/tools/genarm) on tiny models from the model maker. */
+ * binary ($GN_BUILD_DIR/tools/genarm) on tiny models from the model maker.
+ *
+ * test_cli DEVICE (tests/gpu registers it with cuda:0): only --device DEVICE,
+ * guided greedy generation and score through the CLI against --device cpu;
+ * exits 77 where DEVICE cannot be created. */
 #define _GNU_SOURCE
 #include <ftw.h>
 #include <jansson.h>
@@ -244,7 +248,49 @@ static void test_generate_matches_library(const char *base, const char *arm1, co
           "-n 3: %s %s", g_out, g_errtxt);
 }
 
-int main(void) {
+/* --device dev against --device cpu: guided greedy text equal (the models'
+ * top two log-probs are far apart compared with the device's rounding), and
+ * score totals within the device's rounding (F16 KV cache on a GPU). */
+static void test_device(const char *dev, const char *base, const char *arm1, const char *arm2) {
+    char a[2048], want[sizeof g_out];
+    const char *prompt = "The river ran";
+    const char *devs[2] = {"cpu", dev};
+    double totals[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a,
+                 "generate --model '%s' --arm '%s:0.5' --arm '%s:-0.25' --beta 0.5 --prompt '%s' "
+                 "--max-tokens 16 --temperature 0 --ignore-eos --device %s",
+                 base, arm1, arm2, prompt, devs[i]);
+        int rc = run(a);
+        CHECK(rc == 0, "generate --device %s: exit %d: %s", devs[i], rc, g_errtxt);
+        CHECK(strstr(g_errtxt, "generated 16 tokens") != NULL, "--device %s: 16 tokens: %s", devs[i], g_errtxt);
+        if (i == 0) memcpy(want, g_out, sizeof g_out);
+        else CHECK(!strcmp(g_out, want), "--device %s text '%s' != cpu text '%s'", dev, g_out, want);
+        snprintf(a, sizeof a,
+                 "score --arm '%s' --prompt '%s' --response ' fast under the old stone bridge.' --json "
+                 "--device %s",
+                 arm1, prompt, devs[i]);
+        rc = run(a);
+        CHECK(rc == 0, "score --device %s: exit %d: %s", devs[i], rc, g_errtxt);
+        json_error_t je;
+        json_t *root = json_loads(g_out, 0, &je);
+        CHECK(root != NULL, "score --device %s: JSON: %s", devs[i], je.text);
+        totals[i] = root ? json_real_value(json_object_get(root, "total")) : 0.0;
+        json_decref(root);
+    }
+    CHECK(fabs(totals[1] - totals[0]) < 0.02, "score total on %s %g vs cpu %g", dev, totals[1], totals[0]);
+    printf("--device %s: text equal to cpu; score total %.6f vs %.6f on cpu\n", dev, totals[1], totals[0]);
+}
+
+int main(int argc, char **argv) {
+    const char *dev = argc > 1 ? argv[1] : NULL;
+    if (dev) {
+        gn_err err = {0};
+        gn_backend *be = gn_backend_create(dev, NULL, &err);
+        if (!be)
+            GN_TEST_SKIP(err.msg);
+        gn_backend_free(be);
+    }
     const char *bdir = getenv("GN_BUILD_DIR");
     if (!bdir)
         GN_TEST_SKIP("GN_BUILD_DIR not set (run through ctest)");
@@ -259,8 +305,12 @@ int main(void) {
         make_model("arm1", "llama", 2, 254, arm1, sizeof arm1) == 0 &&
         make_model("arm2", "qwen3", 3, 254, arm2, sizeof arm2) == 0 &&
         make_model("other", "llama", 4, 200, other, sizeof other) == 0) {
-        test_usage(base, other);
-        test_generate_matches_library(base, arm1, arm2);
+        if (dev) {
+            test_device(dev, base, arm1, arm2);
+        } else {
+            test_usage(base, other);
+            test_generate_matches_library(base, arm1, arm2);
+        }
     }
     nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     GN_TEST_MAIN_END();

@@ -116,7 +116,7 @@ grep -q "CUDA backend ON" "$LOGS/configure.log" || { echo "CUDA backend is OFF: 
 # ---- (2) build ---------------------------------------------------------------
 say "build GPU targets (-j$JOBS)"
 BUILT=()
-for t in genarm_backend_cuda test_cuda_ops test_cuda_model test_cuda_lora_adapters bench_gpu; do
+for t in genarm_backend_cuda test_cuda_ops test_cuda_model test_cuda_lora_adapters genarm test_cuda_cli bench_gpu; do
   if timeout "$(left 200 300)" cmake --build "$BUILD" -j "$JOBS" --target "$t" >"$BUILD/build_$t.log" 2>&1; then
     echo "built $t"
     BUILT+=("$t")
