@@ -13,8 +13,10 @@
  * where the copy bandwidth (bytes read + bytes written per second) is
  * measured in the same run. Then guided decoding — the 7B base and the 1B ARM
  * on one GPU, both stepped every token, log-probs combined on the host
- * (gn_guidance_combine) and the argmax fed back — against base-only decoding
- * with the same loop. Also a matmul micro-benchmark (GEMV kernel with and
+ * (gn_guidance_combine) and the next tokens chosen by the library's sampler
+ * (greedy), the ARM step after the base step on one CUDA stream or beside it
+ * on a second backend (its own stream, its own host thread) — against
+ * base-only decoding with the same loop. Also a matmul micro-benchmark (GEMV kernel with and
  * without programmatic dependent launch, cuBLAS; single weights and the
  * fused q/k/v and gate/up launches of matmul_multi) on the 7B projection
  * shapes, which decides GN_CUDA_GEMV_MAX; the log-prob download into pageable
@@ -22,7 +24,7 @@
  * and this bench use); for each shape, where an eager decode step's GPU time
  * goes, op by op (gn_backend_cuda_profile, batch 1 with the fused ops on and
  * off, batch 64); and in the guided table the host's share of each step
- * (combining and the argmax).
+ * (combining and sampling).
  *
  * How the weights are made: writing a 13.5 GB safetensors file would take
  * minutes, so the bench writes config.json and a *sparse* model.safetensors
@@ -56,6 +58,8 @@ int main(void) {
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +73,7 @@ int main(void) {
 #include "model.h"
 #include "model_config.h"
 #include "runner.h"
+#include "sampler.h"
 
 typedef struct shape {
     const char *name;
@@ -284,36 +289,92 @@ static void end_batch(decoder *d, int B) {
     for (int b = 0; b < B; b++) gn_seq_free(d->seqs[b]);
 }
 
-static void argmax_rows(const float *x, int B, int n, int32_t *tok) {
+/* Greedy tokens of B rows of n log-probs through the library's sampler (what
+ * the coordinator runs for each sequence). */
+static void sample_rows(gn_sampler *smp, const float *x, int B, int n, int32_t *tok) {
+    gn_sampler_params sp = gn_sampler_default_params();
+    sp.temperature = 0.0f;
+    gn_rng rng;
+    gn_rng_seed(&rng, 1);
+    gn_err err = {0};
     for (int b = 0; b < B; b++) {
-        const float *row = x + (size_t)b * n;
-        int best = 0;
-        for (int v = 1; v < n; v++)
-            if (row[v] > row[best]) best = v;
-        tok[b] = best;
+        int t = gn_sampler_sample(smp, &sp, &rng, x + (size_t)b * n, n, &err);
+        if (t < 0) die("sample", err.msg);
+        tok[b] = t;
     }
 }
 
-/* Host seconds spent combining and in argmax by decode_steps (summed). */
+/* The ARM stepped on its own host thread (and its own backend, so its own
+ * CUDA stream): the base and the ARM steps of one token run at the same time,
+ * as a base worker and a reward worker do. */
+typedef struct arm_thread {
+    pthread_t th;
+    sem_t go, done;
+    decoder *d;
+    int B;
+    const int32_t *tok;
+    float *lp;
+    int quit;
+} arm_thread;
+
+static void *arm_main(void *p) {
+    arm_thread *a = p;
+    gn_step_item items[64];
+    gn_err err = {0};
+    for (;;) {
+        sem_wait(&a->go);
+        if (a->quit) break;
+        for (int b = 0; b < a->B; b++) items[b] = (gn_step_item){a->d->seqs[b], &a->tok[b], 1, 0};
+        if (gn_runner_step(a->d->r, items, a->B, a->lp, &err)) die("decode step (arm thread)", err.msg);
+        sem_post(&a->done);
+    }
+    return NULL;
+}
+
+static void arm_thread_start(arm_thread *a) {
+    memset(a, 0, sizeof *a);
+    if (sem_init(&a->go, 0, 0) || sem_init(&a->done, 0, 0) || pthread_create(&a->th, NULL, arm_main, a))
+        die("arm thread", strerror(errno));
+}
+
+static void arm_thread_stop(arm_thread *a) {
+    a->quit = 1;
+    sem_post(&a->go);
+    pthread_join(a->th, NULL);
+    sem_destroy(&a->go);
+    sem_destroy(&a->done);
+}
+
+/* Host seconds spent combining and sampling by decode_steps (summed). */
 static double g_host_s;
+static gn_sampler *g_smp;
 
 /* Runs `steps` decode steps of B sequences on base (and arm when non-NULL,
- * combining with alpha 1); returns seconds. */
-static double decode_steps(decoder *base, decoder *arm, int B, int steps, float *lp_base,
+ * combining with alpha 1; on thread `at` when non-NULL, concurrently with the
+ * base step); returns seconds. */
+static double decode_steps(decoder *base, decoder *arm, arm_thread *at, int B, int steps, float *lp_base,
                            float *lp_arm) {
     gn_err err = {0};
     int32_t tok[64];
     gn_step_item items[64];
     gn_guidance g = gn_guidance_default();
     g.n_arms = 1;
-    argmax_rows(lp_base, B, base->n_out, tok);
+    sample_rows(g_smp, lp_base, B, base->n_out, tok);
     double t0 = now_s();
     for (int s = 0; s < steps; s++) {
+        if (at) {
+            at->d = arm, at->B = B, at->tok = tok, at->lp = lp_arm;
+            sem_post(&at->go);
+        }
         for (int b = 0; b < B; b++) items[b] = (gn_step_item){base->seqs[b], &tok[b], 1, 0};
         if (gn_runner_step(base->r, items, B, lp_base, &err)) die("decode step (base)", err.msg);
         if (arm) {
-            for (int b = 0; b < B; b++) items[b] = (gn_step_item){arm->seqs[b], &tok[b], 1, 0};
-            if (gn_runner_step(arm->r, items, B, lp_arm, &err)) die("decode step (arm)", err.msg);
+            if (at) {
+                sem_wait(&at->done);
+            } else {
+                for (int b = 0; b < B; b++) items[b] = (gn_step_item){arm->seqs[b], &tok[b], 1, 0};
+                if (gn_runner_step(arm->r, items, B, lp_arm, &err)) die("decode step (arm)", err.msg);
+            }
             g_host_s -= now_s();
             for (int b = 0; b < B; b++) {
                 const float *arm_row = lp_arm + (size_t)b * arm->n_out;
@@ -323,10 +384,30 @@ static double decode_steps(decoder *base, decoder *arm, int B, int steps, float 
             g_host_s += now_s();
         }
         g_host_s -= now_s();
-        argmax_rows(lp_base, B, base->n_out, tok);
+        sample_rows(g_smp, lp_base, B, base->n_out, tok);
         g_host_s += now_s();
     }
     return now_s() - t0;
+}
+
+/* ---- matmul micro-benchmark ----------------------------------------------- */
+
+/* Guided tokens/s of B sequences: the 7B base on rb and the 1B ARM on ra,
+ * both stepped every token (3 warm-up steps, 24 timed), the ARM on thread at
+ * when non-NULL; *host_ms: the host's combining + sampling per step. */
+static double guided_rate(gn_model *mb, gn_runner *rb, gn_model *ma, gn_runner *ra, arm_thread *at, int B,
+                          int prompt_len, float *lp_base, float *lp_arm, double *host_ms) {
+    decoder db, da;
+    start_batch(&db, mb, rb, B, prompt_len, lp_base);
+    start_batch(&da, ma, ra, B, prompt_len, lp_arm);
+    decode_steps(&db, &da, at, B, 3, lp_base, lp_arm);
+    const int steps = 24;
+    g_host_s = 0;
+    double t = decode_steps(&db, &da, at, B, steps, lp_base, lp_arm);
+    end_batch(&db, B);
+    end_batch(&da, B);
+    *host_ms = 1e3 * g_host_s / steps;
+    return steps * B / t;
 }
 
 /* ---- matmul micro-benchmark ----------------------------------------------- */
@@ -416,8 +497,8 @@ static double decode_rate(gn_model *m, gn_runner *r, int B, int prompt_len, int 
                           float *lp2) {
     decoder d;
     start_batch(&d, m, r, B, prompt_len, lp);
-    decode_steps(&d, NULL, B, 3, lp, lp2);
-    double t = decode_steps(&d, NULL, B, steps, lp, lp2);
+    decode_steps(&d, NULL, NULL, B, 3, lp, lp2);
+    double t = decode_steps(&d, NULL, NULL, B, steps, lp, lp2);
     end_batch(&d, B);
     return steps / t;
 }
@@ -431,9 +512,9 @@ static void profile_steps(gn_backend *be, gn_model *m, const char *what, int B, 
     gn_runner *r = make_runner(m, 128, B, 0);
     decoder d;
     start_batch(&d, m, r, B, prompt_len, lp);
-    decode_steps(&d, NULL, B, 2, lp, lp2);
+    decode_steps(&d, NULL, NULL, B, 2, lp, lp2);
     if (gn_backend_cuda_profile(be, 1)) die("profile", be->err.msg);
-    double t = decode_steps(&d, NULL, B, steps, lp, lp2);
+    double t = decode_steps(&d, NULL, NULL, B, steps, lp, lp2);
     printf("  %s, batch %d, eager steps profiled (%.3f ms/step with the events):\n", what, B, 1e3 * t / steps);
     gn_backend_cuda_profile_report(be, stdout, steps);
     gn_backend_cuda_profile(be, 0);
@@ -507,6 +588,8 @@ int main(int argc, char **argv) {
     const int prompt_len = 32;
     const int ctx = 128; /* prompt + warm-up + timed steps fit */
     /* Page-locked, as the workers' output buffers (gn_backend_host_alloc). */
+    g_smp = gn_sampler_create(32000, &err);
+    if (!g_smp) die("sampler", err.msg);
     float *lp_base = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
     float *lp_arm = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
     if (!lp_base || !lp_arm) die("host_alloc", be->err.msg);
@@ -572,31 +655,40 @@ int main(int argc, char **argv) {
     }
 
     if (m1 && m7) {
+        /* The ARM once more on a backend of its own (its own CUDA stream),
+         * stepped on its own thread: base and ARM steps overlap on the GPU,
+         * as a base worker's and a reward worker's do. */
+        gn_backend *be2 = gn_backend_cuda_create(0, &err);
+        if (!be2) die("cuda:0 (second backend)", err.msg);
+        gn_model *m1b = load_random_model(be2, &k_1b, root, 1000);
+        gn_runner *r1b = make_runner(m1b, ctx, 64, 1);
+        arm_thread at;
+        arm_thread_start(&at);
         printf("\nguided decoding: 7B base + 1B ARM on one GPU, both stepped every token (graphs),\n"
-               "log-probs combined on the host (alpha 1) and the argmax fed back\n");
-        printf("  %5s %14s %14s %8s %18s\n", "batch", "base tokens/s", "guided tok/s", "ratio",
+               "log-probs combined on the host (alpha 1), the next tokens chosen by the library's sampler\n"
+               "(greedy): the ARM step after the base step on one stream, or beside it on a stream of\n"
+               "its own (a second backend, stepped from a second host thread)\n");
+        printf("  %5s %14s %22s %22s %18s\n", "batch", "base tokens/s", "one stream: tok/s", "two streams: tok/s",
                "host ms/step (*)");
         for (int bi = 0; bi < 4; bi++) {
             int B = batches[bi];
-            decoder db, da;
-            start_batch(&db, m7, r7, B, prompt_len, lp_base);
-            start_batch(&da, m1, r1, B, prompt_len, lp_arm);
-            decode_steps(&db, &da, B, 3, lp_base, lp_arm);
-            int steps = 24;
-            g_host_s = 0;
-            double t = decode_steps(&db, &da, B, steps, lp_base, lp_arm);
-            end_batch(&db, B);
-            end_batch(&da, B);
-            double tps = steps * B / t;
-            printf("  %5d %14.1f %14.1f %7.2fx %18.3f\n", B, base_tps[bi], tps, tps / base_tps[bi],
-                   1e3 * g_host_s / steps);
+            double host_ms, host2;
+            double t1 = guided_rate(m7, r7, m1, r1, NULL, B, prompt_len, lp_base, lp_arm, &host_ms);
+            double t2 = guided_rate(m7, r7, m1b, r1b, &at, B, prompt_len, lp_base, lp_arm, &host2);
+            printf("  %5d %14.1f %13.1f (%5.2fx) %13.1f (%5.2fx) %18.3f\n", B, base_tps[bi], t1, t1 / base_tps[bi],
+                   t2, t2 / base_tps[bi], host2);
         }
-        printf("  (*) combine + argmax on the host, part of the guided time\n");
+        arm_thread_stop(&at);
+        gn_runner_free(r1b);
+        gn_model_free(m1b);
+        gn_backend_free(be2);
+        printf("  (*) combining and sampling on the host (two streams), part of the guided time\n");
     }
     gn_runner_free(r1);
     gn_runner_free(r7);
     gn_model_free(m1);
     gn_model_free(m7);
+    gn_sampler_free(g_smp);
     gn_backend_host_free(be, lp_base);
     gn_backend_host_free(be, lp_arm);
     be->ops->destroy(be);

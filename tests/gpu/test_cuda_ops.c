@@ -287,6 +287,8 @@ static void test_matmul(void) {
         matmul_case(dt, 64, 512, 2, 1, 8, 1);    /* misaligned weights */
         matmul_case(dt, 1000, 520, 9, 1, 8, 0);  /* cuBLAS */
         matmul_case(dt, 513, 2048, 37, 0, 8, 0); /* cuBLAS, prefill-like */
+        matmul_case(dt, 300, 1024, 16, 1, 8, 0); /* cuBLAS + bias */
+        matmul_case(dt, 2048, 2048, 64, 0, 8, 0); /* cuBLAS: a 1B q_proj at batch 64 */
         matmul_case(dt, 129, 136, 4, 1, 0, 0);   /* cuBLAS forced at small n */
         matmul_case(dt, 96, 200, 12, 1, 0, 1);   /* cuBLAS, misaligned */
     }
@@ -813,7 +815,7 @@ static void test_errors(void) {
  * failed capture can be discarded. */
 static void test_graph(void) {
     if (g_standin) return;
-    const int R = 200, C = 264;
+    const int R = 200, C = 512;
     gn_backend *be = g_gpu;
     void *w = rand_w(GN_BF16, (size_t)R * C, 0.1f);
     gn_tensor tw = {put(be, w, (size_t)R * C * 2), GN_BF16, R, C};
