@@ -390,8 +390,6 @@ static double decode_steps(decoder *base, decoder *arm, arm_thread *at, int B, i
     return now_s() - t0;
 }
 
-/* ---- matmul micro-benchmark ----------------------------------------------- */
-
 /* Guided tokens/s of B sequences: the 7B base on rb and the 1B ARM on ra,
  * both stepped every token (3 warm-up steps, 24 timed), the ARM on thread at
  * when non-NULL; *host_ms: the host's combining + sampling per step. */
@@ -587,9 +585,9 @@ int main(int argc, char **argv) {
     const int batches[4] = {1, 8, 32, 64};
     const int prompt_len = 32;
     const int ctx = 128; /* prompt + warm-up + timed steps fit */
-    /* Page-locked, as the workers' output buffers (gn_backend_host_alloc). */
     g_smp = gn_sampler_create(32000, &err);
     if (!g_smp) die("sampler", err.msg);
+    /* Page-locked, as the workers' output buffers (gn_backend_host_alloc). */
     float *lp_base = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
     float *lp_arm = gn_backend_host_alloc(be, (size_t)64 * 32000 * sizeof(float));
     if (!lp_base || !lp_arm) die("host_alloc", be->err.msg);
@@ -672,8 +670,8 @@ int main(int argc, char **argv) {
                "host ms/step (*)");
         for (int bi = 0; bi < 4; bi++) {
             int B = batches[bi];
-            double host_ms, host2;
-            double t1 = guided_rate(m7, r7, m1, r1, NULL, B, prompt_len, lp_base, lp_arm, &host_ms);
+            double host1, host2;
+            double t1 = guided_rate(m7, r7, m1, r1, NULL, B, prompt_len, lp_base, lp_arm, &host1);
             double t2 = guided_rate(m7, r7, m1b, r1b, &at, B, prompt_len, lp_base, lp_arm, &host2);
             printf("  %5d %14.1f %13.1f (%5.2fx) %13.1f (%5.2fx) %18.3f\n", B, base_tps[bi], t1, t1 / base_tps[bi],
                    t2, t2 / base_tps[bi], host2);

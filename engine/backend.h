@@ -150,9 +150,9 @@ typedef struct gn_backend_ops {
                           int sliding_window, float scale, const float *inv_freq);
 
     /* Optional (NULL: plain host memory transfers as fast). Host memory that
-     * download and upload move fastest, page-locked on a GPU (a pageable
-     * download of 8 MB of log-probs took 3.6x as long as into page-locked
-     * memory on an H200). Use through gn_backend_host_alloc / _free. */
+     * download and upload move fastest, page-locked on a GPU (a download of
+     * 8 MB of log-probs into pageable memory took 3.5-6x as long as into
+     * page-locked memory on an H200). Use through gn_backend_host_alloc / _free. */
     void *(*host_alloc)(gn_backend *be, size_t nbytes);
     void (*host_free)(gn_backend *be, void *p);
 } gn_backend_ops;
