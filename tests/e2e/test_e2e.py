@@ -32,6 +32,10 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer.
      error and the service goes on.
 
 usage: test_e2e.py --build BUILD_DIR   (exit 77 = skipped: no redis-server)
+
+GN_E2E_DEVICE=cuda:0 (tests/gpu's test_cuda_service, with GN_E2E_PARTS=a): the
+base and reward workers and the single-process reference `genarm generate`
+run on that device (exit 77 where it cannot be created).
 """
 import argparse
 import atexit
@@ -49,6 +53,7 @@ import threading
 import time
 import urllib.request
 
+DEVICE = os.environ.get("GN_E2E_DEVICE", "cpu")  # --device of the workers and of `genarm generate`
 PASSED = 0
 FAILED = 0
 PROCS = []
@@ -146,8 +151,18 @@ class Service:
                         "--std", str(std)], check=True, capture_output=True)
         return d
 
+    def device_ok(self):
+        """Whether DEVICE can be created here (a one-token `genarm generate` on it)."""
+        r = subprocess.run([os.path.join(self.b, "tools/genarm"), "generate", "--model", self.base, "--prompt",
+                            "hi", "--max-tokens", "1", "--device", DEVICE], capture_output=True, text=True)
+        if r.returncode != 0:
+            print("SKIP: --device %s: %s" % (DEVICE, r.stderr.strip()[:300]))
+        return r.returncode == 0
+
     def start(self):
         self.base = self.make_model("base", 1, 0.02)
+        if DEVICE != "cpu" and not self.device_ok():
+            raise DeviceMissing()
         self.arm_a1 = self.make_model("arm_a1", 2, 0.15)
         self.arm_a2 = self.make_model("arm_a2", 4, 0.15)
         self.arm_b1 = self.make_model("arm_b1", 3, 0.15)
@@ -178,12 +193,13 @@ class Service:
         self.adm("profile", "set", "t1", "pa", "--arm", "alpha:1.0", "--beta", "0.5")
         self.adm("profile", "set", "t2", "pb", "--arm", "beta:1.5", "--beta", "1.0")
         spawn("base_worker", [os.path.join(self.b, "base_worker/base_worker"), "--model", self.base, "--bind",
-                              "tcp://127.0.0.1:*", "--threads", "1", "--ready-file", os.path.join(WORK, "base.ep")])
+                              "tcp://127.0.0.1:*", "--threads", "1", "--device", DEVICE,
+                              "--ready-file", os.path.join(WORK, "base.ep")])
         for i, arm in ((1, "alpha"), (2, "beta")):
             spawn("reward_worker%d" % i,
                   [os.path.join(self.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*", "--redis",
                    self.redis, "--worker-id", "rw%d" % i, "--arm", arm, "--threads", "1", "--heartbeat-ms", "300",
-                   "--ready-file", os.path.join(WORK, "rw%d.ep" % i)])
+                   "--device", DEVICE, "--ready-file", os.path.join(WORK, "rw%d.ep" % i)])
         base_ep = self.base_ep = wait_file(os.path.join(WORK, "base.ep"))
         wait_file(os.path.join(WORK, "rw1.ep"))
         wait_file(os.path.join(WORK, "rw2.ep"))
@@ -263,7 +279,8 @@ class Service:
     def cli(self, arm_dir, weight, beta, prompt, max_tokens, temperature, seed, ignore_eos=False):
         argv = [os.path.join(self.b, "tools/genarm"), "generate", "--model", self.base, "--arm",
                 "%s:%s" % (arm_dir, weight), "--beta", str(beta), "--prompt", prompt, "--max-tokens",
-                str(max_tokens), "--temperature", str(temperature), "--seed", str(seed), "--threads", "1"]
+                str(max_tokens), "--temperature", str(temperature), "--seed", str(seed), "--threads", "1",
+                "--device", DEVICE]
         if ignore_eos:
             argv.append("--ignore-eos")
         r = subprocess.run(argv, capture_output=True)
@@ -271,6 +288,10 @@ class Service:
             raise RuntimeError("genarm generate: " + r.stderr.decode())
         out = r.stdout.decode("utf-8")
         return out[:-1] if out.endswith("\n") else out
+
+
+class DeviceMissing(Exception):
+    pass
 
 
 def error_object(status, body, want_status, what):
@@ -792,7 +813,10 @@ def main():
         signal.signal(sig, lambda *_: sys.exit(1))
     s = Service(os.path.abspath(a.build))
     t0 = time.time()
-    s.start()
+    try:
+        s.start()
+    except DeviceMissing:
+        return 77
     parts = (("d", test_d), ("a", test_a), ("h", test_h), ("b", test_b), ("c", test_c), ("i", test_i),
              ("f", test_f), ("e", test_e), ("k", test_k), ("l", test_l), ("g", test_g), ("j", test_j))
     only = os.environ.get("GN_E2E_PARTS")  # e.g. "d,a,b" (debugging, sanitizer runs)

@@ -5,10 +5,14 @@
 #   tests/gpu/check.sh            # build, every GPU test, the decode benchmark
 #   GN_CHECK_QUICK=1 tests/gpu/check.sh   # skip the ~1B model test, short bench
 #
-# Steps: (0) if the build's libraries (jansson, pcre2, pkg-config) are missing
-# and build-gpudeps/ holds their .deb files (tests/gpu/fetch-deps.sh), unpack
-# them into a private prefix; (1) configure a Release build with CUDA in
-# build-gpu/; (2) build the GPU targets, -j16; (3) ctest -L gpu; (4) bench_gpu.
+# Steps: (0) if the build's libraries (jansson, pcre2, ZeroMQ, protobuf-c,
+# hiredis, libmicrohttpd, pkg-config) are missing and build-gpudeps/ holds
+# .deb files (tests/gpu/fetch-deps.sh), unpack them into a private prefix,
+# keeping only the libraries this machine lacks, with protoc-c and
+# redis-server; (1) configure a Release build with CUDA in build-gpu/, with
+# the service where its libraries and programs are there; (2) build the GPU
+# targets (and the service's programs), -j16; (3) ctest -L gpu (with the
+# service: test_cuda_service, the workers on cuda:0); (4) bench_gpu.
 # (3b) the GPU tests once more with PDL and the runner's graphs off (ops and
 # tiny models). Everything is printed; logs (check, configure, build, ctest,
 # fallback_*, bench) go to $OUT (when set) or build-gpu/logs.
@@ -73,13 +77,22 @@ if ! have_deps || [ "${GN_CHECK_FORCE_DEPS:-0}" = 1 ]; then
       fi
     done
     LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu"
+    # A library this machine already has (the same soname) is used from the
+    # system: drop the unpacked copy, so that nothing is shadowed.
+    SYS_SONAMES=$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | awk 'NR > 1 {print $1}')
+    dropped=0
+    for f in "$LIBDIR"/lib*.so.*; do
+      [ -e "$f" ] || [ -L "$f" ] || continue
+      if grep -qxF "$(basename "$f")" <<<"$SYS_SONAMES"; then rm -f "$f"; dropped=$((dropped + 1)); fi
+    done
+    echo "libraries already on this machine (used from the system): $dropped"
+    export PATH="$PATH:$PREFIX/usr/bin" # protoc-c, redis-server where the machine has none
     for pc in "$LIBDIR"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
       [ -f "$pc" ] && sed -i -E "s|^(prefix *= *)/usr *\$|\1$PREFIX/usr|" "$pc"
     done
     export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$PREFIX/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
     # The libraries' own dependencies (libicuuc -> libicudata) are found
-    # through LD_LIBRARY_PATH; these sonames are Debian 12's, so they do not
-    # shadow a newer system library of another soname.
+    # through LD_LIBRARY_PATH; only sonames the system lacks are left there.
     export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LIBRARY_PATH="$LIBDIR${LIBRARY_PATH:+:$LIBRARY_PATH}"
     if [ -z "$PC" ] || [ "${GN_CHECK_FORCE_DEPS:-0}" = 1 ]; then
@@ -92,8 +105,19 @@ if ! have_deps || [ "${GN_CHECK_FORCE_DEPS:-0}" = 1 ]; then
 fi
 
 # ---- (1) configure -----------------------------------------------------------
-say "configure (Release, CUDA)"
-CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGN_CUDA=ON -DGN_SERVICE=OFF)
+# The service (workers, coordinator) too where its libraries, protoc-c and
+# redis-server are here: test_cuda_service runs it on the GPU.
+SERVICE=OFF
+SVC_MODS="libzmq libprotobuf-c hiredis libmicrohttpd"
+if [ -n "$PC" ] && $PC --exists $SVC_MODS 2>/dev/null && command -v protoc-c >/dev/null 2>&1 &&
+   command -v redis-server >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+  SERVICE=ON
+else
+  echo "service not built (needs $SVC_MODS, protoc-c, redis-server, python3): test_cuda_service will not run"
+  note "service on the GPU: not built here (libraries, protoc-c, redis-server or python3 missing)"
+fi
+say "configure (Release, CUDA, service $SERVICE)"
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGN_CUDA=ON -DGN_SERVICE=$SERVICE)
 if command -v nvcc >/dev/null 2>&1; then
   CMAKE_ARGS+=(-DCMAKE_CUDA_COMPILER="$(command -v nvcc)")
   # The CUDA runtime and cuBLAS next to this nvcc, for the test binaries.
@@ -116,7 +140,9 @@ grep -q "CUDA backend ON" "$LOGS/configure.log" || { echo "CUDA backend is OFF: 
 # ---- (2) build ---------------------------------------------------------------
 say "build GPU targets (-j$JOBS)"
 BUILT=()
-for t in genarm_backend_cuda test_cuda_ops test_cuda_model test_cuda_lora_adapters genarm test_cuda_cli bench_gpu; do
+TARGETS=(genarm_backend_cuda test_cuda_ops test_cuda_model test_cuda_lora_adapters genarm test_cuda_cli)
+[ "$SERVICE" = ON ] && TARGETS+=(genarm-make-model genarm-admin base_worker reward_worker coordinator)
+for t in "${TARGETS[@]}" bench_gpu; do
   if timeout "$(left 200 300)" cmake --build "$BUILD" -j "$JOBS" --target "$t" >"$BUILD/build_$t.log" 2>&1; then
     echo "built $t"
     BUILT+=("$t")

@@ -6,7 +6,11 @@
 #   - pkg-config itself (pkgconf),
 #   - every pkg-config module the CMake files require (pkg_check_modules),
 #     found through the -dev package that owns its .pc file,
-#   - the runtime libraries those -dev packages depend on directly,
+#   - the programs the service build and its GPU test need: protoc-c
+#     (protobuf-c-compiler) and redis-server (with redis-tools),
+#   - the runtime libraries all of these depend on, recursively (not libc,
+#     libgcc or libstdc++; tests/gpu/check.sh drops any whose soname the GPU
+#     machine already has),
 #   - any extra package named on the command line.
 # Pass the folder along (e.g. the device tool's carry: ["build-gpudeps"]);
 # tests/gpu/check.sh unpacks it into a private prefix only when the GPU
@@ -30,7 +34,23 @@ for m in $MODS; do
     case "$dep" in lib*-dev|libc6*|libgcc*|libstdc++*) ;; lib*) PKGS+=("$dep") ;; esac
   done
 done
-PKGS+=("$@")
+PKGS+=(protobuf-c-compiler redis-server redis-tools "$@")
+# The runtime libraries of everything above, recursively.
+todo=("${PKGS[@]}")
+declare -A seen=()
+for p in "${PKGS[@]}"; do seen[$p]=1; done
+while [ ${#todo[@]} -gt 0 ]; do
+  p=${todo[0]}
+  todo=("${todo[@]:1}")
+  for dep in $(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+                 --no-replaces --no-enhances "$p" 2>/dev/null | awk '/^ *(Pre)?Depends: [a-z]/{print $2}'); do
+    case "$dep" in lib*-dev|libc6|libc6:*|libgcc*|libstdc++*) continue ;; lib*) ;; *) continue ;; esac
+    [ -n "${seen[$dep]:-}" ] && continue
+    seen[$dep]=1
+    PKGS+=("$dep")
+    todo+=("$dep")
+  done
+done
 cd "$DEST"
 printf '%s\n' "${PKGS[@]}" | sort -u | xargs apt-get download 2>&1 | grep -v "^W: Download is performed unsandboxed" || true
 ls -la "$DEST"
