@@ -35,8 +35,9 @@ struct gn_host {
     gn_wire_seq_errors *errors;       /* (max_req_seqs) error replies */
     Genarm__V1__Tensor tensor;
     Genarm__V1__ModelRef model_ref;
-    float *out;                       /* (out_cap) float32 log-probs from the runner (gn_backend_host_alloc) */
+    float *out;                       /* (out_cap) float32 log-probs from the runner */
     size_t out_cap;
+    int out_pinned;                   /* out came from gn_backend_host_alloc (else gn_malloc) */
     uint8_t *bytes;                   /* (bytes_cap) packed tensor data */
     size_t bytes_cap;
 };
@@ -94,6 +95,32 @@ gn_host *gn_host_create(gn_model *m, const gn_host_params *pin, gn_err *err) {
     return h;
 }
 
+/* The runner's output buffer: the backend's host memory (page-locked on a
+ * GPU: the log-probs are downloaded into it every step) up to
+ * GN_HOST_PINNED_MAX, plain memory beyond (an all-logits scoring request over
+ * a long prompt must not pin gigabytes for the worker's lifetime). Its
+ * contents need not survive growing. */
+enum { GN_HOST_PINNED_MAX = 256 << 20 };
+
+static void free_out(gn_host *h) {
+    if (h->out_pinned) gn_backend_host_free(gn_model_backend(h->m), h->out);
+    else gn_free(h->out);
+    h->out = NULL;
+    h->out_cap = 0;
+}
+
+static int grow_out(gn_host *h, size_t need) {
+    if (need <= h->out_cap) return 0;
+    int pinned = need <= GN_HOST_PINNED_MAX;
+    float *nb = pinned ? gn_backend_host_alloc(gn_model_backend(h->m), need) : gn_malloc(need);
+    if (!nb) return GN_ENOMEM;
+    free_out(h);
+    h->out = nb;
+    h->out_cap = need;
+    h->out_pinned = pinned;
+    return 0;
+}
+
 void gn_host_free(gn_host *h) {
     if (!h)
         return;
@@ -109,7 +136,7 @@ void gn_host_free(gn_host *h) {
     gn_free(h->res);
     gn_free(h->res_ptr);
     gn_wire_seq_errors_free(h->errors);
-    gn_backend_host_free(gn_model_backend(h->m), h->out);
+    free_out(h);
     gn_free(h->bytes);
     gn_free(h);
 }
@@ -136,20 +163,6 @@ static int grow(void **buf, size_t *cap, size_t need) {
         return GN_ENOMEM;
     *buf = nb;
     *cap = need;
-    return 0;
-}
-
-/* The runner's output buffer, from the backend's host memory (page-locked on
- * a GPU: the log-probs are downloaded into it every step). Its contents need
- * not survive growing. */
-static int grow_out(gn_host *h, size_t need) {
-    if (need <= h->out_cap) return 0;
-    gn_backend *be = gn_model_backend(h->m);
-    float *nb = gn_backend_host_alloc(be, need);
-    if (!nb) return GN_ENOMEM;
-    gn_backend_host_free(be, h->out);
-    h->out = nb;
-    h->out_cap = need;
     return 0;
 }
 
