@@ -91,6 +91,7 @@ static char *dup_n(const char *s, size_t n) {
 /* {"String": "x"} or {"Regex": "x"}. */
 static int get_pattern(ld *c, json_t *o, const char *path, const char **s, size_t *len,
                        int *is_regex) {
+    *s = NULL, *len = 0, *is_regex = 0;
     json_t *p = json_object_get(o, "pattern");
     if (!json_is_object(p)) return fail(c, GN_EFORMAT, "%s.pattern must be an object", path);
     json_t *v;
@@ -103,6 +104,27 @@ static int get_pattern(ld *c, json_t *o, const char *path, const char **s, size_
     }
     *s = json_string_value(v);
     *len = json_string_length(v);
+    return 0;
+}
+
+/* A Replace step (normalizer or decoder): a literal, non-empty "pattern" and
+ * its "content", copied (NUL-terminated) into *pat and *content. */
+static int get_replace(ld *c, json_t *o, const char *path, char **pat, size_t *pat_len, char **content,
+                       size_t *content_len) {
+    const char *p, *s;
+    size_t pl, sl;
+    int is_re, rc;
+    if ((rc = get_pattern(c, o, path, &p, &pl, &is_re)) || (rc = get_str(c, o, "content", path, 1, &s, &sl)))
+        return rc;
+    if (is_re) return fail(c, GN_EUNSUP, "%s: Replace with a Regex pattern is not supported", path);
+    if (!pl) return fail(c, GN_EFORMAT, "%s: empty Replace pattern", path);
+    char *dp = dup_n(p, pl), *ds = dup_n(s, sl);
+    if (!dp || !ds) {
+        gn_free(dp);
+        gn_free(ds);
+        return oom(c);
+    }
+    *pat = dp, *pat_len = pl, *content = ds, *content_len = sl;
     return 0;
 }
 
@@ -408,24 +430,8 @@ static int add_norm(ld *c, json_t *o, const char *path) {
         if (!(z.a = dup_n(s, sl))) return oom(c);
         z.alen = sl;
     } else if (!strcmp(ty, "Replace")) {
-        const char *p, *s;
-        size_t pl, sl;
-        int is_re;
-        if ((rc = get_pattern(c, o, path, &p, &pl, &is_re)) ||
-            (rc = get_str(c, o, "content", path, 1, &s, &sl)))
-            return rc;
-        if (is_re) return fail(c, GN_EUNSUP, "%s: Replace with a Regex pattern is not supported", path);
-        if (!pl) return fail(c, GN_EFORMAT, "%s: empty Replace pattern", path);
+        if ((rc = get_replace(c, o, path, &z.a, &z.alen, &z.b, &z.blen))) return rc;
         z.kind = TK_NORM_REPLACE;
-        z.a = dup_n(p, pl);
-        z.b = dup_n(s, sl);
-        if (!z.a || !z.b) {
-            gn_free(z.a);
-            gn_free(z.b);
-            return oom(c);
-        }
-        z.alen = pl;
-        z.blen = sl;
     } else if (!strcmp(ty, "NFC")) {
         z.kind = TK_NORM_NFC;
     } else if (!strcmp(ty, "NFD")) {
@@ -555,24 +561,8 @@ static int add_dec(ld *c, json_t *o, const char *path) {
     } else if (!strcmp(ty, "Fuse")) {
         d.kind = TK_DEC_FUSE;
     } else if (!strcmp(ty, "Replace")) {
-        const char *p, *s;
-        size_t pl, sl;
-        int is_re;
-        if ((rc = get_pattern(c, o, path, &p, &pl, &is_re)) ||
-            (rc = get_str(c, o, "content", path, 1, &s, &sl)))
-            return rc;
-        if (is_re) return fail(c, GN_EUNSUP, "%s: Replace with a Regex pattern is not supported", path);
-        if (!pl) return fail(c, GN_EFORMAT, "%s: empty Replace pattern", path);
+        if ((rc = get_replace(c, o, path, &d.pat, &d.pat_len, &d.content, &d.content_len))) return rc;
         d.kind = TK_DEC_REPLACE;
-        d.pat = dup_n(p, pl);
-        d.content = dup_n(s, sl);
-        d.pat_len = pl;
-        d.content_len = sl;
-        if (!d.pat || !d.content) {
-            gn_free(d.pat);
-            gn_free(d.content);
-            return oom(c);
-        }
     } else if (!strcmp(ty, "Strip")) {
         const char *s;
         size_t sl;
