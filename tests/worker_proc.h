@@ -75,4 +75,29 @@ static inline int gn_t_stop(pid_t pid, int sig, int timeout_ms) {
     return -1;
 }
 
+/* The test's scratch directory at exit: when `dump`, the last `lines` lines
+ * of every worker log in it go to stderr (they explain most failures); then
+ * the directory is removed. */
+static inline void gn_t_finish_dir(const char *dir, int dump, int lines) {
+    char cmd[700];
+    if (dump) {
+        snprintf(cmd, sizeof cmd, "for f in '%s'/*.log; do echo \"== $f\"; tail -n %d \"$f\"; done >&2", dir,
+                 lines);
+        if (system(cmd)) {
+        }
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
+}
+
+/* on_fatal runs (and should kill the children) on SIGSEGV, SIGABRT, SIGTERM
+ * and SIGINT; SIGPIPE is ignored (a dead worker's socket). */
+static inline void gn_t_catch_fatal(void (*on_fatal)(int)) {
+    signal(SIGSEGV, on_fatal);
+    signal(SIGABRT, on_fatal);
+    signal(SIGTERM, on_fatal);
+    signal(SIGINT, on_fatal);
+    signal(SIGPIPE, SIG_IGN);
+}
+
 #endif

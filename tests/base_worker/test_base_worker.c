@@ -60,23 +60,10 @@ static void on_fatal(int sig) {
     raise(sig);
 }
 
-static void rm_rf(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "warning: could not remove %s\n", dir);
-}
-
 static void cleanup(void) {
     kill_children();
-    if (g_root[0] && gn_t_fail) { /* the workers' logs explain most failures */
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "for f in '%s'/*.log; do echo \"== $f\"; tail -n 40 \"$f\"; done >&2", g_root);
-        if (system(cmd)) {
-        }
-    }
     if (g_root[0])
-        rm_rf(g_root);
+        gn_t_finish_dir(g_root, gn_t_fail, 40);
 }
 
 typedef struct worker {
@@ -682,11 +669,7 @@ int main(void) {
         GN_TEST_MAIN_END();
     }
     atexit(cleanup);
-    signal(SIGSEGV, on_fatal);
-    signal(SIGABRT, on_fatal);
-    signal(SIGTERM, on_fatal);
-    signal(SIGINT, on_fatal);
-    signal(SIGPIPE, SIG_IGN);
+    gn_t_catch_fatal(on_fatal);
 
     snprintf(g_model, sizeof g_model, "%s/model", g_root);
     gn_make_model_params mp = gn_make_model_default_params();

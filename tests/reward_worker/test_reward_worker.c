@@ -70,19 +70,8 @@ static void on_fatal(int sig) {
 
 static void cleanup(void) {
     kill_children();
-    if (g_root[0] && (gn_t_fail || getenv("GN_TEST_VERBOSE"))) { /* the workers' logs explain failures */
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "for f in '%s'/*.log; do echo \"== $f\"; tail -n 80 \"$f\"; done >&2",
-                 g_root);
-        if (system(cmd)) {
-        }
-    }
-    if (g_root[0]) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-        if (system(cmd)) {
-        }
-    }
+    if (g_root[0])
+        gn_t_finish_dir(g_root, gn_t_fail || getenv("GN_TEST_VERBOSE"), 80);
 }
 
 typedef struct worker {
@@ -840,11 +829,7 @@ int main(void) {
         GN_TEST_MAIN_END();
     }
     atexit(cleanup);
-    signal(SIGSEGV, on_fatal);
-    signal(SIGABRT, on_fatal);
-    signal(SIGTERM, on_fatal);
-    signal(SIGINT, on_fatal);
-    signal(SIGPIPE, SIG_IGN);
+    gn_t_catch_fatal(on_fatal);
 
     gn_err e = {0};
     gn_backend_params bp = gn_backend_default_params();
