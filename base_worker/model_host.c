@@ -154,18 +154,6 @@ static void drop_slot(gn_host *h, int i) {
     h->n_live--;
 }
 
-/* Grows a scratch buffer to at least need bytes (never shrinks). */
-static int grow(void **buf, size_t *cap, size_t need) {
-    if (need <= *cap)
-        return 0;
-    void *nb = gn_realloc(*buf, need);
-    if (!nb)
-        return GN_ENOMEM;
-    *buf = nb;
-    *cap = need;
-    return 0;
-}
-
 int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wire_step_resp *resp,
                  gn_err *err) {
     return gn_host_step_for(h, NULL, req, now_ms, resp, err);
@@ -268,7 +256,7 @@ int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_r
         rc = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
         gn_errf(err, GN_ERANGE, "step output of %d rows overflows", rows);
     } else if (grow_out(h, n_vals * sizeof(float) + 1) ||
-               (!(dt == GN_F32 && GN_WIRE_HOST_LE) && grow((void **)&h->bytes, &h->bytes_cap, n_bytes + 1))) {
+               (!(dt == GN_F32 && GN_WIRE_HOST_LE) && gn_grow((void **)&h->bytes, &h->bytes_cap, n_bytes + 1))) {
         rc = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
         gn_errf(err, GN_ENOMEM, "step output of %d rows x %d: out of memory", rows, h->n_out);
     }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gn_err.h"
+
 /* Atomic so that allocating from several threads is race-free; the
  * injection itself is only meaningful in single-threaded tests. */
 static atomic_long g_fail_countdown = -1; /* < 0: never fail */
@@ -31,6 +33,15 @@ void *gn_calloc(size_t count, size_t size) {
 }
 
 void *gn_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n ? n : 1); }
+
+int gn_grow(void **buf, size_t *cap, size_t need) {
+    if (need <= *cap) return 0;
+    void *nb = gn_realloc(*buf, need);
+    if (!nb) return GN_ENOMEM;
+    *buf = nb;
+    *cap = need;
+    return 0;
+}
 
 char *gn_strndup(const char *s, size_t n) {
     size_t len = strnlen(s, n);

@@ -17,6 +17,10 @@ char *gn_strdup(const char *s);
 char *gn_strndup(const char *s, size_t n);
 void gn_free(void *p);
 
+/* Grows *buf (gn_realloc, contents kept) to at least need bytes, recording
+ * the size in *cap; never shrinks. 0, or GN_ENOMEM with *buf untouched. */
+int gn_grow(void **buf, size_t *cap, size_t need);
+
 /* Makes the allocation after the next n succeed-calls fail (n = 0: the very
  * next one). n < 0 disables injection. Returns the number of allocations made
  * since the last call, which lets a test loop over every allocation point. */

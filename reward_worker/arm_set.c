@@ -457,17 +457,6 @@ int gn_arms_unload(gn_arms *a, const char *name, uint32_t version, gn_err *err) 
 
 /* ---- steps -------------------------------------------------------------------- */
 
-static int grow(void **buf, size_t *cap, size_t need) {
-    if (need <= *cap)
-        return 0;
-    void *nb = gn_realloc(*buf, need);
-    if (!nb)
-        return GN_ENOMEM;
-    *buf = nb;
-    *cap = need;
-    return 0;
-}
-
 /* The entry that serves sequence s of a request for (name, version), or -1
  * with an error added to resp. cur is the current entry (-1 if none). */
 static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Genarm__V1__SeqStep *s,
@@ -613,7 +602,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
             size_t have;
             if (gn_wire_tensor_nbytes(dt, 1, cols, &row_bytes) ||
                 gn_wire_tensor_nbytes(dt, row + t->rows, cols, &have) ||
-                grow((void **)&a->stage, &a->stage_cap, have + 1)) {
+                gn_grow((void **)&a->stage, &a->stage_cap, have + 1)) {
                 gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory",
                         (unsigned long long)(row + t->rows));
                 return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
@@ -633,7 +622,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
         row += t ? t->rows : 0;
     }
     size_t nbytes = (size_t)row * row_bytes;
-    if (grow((void **)&a->bytes, &a->bytes_cap, nbytes + 1)) {
+    if (gn_grow((void **)&a->bytes, &a->bytes_cap, nbytes + 1)) {
         gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory", (unsigned long long)row);
         return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
     }
