@@ -8,10 +8,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat_template.h"
 #include "generate.h"
 #include "gn_alloc.h"
 #include "model.h"
+#include "prompt_model.h"
 #include "tokenizer.h"
 
 #define N_MODELS_MAX (1 + GN_INPROC_MAX_ARMS)
@@ -31,8 +31,7 @@ struct gn_inproc {
     gn_model *arms[GN_INPROC_MAX_ARMS];
     char arm_names[GN_INPROC_MAX_ARMS][GN_OAI_ID_MAX];
     int n_arms;
-    gn_chat_template *tmpl[N_MODELS_MAX]; /* NULL: fallback format */
-    char *bos[N_MODELS_MAX], *eos[N_MODELS_MAX];
+    gn_prompt_model pm[N_MODELS_MAX]; /* chat templates over the models' own tokenizers */
     gn_generator *gen;
     char model_id[256];
     gn_coord_metrics *metrics;
@@ -56,40 +55,6 @@ static void gauges(gn_inproc *x) {
     if (!x->metrics) return;
     gn_metric_set(x->metrics->requests_waiting, NULL, x->n_waiting);
     gn_metric_set(x->metrics->requests_running, NULL, x->running ? 1 : 0);
-}
-
-/* ---- prompts ----------------------------------------------------------------- */
-
-static char *fallback_chat(const gn_oai_request *r) {
-    size_t n = 16;
-    for (int i = 0; i < r->n_messages; i++) n += strlen(r->messages[i].role) + strlen(r->messages[i].content) + 3;
-    char *s = gn_malloc(n);
-    if (!s) return NULL;
-    size_t off = 0;
-    for (int i = 0; i < r->n_messages; i++)
-        off += (size_t)snprintf(s + off, n - off, "%s: %s\n", r->messages[i].role, r->messages[i].content);
-    snprintf(s + off, n - off, "assistant:");
-    return s;
-}
-
-static int render_prompt(gn_inproc *x, int mi, const gn_oai_request *r, char **out, gn_err *err) {
-    if (!x->tmpl[mi]) {
-        *out = fallback_chat(r);
-        return *out ? 0 : gn_errf(err, GN_ENOMEM, "out of memory");
-    }
-    gn_chat_message msgs[64];
-    gn_chat_message *m = r->n_messages <= 64 ? msgs : gn_malloc((size_t)r->n_messages * sizeof *m);
-    if (!m) return gn_errf(err, GN_ENOMEM, "out of memory");
-    for (int i = 0; i < r->n_messages; i++) m[i] = (gn_chat_message){r->messages[i].role, r->messages[i].content};
-    gn_chat_render_opts o = gn_chat_render_default_opts();
-    o.add_generation_prompt = 1;
-    o.bos_token = x->bos[mi];
-    o.eos_token = x->eos[mi];
-    size_t len;
-    int rc = gn_chat_template_render(x->tmpl[mi], m, r->n_messages, &o, out, &len, err);
-    if (m != msgs) gn_free(m);
-    if (rc) gn_err_prefix(err, "chat template of %s: ", mi == 0 ? "the base model" : x->arm_names[mi - 1]);
-    return rc;
 }
 
 /* ---- the worker thread ---------------------------------------------------------- */
@@ -184,7 +149,7 @@ static void run_job(gn_inproc *x, job *jb) {
     int rc = 0;
     if (r->kind == GN_OAI_CHAT) {
         for (int mi = 0; mi <= x->n_arms && !rc; mi++) {
-            rc = render_prompt(x, mi, r, &prompts_txt[mi], &res.err);
+            rc = gn_prompt_chat_text(&x->pm[mi], r, &prompts_txt[mi], &res.err);
             prompts[mi] = prompts_txt[mi];
         }
     }
@@ -320,22 +285,6 @@ const char *gn_inproc_tokenizer_hash(const gn_inproc *x) { return gn_tok_hash(gn
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
-static char *tok_str(const gn_tokenizer *t, int id) {
-    const char *s = id >= 0 ? gn_tok_token_str(t, id) : NULL;
-    return s ? gn_strdup(s) : NULL;
-}
-
-static int load_template(gn_inproc *x, int mi, gn_model *m, gn_err *err) {
-    const gn_tokenizer *t = gn_model_tokenizer(m);
-    const char *src = gn_tok_chat_template(t);
-    x->bos[mi] = tok_str(t, gn_tok_bos(t));
-    x->eos[mi] = tok_str(t, gn_tok_eos(t));
-    if (!src || !*src) return 0;
-    if (!(x->tmpl[mi] = gn_chat_template_parse(src, err)))
-        return gn_err_prefix(err, "chat template of %s: ", gn_model_dir(m));
-    return 0;
-}
-
 gn_inproc *gn_inproc_create(const gn_inproc_params *p, gn_err *err) {
     if (!p || !p->base_dir || p->n_arms < 0 || p->n_arms > GN_INPROC_MAX_ARMS) {
         gn_errf(err, GN_EINVAL, "inproc backend: base_dir and 0..%d ARMs required", GN_INPROC_MAX_ARMS);
@@ -358,7 +307,7 @@ gn_inproc *gn_inproc_create(const gn_inproc_params *p, gn_err *err) {
         gn_err_prefix(err, "base model %s: ", p->base_dir);
         goto fail;
     }
-    if (load_template(x, 0, x->base, err)) goto fail;
+    if (gn_prompt_model_init(&x->pm[0], gn_model_tokenizer(x->base), gn_model_dir(x->base), err)) goto fail;
     for (int i = 0; i < p->n_arms; i++) {
         const char *nm = p->arm_names[i];
         if (!nm || !*nm || strlen(nm) >= GN_OAI_ID_MAX) {
@@ -376,7 +325,8 @@ gn_inproc *gn_inproc_create(const gn_inproc_params *p, gn_err *err) {
             goto fail;
         }
         x->n_arms = i + 1;
-        if (load_template(x, i + 1, x->arms[i], err)) goto fail;
+        if (gn_prompt_model_init(&x->pm[i + 1], gn_model_tokenizer(x->arms[i]), gn_model_dir(x->arms[i]), err))
+            goto fail;
     }
     gn_guidance g = gn_guidance_default();
     g.n_arms = x->n_arms;
@@ -414,9 +364,7 @@ void gn_inproc_free(gn_inproc *x) {
     }
     gn_generator_free(x->gen);
     for (int i = 0; i < N_MODELS_MAX; i++) {
-        gn_chat_template_free(x->tmpl[i]);
-        gn_free(x->bos[i]);
-        gn_free(x->eos[i]);
+        gn_prompt_model_clear(&x->pm[i]);
     }
     for (int i = 0; i < x->n_arms; i++) gn_model_free(x->arms[i]);
     gn_model_free(x->base);

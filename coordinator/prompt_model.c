@@ -28,24 +28,36 @@ int gn_prompt_model_load(gn_prompt_model *m, const char *path, gn_err *err) {
         from = backbone;
     }
     gn_free(tj);
-    snprintf(m->path, sizeof m->path, "%s", path);
-    int rc = 0;
-    if (!(m->tok = gn_tok_load(from, err))) {
-        rc = err && err->code ? err->code : GN_EIO;
-    } else {
-        m->bos = tok_str(m->tok, gn_tok_bos(m->tok));
-        m->eos = tok_str(m->tok, gn_tok_eos(m->tok));
-        const char *src = gn_tok_chat_template(m->tok);
-        if (src && *src && !(m->tmpl = gn_chat_template_parse(src, err)))
-            rc = gn_err_prefix(err, "chat template of %s: ", from);
+    gn_tokenizer *tok = gn_tok_load(from, err);
+    if (!tok) return err && err->code ? err->code : GN_EIO;
+    int rc = gn_prompt_model_init(m, tok, from, err);
+    if (rc) {
+        gn_tok_free(tok);
+        return rc;
     }
-    if (rc) gn_prompt_model_clear(m);
-    return rc;
+    m->own_tok = tok;
+    snprintf(m->path, sizeof m->path, "%s", path);
+    return 0;
+}
+
+int gn_prompt_model_init(gn_prompt_model *m, const gn_tokenizer *tok, const char *label, gn_err *err) {
+    memset(m, 0, sizeof *m);
+    snprintf(m->path, sizeof m->path, "%s", label);
+    m->tok = tok;
+    m->bos = tok_str(tok, gn_tok_bos(tok));
+    m->eos = tok_str(tok, gn_tok_eos(tok));
+    const char *src = gn_tok_chat_template(tok);
+    if (src && *src && !(m->tmpl = gn_chat_template_parse(src, err))) {
+        int rc = gn_err_prefix(err, "chat template of %s: ", label);
+        gn_prompt_model_clear(m);
+        return rc;
+    }
+    return 0;
 }
 
 void gn_prompt_model_clear(gn_prompt_model *m) {
     gn_chat_template_free(m->tmpl);
-    gn_tok_free(m->tok);
+    gn_tok_free(m->own_tok);
     gn_free(m->bos);
     gn_free(m->eos);
     memset(m, 0, sizeof *m);
@@ -64,7 +76,7 @@ static char *fallback_chat(const gn_oai_request *r) {
     return s;
 }
 
-static int render_chat(const gn_prompt_model *m, const gn_oai_request *r, char **out, gn_err *err) {
+int gn_prompt_chat_text(const gn_prompt_model *m, const gn_oai_request *r, char **out, gn_err *err) {
     if (!m->tmpl) {
         *out = fallback_chat(r);
         return *out ? 0 : gn_errf(err, GN_ENOMEM, "out of memory");
@@ -91,7 +103,7 @@ int gn_prompt_tokens(const gn_prompt_model *m, const gn_oai_request *r, int32_t 
     size_t len = r->prompt ? r->prompt_len : 0;
     int add_special = 1;
     if (r->kind == GN_OAI_CHAT) {
-        int rc = render_chat(m, r, &txt, err);
+        int rc = gn_prompt_chat_text(m, r, &txt, err);
         if (rc) return rc;
         text = txt;
         len = strlen(txt);

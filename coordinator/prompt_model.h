@@ -17,7 +17,8 @@
 
 typedef struct gn_prompt_model {
     char path[GN_CTL_PATH_MAX];
-    gn_tokenizer *tok;
+    const gn_tokenizer *tok;
+    gn_tokenizer *own_tok;  /* tok when gn_prompt_model_load loaded it (clear frees it), else NULL */
     gn_chat_template *tmpl; /* NULL: the plain "role: content" fallback format */
     char *bos, *eos;        /* the template's bos_token / eos_token */
 } gn_prompt_model;
@@ -25,7 +26,15 @@ typedef struct gn_prompt_model {
 /* Loads the tokenizer and chat template of the model (or adapter) at path.
  * 0, or a negative code with err; on failure *m is cleared. */
 int gn_prompt_model_load(gn_prompt_model *m, const char *path, gn_err *err);
+/* The same over a tokenizer loaded elsewhere (a model's), which must outlive
+ * m; label names the model in errors. 0, or a negative code with err (*m
+ * cleared). */
+int gn_prompt_model_init(gn_prompt_model *m, const gn_tokenizer *tok, const char *label, gn_err *err);
 void gn_prompt_model_clear(gn_prompt_model *m);
+
+/* r's conversation rendered with m's chat template (or, without one, as
+ * "role: content" lines then "assistant:"); *out is gn_malloc'd. */
+int gn_prompt_chat_text(const gn_prompt_model *m, const gn_oai_request *r, char **out, gn_err *err);
 
 /* The token ids of r's prompt for model m: a completion's text (with the
  * tokenizer's special tokens), or a chat rendered with m's template (which
