@@ -240,22 +240,9 @@ done:
 
 /* ---- JSON files ------------------------------------------------------------ */
 
+/* config files: indented, keys sorted, reals to 15 digits. */
 static int dump_json(const char *dir, const char *name, json_t *j, gn_err *err) {
-    if (!j) return gn_errf(err, GN_ENOMEM, "building %s: out of memory", name);
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
-    json_decref(j);
-    char *path = gn_fs_join(dir, name);
-    int rc;
-    if (!s || !path) {
-        rc = gn_errf(err, GN_ENOMEM, "writing %s: out of memory", name);
-    } else {
-        size_t l = strlen(s);
-        s[l] = '\n';
-        rc = gn_fs_write_file(path, s, l + 1, err);
-    }
-    free(s);
-    gn_free(path);
-    return rc;
+    return gn_fs_write_json(dir, name, j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15), err);
 }
 
 /* The double nearest to f's shortest decimal spelling (0.02f -> 0.02), so

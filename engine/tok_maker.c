@@ -292,25 +292,6 @@ static json_t *build_tokenizer_config(int bos, int eos, int max_len) {
                      "tokenizer_class", "PreTrainedTokenizerFast");
 }
 
-/* Dumps j (stolen) to dir/name with a trailing newline. */
-static int write_json(const char *dir, const char *name, json_t *j, size_t flags, gn_err *err) {
-    if (!j) return gn_errf(err, GN_ENOMEM, "building %s: out of memory", name);
-    char *s = json_dumps(j, flags | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    char *path = gn_fs_join(dir, name);
-    int rc;
-    if (!s || !path) {
-        rc = gn_errf(err, GN_ENOMEM, "writing %s: out of memory", name);
-    } else {
-        size_t l = strlen(s);
-        s[l] = '\n';
-        rc = gn_fs_write_file(path, s, l + 1, err);
-    }
-    free(s);
-    gn_free(path);
-    return rc;
-}
-
 int gn_make_tokenizer(const char *dir, int n_merges, int model_max_length, int *n_vocab, int *bos,
                       int *eos, gn_err *err) {
     return gn_make_tokenizer_from_text(dir, k_text, sizeof k_text - 1, n_merges, model_max_length,
@@ -377,11 +358,11 @@ int gn_make_tokenizer_from_text(const char *dir, const char *text, size_t len, i
     *bos = t.n_tok;
     *eos = t.n_tok + 1;
     *n_vocab = t.n_tok + 2;
-    rc = write_json(dir, "tokenizer.json", build_tokenizer_json(&t, *bos, *eos), JSON_INDENT(2), err);
+    const size_t fl = JSON_INDENT(2) | JSON_PRESERVE_ORDER;
+    rc = gn_fs_write_json(dir, "tokenizer.json", build_tokenizer_json(&t, *bos, *eos), fl, err);
     if (!rc)
-        rc = write_json(dir, "tokenizer_config.json",
-                        build_tokenizer_config(*bos, *eos, model_max_length),
-                        JSON_INDENT(2), err);
+        rc = gn_fs_write_json(dir, "tokenizer_config.json", build_tokenizer_config(*bos, *eos, model_max_length),
+                              fl, err);
 done:
     for (int i = 0; i < t.n_tok; i++) gn_free(t.tok[i]);
     gn_free(t.tok);

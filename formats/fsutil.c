@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -129,4 +131,22 @@ char *gn_fs_join(const char *dir, const char *name) {
     if (dir[a - 1] != '/') s[k++] = '/';
     memcpy(s + k, name, b + 1);
     return s;
+}
+
+int gn_fs_write_json(const char *dir, const char *name, json_t *j, size_t flags, gn_err *err) {
+    if (!j) return gn_errf(err, GN_ENOMEM, "building %s: out of memory", name);
+    char *s = json_dumps(j, flags);
+    json_decref(j);
+    char *path = gn_fs_join(dir, name);
+    int rc;
+    if (!s || !path) {
+        rc = gn_errf(err, GN_ENOMEM, "writing %s: out of memory", name);
+    } else {
+        size_t l = strlen(s);
+        s[l] = '\n'; /* over the NUL: l + 1 bytes written */
+        rc = gn_fs_write_file(path, s, l + 1, err);
+    }
+    free(s); /* json_dumps allocates with malloc */
+    gn_free(path);
+    return rc;
 }

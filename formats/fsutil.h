@@ -33,4 +33,10 @@ int gn_fs_is_dir(const char *path);
 /* "dir/name" (no doubled '/'); gn_malloc'd, NULL on allocation failure. */
 char *gn_fs_join(const char *dir, const char *name);
 
+/* Writes j (a jansson json_t, stolen: decref'd here, also when NULL means an
+ * allocation failed while building it) to dir/name with json_dumps(j, flags)
+ * and a trailing newline, through gn_fs_write_file. */
+struct json_t;
+int gn_fs_write_json(const char *dir, const char *name, struct json_t *j, size_t flags, gn_err *err);
+
 #endif
