@@ -210,6 +210,7 @@ int gn_step_client_step_send(gn_step_client *c, const char *model_name, uint32_t
         s.tokens = (int32_t *)seqs[i].tokens;
         s.all_logits = seqs[i].all_logits != 0;
         s.release_after = seqs[i].release_after != 0;
+        s.top_k = seqs[i].top_k;
         steps[i] = s;
         ptrs[i] = &steps[i];
     }
@@ -228,6 +229,47 @@ int gn_step_client_step_send(gn_step_client *c, const char *model_name, uint32_t
     rc = gn_step_client_send(c, &env, request_id, err);
 out:
     gn_free(steps);
+    gn_free(ptrs);
+    return rc;
+}
+
+int gn_step_client_fetch_send(gn_step_client *c, const char *model_name, uint32_t model_version,
+                              const gn_fetch_seq *seqs, int n, uint64_t *request_id, gn_err *err) {
+    if (n < 0)
+        return gn_errf(err, GN_EINVAL, "negative sequence count");
+    Genarm__V1__FetchSeq *fs = gn_calloc(n ? (size_t)n : 1, sizeof *fs);
+    Genarm__V1__FetchSeq **ptrs = gn_calloc(n ? (size_t)n : 1, sizeof *ptrs);
+    int rc;
+    if (!fs || !ptrs) {
+        rc = gn_errf(err, GN_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        Genarm__V1__FetchSeq f = GENARM__V1__FETCH_SEQ__INIT;
+        f.seq_id = seqs[i].seq_id;
+        f.seq_len = seqs[i].seq_len;
+        f.full_row = seqs[i].full_row != 0;
+        if (!f.full_row) {
+            f.n_ids = seqs[i].n_ids > 0 ? (size_t)seqs[i].n_ids : 0;
+            f.ids = (int32_t *)seqs[i].ids;
+        }
+        fs[i] = f;
+        ptrs[i] = &fs[i];
+    }
+    Genarm__V1__ModelRef mr = GENARM__V1__MODEL_REF__INIT;
+    mr.name = (char *)(model_name ? model_name : "");
+    mr.version = model_version;
+    Genarm__V1__RowFetch req = GENARM__V1__ROW_FETCH__INIT;
+    req.model = &mr;
+    req.n_seqs = (size_t)n;
+    req.seqs = ptrs;
+    gn_wire_env env;
+    gn_wire_env_init(&env, 0);
+    env.body_case = GENARM__V1__ENVELOPE__BODY_FETCH;
+    env.fetch = &req;
+    rc = gn_step_client_send(c, &env, request_id, err);
+out:
+    gn_free(fs);
     gn_free(ptrs);
     return rc;
 }

@@ -69,6 +69,7 @@ typedef struct gn_step_seq {
     int n_tokens;
     int all_logits;
     int release_after;
+    uint32_t top_k;        /* 0: a dense row; > 0: a sparse row of top_k candidates (SeqStep.top_k) */
 } gn_step_seq;
 
 /* Builds and sends a StepRequest for model (name may be NULL/"" = base,
@@ -77,6 +78,21 @@ typedef struct gn_step_seq {
 int gn_step_client_step_send(gn_step_client *c, const char *model_name, uint32_t model_version,
                              const gn_step_seq *seqs, int n, gn_dtype dtype, uint64_t *request_id,
                              gn_err *err);
+
+/* One sequence's part of a RowFetch: the values of ids[0..n_ids) of the row
+ * the sequence's step at seq_len produced, or (full_row) the whole row. */
+typedef struct gn_fetch_seq {
+    uint64_t seq_id;
+    uint32_t seq_len;
+    const int32_t *ids; /* borrowed for the call */
+    int n_ids;
+    int full_row;
+} gn_fetch_seq;
+
+/* Builds and sends a RowFetch for model (name NULL/"" = base, version) over n
+ * sequences. Returns like gn_step_client_send. */
+int gn_step_client_fetch_send(gn_step_client *c, const char *model_name, uint32_t model_version,
+                              const gn_fetch_seq *seqs, int n, uint64_t *request_id, gn_err *err);
 
 /* Sends a Release for these sequence ids (fire and collect the reply with
  * gn_step_client_recv). */

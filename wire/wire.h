@@ -99,8 +99,32 @@ int gn_wire_step_check(const gn_wire_step_req *req, const gn_wire_limits *lim, i
                        gn_err *err);
 
 /* Validates a received StepResponse: its tensor passes gn_wire_tensor_check,
- * and every result's rows lie inside the tensor. Returns 0 or GN_EFORMAT. */
+ * every result's rows lie inside the tensor, cand_ids and cand_values hold
+ * the same whole number of 4-byte entries and every sparse result's
+ * candidates lie inside them. Returns 0 or GN_EFORMAT. */
 int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err);
+
+/* ---- sparse rows and fetched values (SeqStep.top_k, RowFetch) ------------- */
+
+/* The sparse row of result r of a received StepResponse (r->n_cand > 0):
+ * checks that [cand_offset, cand_offset + n_cand) lies inside cand_ids and
+ * cand_values, then points *ids / *vals at them — into resp where the bytes
+ * are 4-byte aligned on a little-endian host, else converted into the
+ * caller's scratch (cap entries each). Returns 0 or GN_EFORMAT (GN_ERANGE:
+ * scratch too small). Id ranges are the caller's business. */
+int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResult *r,
+                       int32_t *ids_scratch, float *vals_scratch, size_t cap, const int32_t **ids,
+                       const float **vals, gn_err *err);
+
+/* The values of result r of a received RowFetchResult, the same way (into
+ * res where aligned, else converted into scratch of cap floats). Returns 0,
+ * GN_EFORMAT or GN_ERANGE. */
+int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1__FetchResult *r,
+                         float *scratch, size_t cap, const float **vals, gn_err *err);
+
+/* Validates a received RowFetchResult: values a whole number of floats, every
+ * result inside it. Returns 0 or GN_EFORMAT. */
+int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *err);
 
 /* Per-sequence error entries of step responses: scratch a worker sizes once
  * (create) and reuses every step. Not thread-safe; one per serving thread. */
