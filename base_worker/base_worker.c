@@ -93,7 +93,24 @@ static int parse_opts(int argc, char **argv, opts *o) {
 
 /* ---- step-server callbacks -------------------------------------------------- */
 
-static int on_step(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *resp, gn_err *err) {
+static gn_step_server *g_srv;
+
+/* What Heartbeat replies report: published after every change. */
+static void publish_load(gn_host *h) {
+    if (!g_srv) return;
+    gn_step_load ld;
+    memset(&ld, 0, sizeof ld);
+    int used, total;
+    gn_host_kv_usage(h, &used, &total);
+    ld.active_seqs = (uint32_t)gn_host_n_seqs(h);
+    ld.max_seqs = (uint32_t)gn_host_max_seqs(h);
+    ld.kv_used_blocks = (uint32_t)used;
+    ld.kv_total_blocks = (uint32_t)total;
+    ld.n_models = 1; /* the base model: empty name, version 0 */
+    gn_step_server_publish_load(g_srv, &ld);
+}
+
+static int step_one(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *resp, gn_err *err) {
     gn_host *h = ud;
     if (req->model && req->model->name && req->model->name[0]) {
         gn_errf(err, GN_ENOTFOUND, "model \"%s\" v%u: this base worker serves only its base model",
@@ -103,30 +120,23 @@ static int on_step(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *res
     return gn_host_step(h, req, gn_wire_now_ms(), resp, err);
 }
 
+/* Interim: one request per batch (max_batch_seqs 1). */
+static void on_step(void *ud, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
+                    int *codes, gn_err *errs) {
+    for (int i = 0; i < n; i++) codes[i] = step_one(ud, reqs[i], resps[i], &errs[i]);
+    publish_load(ud);
+}
+
 static int on_release(void *ud, const Genarm__V1__Release *rel, uint32_t *released, gn_err *err) {
     (void)err;
     *released = (uint32_t)gn_host_release(ud, rel->seq_ids, rel->n_seq_ids);
+    publish_load(ud);
     return 0;
-}
-
-static void on_heartbeat(void *ud, Genarm__V1__Heartbeat *hb) {
-    gn_host *h = ud;
-    int used, total;
-    gn_host_kv_usage(h, &used, &total);
-    hb->active_seqs = (uint32_t)gn_host_n_seqs(h);
-    hb->max_seqs = (uint32_t)gn_host_max_seqs(h);
-    hb->kv_used_blocks = (uint32_t)used;
-    hb->kv_total_blocks = (uint32_t)total;
-    /* The one model held: the base (empty name, version 0). */
-    static Genarm__V1__ModelRef base = GENARM__V1__MODEL_REF__INIT;
-    static Genarm__V1__ModelRef *models[1] = {&base};
-    base.name = "";
-    hb->models = models;
-    hb->n_models = 1;
 }
 
 static void on_tick(void *ud, int64_t now_ms) {
     int freed = gn_host_sweep(ud, now_ms);
+    if (freed) publish_load(ud);
     if (freed)
         gn_wire_log("info", COMP, "event=idle_expired freed=%d live=%d", freed,
                     gn_host_n_seqs(ud));
@@ -184,13 +194,16 @@ int main(int argc, char **argv) {
     /* Ticks drive the idle sweep: fine enough for short test timeouts. */
     if (hp.idle_timeout_ms > 0 && hp.idle_timeout_ms < 1000)
         sp.tick_ms = (int)(hp.idle_timeout_ms / 4 + 1);
-    gn_step_handlers hd = {.ud = h, .step = on_step, .release = on_release,
-                           .heartbeat = on_heartbeat, .tick = on_tick};
+    sp.max_batch_seqs = 1;
+    sp.gather_us = 0;
+    gn_step_handlers hd = {.ud = h, .step = on_step, .release = on_release, .tick = on_tick};
     if (!(srv = gn_step_server_create(&sp, &hd, &err))) {
         gn_wire_log("error", COMP, "event=start_failed stage=bind endpoint=%s msg=\"%s\"", o.bind,
                     err.msg);
         goto out;
     }
+    g_srv = srv;
+    publish_load(h);
     int used, total;
     gn_host_kv_usage(h, &used, &total);
     gn_wire_log("info", COMP,

@@ -395,12 +395,30 @@ static void serve_waiting(worker *w, int64_t now_ms) {
 
 /* ---- step-server callbacks ------------------------------------------------------ */
 
+/* What Heartbeat replies report: published after every change. */
+static void publish_load(worker *w) {
+    if (!w->srv) return;
+    static gn_step_load ld;
+    memset(&ld, 0, sizeof ld);
+    int n = gn_arms_count(w->arms);
+    for (int i = 0; i < n && ld.n_models < GN_STEP_LOAD_MAX_MODELS; i++) {
+        gn_arm_info ai;
+        if (gn_arms_get(w->arms, i, &ai)) continue;
+        snprintf(ld.models[ld.n_models].name, sizeof ld.models[0].name, "%s", ai.name);
+        ld.models[ld.n_models++].version = ai.version;
+    }
+    ld.active_seqs = (uint32_t)gn_arms_load_total(w->arms);
+    ld.max_seqs = (uint32_t)w->o.capacity;
+    gn_step_server_publish_load(w->srv, &ld);
+}
+
 static void after_change(worker *w) {
+    publish_load(w);
     if (gn_arms_generation(w->arms) != w->published_gen)
         publish(w, gn_wire_now_ms());
 }
 
-static int on_step(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *resp, gn_err *err) {
+static int step_one(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *resp, gn_err *err) {
     worker *w = ud;
     uint64_t gen = gn_arms_generation(w->arms);
     int code = gn_arms_step(w->arms, req, gn_wire_now_ms(), resp, err);
@@ -411,6 +429,13 @@ static int on_step(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *res
     return code;
 }
 
+/* Interim: one request per batch (max_batch_seqs 1). */
+static void on_step(void *ud, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
+                    int *codes, gn_err *errs) {
+    for (int i = 0; i < n; i++) codes[i] = step_one(ud, reqs[i], resps[i], &errs[i]);
+    publish_load(ud);
+}
+
 static int on_release(void *ud, const Genarm__V1__Release *rel, uint32_t *released, gn_err *err) {
     worker *w = ud;
     (void)err;
@@ -419,26 +444,6 @@ static int on_release(void *ud, const Genarm__V1__Release *rel, uint32_t *releas
     *released = (uint32_t)gn_arms_release(w->arms, name, ver, rel->seq_ids, rel->n_seq_ids);
     after_change(w);
     return 0;
-}
-
-static void on_heartbeat(void *ud, Genarm__V1__Heartbeat *hb) {
-    worker *w = ud;
-    int n = gn_arms_count(w->arms), k = 0;
-    for (int i = 0; i < n && k < GN_CTL_WORKER_MAX_ARMS; i++) {
-        gn_arm_info ai;
-        if (gn_arms_get(w->arms, i, &ai))
-            continue;
-        Genarm__V1__ModelRef r = GENARM__V1__MODEL_REF__INIT;
-        r.name = (char *)ai.name;
-        r.version = ai.version;
-        w->hb_refs[k] = r;
-        w->hb_ptrs[k] = &w->hb_refs[k];
-        k++;
-    }
-    hb->models = w->hb_ptrs;
-    hb->n_models = (size_t)k;
-    hb->active_seqs = (uint32_t)gn_arms_load_total(w->arms);
-    hb->max_seqs = (uint32_t)w->o.capacity;
 }
 
 static int code_of(int rc) {
@@ -546,6 +551,7 @@ static void on_tick(void *ud, int64_t now_ms) {
     }
     if (hb_due || gn_arms_generation(w->arms) != w->published_gen)
         publish(w, now_ms);
+    publish_load(w); /* sweeps, loads and swaps change it */
 }
 
 /* ---- main ------------------------------------------------------------------------- */
@@ -630,8 +636,10 @@ int main(int argc, char **argv) {
     sp.tick_ms = 50; /* registry notifications and idle sweeps stay prompt */
     if (ap.host.idle_timeout_ms > 0 && ap.host.idle_timeout_ms < 200)
         sp.tick_ms = (int)(ap.host.idle_timeout_ms / 4 + 1);
-    gn_step_handlers hd = {.ud = w, .step = on_step, .release = on_release,
-                           .heartbeat = on_heartbeat, .command = on_command, .tick = on_tick};
+    sp.max_batch_seqs = 1;
+    sp.gather_us = 0;
+    gn_step_handlers hd = {.ud = w, .step = on_step, .release = on_release, .command = on_command,
+                           .tick = on_tick};
     if (!(w->srv = gn_step_server_create(&sp, &hd, &err))) {
         gn_wire_log("error", COMP, "event=start_failed stage=bind endpoint=%s msg=\"%s\"",
                     w->o.bind, err.msg);
@@ -640,6 +648,7 @@ int main(int argc, char **argv) {
     snprintf(w->endpoint, sizeof w->endpoint, "%s",
              w->o.advertise ? w->o.advertise : gn_step_server_endpoint(w->srv));
     publish(w, gn_wire_now_ms());
+    publish_load(w);
     registered = 1;
     gn_wire_log("info", COMP,
                 "event=ready endpoint=%s redis=%s device=%s n_arms=%d capacity=%d "

@@ -210,6 +210,12 @@ int gn_wire_step_check(const gn_wire_step_req *req, const gn_wire_limits *lim, i
             *wire_code = GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST;
             return gn_errf(err, GN_EINVAL, "seq %llu: no tokens", (unsigned long long)s->seq_id);
         }
+        if (s->top_k > 0 && s->all_logits) {
+            *wire_code = GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST;
+            return gn_errf(err, GN_EINVAL,
+                           "seq %llu: top_k %u with all_logits (a sparse row is one row: the last token's)",
+                           (unsigned long long)s->seq_id, s->top_k);
+        }
         total += s->n_tokens;
         if (total > (uint64_t)lim->max_tokens) {
             *wire_code = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
@@ -228,20 +234,171 @@ int gn_wire_step_check(const gn_wire_step_req *req, const gn_wire_limits *lim, i
     return 0;
 }
 
+/* Checks that a bytes field holds a whole number of 4-byte entries: their
+ * count in *n. */
+static int entries4(const ProtobufCBinaryData *b, const char *what, size_t *n, gn_err *err) {
+    if (b->len % 4)
+        return gn_errf(err, GN_EFORMAT, "%s: %zu bytes is not a whole number of 4-byte entries", what,
+                       b->len);
+    if (b->len && !b->data)
+        return gn_errf(err, GN_EFORMAT, "%s: no data", what);
+    *n = b->len / 4;
+    return 0;
+}
+
 int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
+    size_t n_ids, n_vals;
+    if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
+        entries4(&resp->cand_values, "cand_values", &n_vals, err))
+        return GN_EFORMAT;
+    if (n_ids != n_vals)
+        return gn_errf(err, GN_EFORMAT, "cand_ids holds %zu entries, cand_values %zu", n_ids, n_vals);
     if (resp->n_results == 0)
         return 0;
-    gn_dtype dt;
-    int rc = gn_wire_tensor_check(resp->logprobs, &dt, err);
-    if (rc)
-        return GN_EFORMAT;
+    uint64_t rows = 0;
+    if (resp->logprobs) {
+        gn_dtype dt;
+        if (gn_wire_tensor_check(resp->logprobs, &dt, err))
+            return GN_EFORMAT;
+        rows = resp->logprobs->rows;
+    }
     for (size_t i = 0; i < resp->n_results; i++) {
         const Genarm__V1__SeqResult *r = resp->results[i];
-        if (r->row_offset > resp->logprobs->rows || r->n_rows > resp->logprobs->rows - r->row_offset)
+        if (r->n_cand > 0) {
+            if (r->n_rows != 0)
+                return gn_errf(err, GN_EFORMAT, "result %zu: a sparse result with %u dense rows", i,
+                               r->n_rows);
+            if (r->cand_offset > n_ids || r->n_cand > n_ids - r->cand_offset)
+                return gn_errf(err, GN_EFORMAT,
+                               "result %zu: candidates [%llu, +%u) outside the %zu sent", i,
+                               (unsigned long long)r->cand_offset, r->n_cand, n_ids);
+            continue;
+        }
+        if (r->n_rows && !resp->logprobs)
+            return gn_errf(err, GN_EFORMAT, "result %zu: %u rows but no tensor", i, r->n_rows);
+        if (r->row_offset > rows || r->n_rows > rows - r->row_offset)
             return gn_errf(err, GN_EFORMAT, "result %zu: rows [%llu, +%u) outside the tensor's %llu",
-                           i, (unsigned long long)r->row_offset, r->n_rows,
-                           (unsigned long long)resp->logprobs->rows);
+                           i, (unsigned long long)r->row_offset, r->n_rows, (unsigned long long)rows);
     }
+    return 0;
+}
+
+/* ---- sparse rows and fetched values --------------------------------------- */
+
+static int32_t le_i32(const uint8_t *p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+static float le_f32(const uint8_t *p) {
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 1 when n 4-byte entries at p can be read in place as host int32/float. */
+static int in_place(const uint8_t *p) {
+    return GN_WIRE_HOST_LE && ((uintptr_t)p % 4) == 0;
+}
+
+int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResult *r,
+                       int32_t *ids_scratch, float *vals_scratch, size_t cap, const int32_t **ids,
+                       const float **vals, gn_err *err) {
+    size_t n_ids, n_vals;
+    if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
+        entries4(&resp->cand_values, "cand_values", &n_vals, err))
+        return GN_EFORMAT;
+    if (n_ids != n_vals)
+        return gn_errf(err, GN_EFORMAT, "cand_ids holds %zu entries, cand_values %zu", n_ids, n_vals);
+    if (r->n_cand == 0)
+        return gn_errf(err, GN_EFORMAT, "seq %llu: not a sparse result", (unsigned long long)r->seq_id);
+    if (r->cand_offset > n_ids || r->n_cand > n_ids - r->cand_offset)
+        return gn_errf(err, GN_EFORMAT, "seq %llu: candidates [%llu, +%u) outside the %zu sent",
+                       (unsigned long long)r->seq_id, (unsigned long long)r->cand_offset, r->n_cand,
+                       n_ids);
+    const uint8_t *pi = resp->cand_ids.data + (size_t)r->cand_offset * 4;
+    const uint8_t *pv = resp->cand_values.data + (size_t)r->cand_offset * 4;
+    size_t n = r->n_cand;
+    if (in_place(pi) && in_place(pv)) {
+        *ids = (const int32_t *)(const void *)pi;
+        *vals = (const float *)(const void *)pv;
+        return 0;
+    }
+    if (n > cap || !ids_scratch || !vals_scratch)
+        return gn_errf(err, GN_ERANGE, "seq %llu: %zu candidates, scratch for %zu",
+                       (unsigned long long)r->seq_id, n, cap);
+    for (size_t i = 0; i < n; i++) {
+        ids_scratch[i] = le_i32(pi + 4 * i);
+        vals_scratch[i] = le_f32(pv + 4 * i);
+    }
+    *ids = ids_scratch;
+    *vals = vals_scratch;
+    return 0;
+}
+
+int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *err) {
+    size_t n_vals;
+    if (entries4(&res->values, "values", &n_vals, err))
+        return GN_EFORMAT;
+    for (size_t i = 0; i < res->n_results; i++) {
+        const Genarm__V1__FetchResult *r = res->results[i];
+        if (r->offset > n_vals || r->n > n_vals - r->offset)
+            return gn_errf(err, GN_EFORMAT, "fetch result %zu: values [%llu, +%u) outside the %zu sent",
+                           i, (unsigned long long)r->offset, r->n, n_vals);
+    }
+    return 0;
+}
+
+int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1__FetchResult *r,
+                         float *scratch, size_t cap, const float **vals, gn_err *err) {
+    size_t n_vals;
+    if (entries4(&res->values, "values", &n_vals, err))
+        return GN_EFORMAT;
+    if (r->offset > n_vals || r->n > n_vals - r->offset)
+        return gn_errf(err, GN_EFORMAT, "seq %llu: values [%llu, +%u) outside the %zu sent",
+                       (unsigned long long)r->seq_id, (unsigned long long)r->offset, r->n, n_vals);
+    const uint8_t *p = res->values.data ? res->values.data + (size_t)r->offset * 4 : NULL;
+    static const float none[1] = {0};
+    if (r->n == 0) {
+        *vals = none;
+        return 0;
+    }
+    if (in_place(p)) {
+        *vals = (const float *)(const void *)p;
+        return 0;
+    }
+    if (r->n > cap || !scratch)
+        return gn_errf(err, GN_ERANGE, "seq %llu: %u values, scratch for %zu",
+                       (unsigned long long)r->seq_id, r->n, cap);
+    for (size_t i = 0; i < r->n; i++) scratch[i] = le_f32(p + 4 * i);
+    *vals = scratch;
+    return 0;
+}
+
+int gn_wire_fetch_check(const Genarm__V1__RowFetch *req, const gn_wire_limits *lim, int *wire_code,
+                        gn_err *err) {
+    gn_wire_limits dl = gn_wire_default_limits();
+    if (!lim)
+        lim = &dl;
+    if (req->n_seqs == 0) {
+        *wire_code = GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST;
+        return gn_errf(err, GN_EINVAL, "row fetch without sequences");
+    }
+    if (req->n_seqs > (size_t)lim->max_seqs) {
+        *wire_code = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+        return gn_errf(err, GN_ERANGE, "%zu sequences in one row fetch, the limit is %d", req->n_seqs,
+                       lim->max_seqs);
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < req->n_seqs; i++) {
+        total += req->seqs[i]->n_ids;
+        if (total > (uint64_t)lim->max_tokens) {
+            *wire_code = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+            return gn_errf(err, GN_ERANGE, "more than %lld ids in one row fetch",
+                           (long long)lim->max_tokens);
+        }
+    }
+    *wire_code = 0;
     return 0;
 }
 
@@ -250,6 +407,7 @@ const char *gn_wire_code_name(int c) {
         "UNSPECIFIED", "BAD_FRAME",      "BAD_VERSION", "BAD_DTYPE", "BAD_REQUEST",
         "TOKEN_RANGE", "UNKNOWN_SEQ",    "POS_MISMATCH", "TOO_LARGE", "CAPACITY",
         "UNKNOWN_MODEL", "UNSUPPORTED", "INTERNAL",    "SHUTTING_DOWN", "CONTEXT_OVERFLOW",
+        "ROW_GONE",
     };
     if (c < 0 || c >= (int)(sizeof names / sizeof names[0]))
         return "UNKNOWN";

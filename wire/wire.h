@@ -126,6 +126,13 @@ int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1
  * result inside it. Returns 0 or GN_EFORMAT. */
 int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *err);
 
+/* Validates a RowFetch against lim (lim may be NULL): 1 .. max_seqs
+ * sequences, ids summed over them <= max_tokens. Ids and rows are the
+ * worker's business. Returns 0 or a negative GN_E* code with *wire_code set
+ * (ERROR_BAD_REQUEST, ERROR_TOO_LARGE). */
+int gn_wire_fetch_check(const Genarm__V1__RowFetch *req, const gn_wire_limits *lim, int *wire_code,
+                        gn_err *err);
+
 /* Per-sequence error entries of step responses: scratch a worker sizes once
  * (create) and reuses every step. Not thread-safe; one per serving thread. */
 typedef struct gn_wire_seq_errors gn_wire_seq_errors;

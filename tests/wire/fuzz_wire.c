@@ -1,6 +1,8 @@
 /* fuzz_wire.c — fuzz target for everything a worker or client does with the
- * bytes of one frame: gn_wire_decode, then the request/response validators,
- * tensor unpacking of a response, and a re-encode of whatever decoded.
+ * bytes of one frame: gn_wire_decode, then the request/response validators
+ * (StepRequest, StepResponse with sparse candidates, RowFetch,
+ * RowFetchResult), tensor unpacking of a response, the readers of sparse rows
+ * and fetched values, and a re-encode of whatever decoded.
  *
  * Built two ways: with -DGN_FUZZ=ON and clang, a libFuzzer binary
  * (fuzz_wire); always, a replay test (test_fuzz_wire_replay) that mutates
@@ -26,9 +28,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gn_err e = {0};
     if (gn_wire_decode(data, size, &lim, &env, &code, &rid, &e) != 0)
         return 0;
+    int32_t ids[64];
+    float vals[64];
     if (env->body_case == GENARM__V1__ENVELOPE__BODY_STEP) {
         (void)gn_wire_step_check(env->step, &lim, &code, &e);
+    } else if (env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH) {
+        (void)gn_wire_fetch_check(env->fetch, &lim, &code, &e);
+    } else if (env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT) {
+        /* The reader checks ranges itself: run it on every result either way. */
+        (void)gn_wire_fetch_result_check(env->fetch_result, &e);
+        for (size_t i = 0; i < env->fetch_result->n_results; i++) {
+            const float *v = NULL;
+            if (gn_wire_fetch_values(env->fetch_result, env->fetch_result->results[i], vals, 64, &v, &e) == 0 &&
+                env->fetch_result->results[i]->n)
+                vals[0] = v[env->fetch_result->results[i]->n - 1];
+        }
     } else if (env->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT) {
+        const gn_wire_step_resp *r = env->step_result;
+        for (size_t i = 0; i < r->n_results; i++) {
+            const int32_t *gi = NULL;
+            const float *gv = NULL;
+            if (r->results[i]->n_cand && gn_wire_sparse_row(r, r->results[i], ids, vals, 64, &gi, &gv, &e) == 0)
+                vals[0] = gv[r->results[i]->n_cand - 1] + (float)gi[r->results[i]->n_cand - 1];
+        }
         if (gn_wire_step_resp_check(env->step_result, &e) == 0 && env->step_result->logprobs) {
             gn_dtype dt;
             const Genarm__V1__Tensor *t = env->step_result->logprobs;
@@ -69,8 +91,8 @@ static int add_seed(uint8_t **seeds, size_t *lens, int n, const gn_wire_env *env
 }
 
 int main(void) {
-    uint8_t *seeds[8];
-    size_t lens[8];
+    uint8_t *seeds[12];
+    size_t lens[12];
     int ns = 0;
     gn_wire_env env;
 
@@ -159,6 +181,82 @@ int main(void) {
     gn_wire_env_init(&env, 14);
     env.body_case = GENARM__V1__ENVELOPE__BODY_LOAD;
     env.load = &lm;
+    ns = add_seed(seeds, lens, ns, &env);
+
+    /* A response with sparse rows (and one dense row). */
+    uint8_t cid[4 * 5], cval[4 * 5];
+    for (size_t i = 0; i < sizeof cid; i++) {
+        cid[i] = (uint8_t)(i % 4 == 0 ? i : 0);
+        cval[i] = (uint8_t)(i % 4 == 3 ? 0xbf : i);
+    }
+    Genarm__V1__SeqResult r3 = GENARM__V1__SEQ_RESULT__INIT, r4 = GENARM__V1__SEQ_RESULT__INIT;
+    r3.seq_id = 4;
+    r3.n_cand = 3;
+    r3.cand_floor = -2.0f;
+    r3.row_min = -30.0f;
+    r3.tail_lse = -1.0f;
+    r4.seq_id = 5;
+    r4.n_cand = 2;
+    r4.cand_offset = 3;
+    Genarm__V1__SeqResult *rp2[3] = {&r3, &r2, &r4};
+    r2.row_offset = 0;
+    gn_wire_step_resp sresp = GENARM__V1__STEP_RESPONSE__INIT;
+    sresp.results = rp2;
+    sresp.n_results = 3;
+    t.rows = 1;
+    t.data.len = 3 * 2;
+    sresp.logprobs = &t;
+    sresp.cand_ids.data = cid;
+    sresp.cand_ids.len = sizeof cid;
+    sresp.cand_values.data = cval;
+    sresp.cand_values.len = sizeof cval;
+    sresp.pass_seqs = 9;
+    gn_wire_env_init(&env, 15);
+    env.body_case = GENARM__V1__ENVELOPE__BODY_STEP_RESULT;
+    env.step_result = &sresp;
+    ns = add_seed(seeds, lens, ns, &env);
+
+    /* A row fetch and its result. */
+    int32_t fids[3] = {5, 0, 511};
+    Genarm__V1__FetchSeq f1 = GENARM__V1__FETCH_SEQ__INIT, f2 = GENARM__V1__FETCH_SEQ__INIT, *fp[2] = {&f1, &f2};
+    f1.seq_id = 4;
+    f1.seq_len = 12;
+    f1.ids = fids;
+    f1.n_ids = 3;
+    f2.seq_id = 5;
+    f2.seq_len = 3;
+    f2.full_row = 1;
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.model = &mr;
+    rf.seqs = fp;
+    rf.n_seqs = 2;
+    gn_wire_env_init(&env, 16);
+    env.body_case = GENARM__V1__ENVELOPE__BODY_FETCH;
+    env.fetch = &rf;
+    ns = add_seed(seeds, lens, ns, &env);
+
+    Genarm__V1__FetchResult q1 = GENARM__V1__FETCH_RESULT__INIT, q2 = GENARM__V1__FETCH_RESULT__INIT, *qp[2] = {&q1, &q2};
+    q1.seq_id = 4;
+    q1.n = 3;
+    q2.seq_id = 5;
+    q2.offset = 3;
+    q2.n = 2;
+    Genarm__V1__RowFetchResult fres = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    fres.results = qp;
+    fres.n_results = 2;
+    fres.values.data = cval;
+    fres.values.len = sizeof cval;
+    Genarm__V1__Error gone = GENARM__V1__ERROR__INIT;
+    gone.code = GENARM__V1__ERROR_CODE__ERROR_ROW_GONE;
+    gone.message = "gone";
+    gone.seq_id = 6;
+    gone.has_seq = 1;
+    Genarm__V1__Error *gp[1] = {&gone};
+    fres.errors = gp;
+    fres.n_errors = 1;
+    gn_wire_env_init(&env, 17);
+    env.body_case = GENARM__V1__ENVELOPE__BODY_FETCH_RESULT;
+    env.fetch_result = &fres;
     ns = add_seed(seeds, lens, ns, &env);
 
     long runs = 0;

@@ -1,7 +1,9 @@
 /* test_wire.c — the pure half of the data plane (wire/wire.h): tensor
  * packing to little-endian fp32/fp16/bf16 bytes and back, shape checks that
  * never trust a claimed size, envelope encode/decode with version and body
- * validation, StepRequest/StepResponse validation, every prefix of a valid
+ * validation, StepRequest/StepResponse validation (sparse candidates
+ * included), RowFetch/RowFetchResult validation and the readers of sparse
+ * rows and fetched values (in place and converted), every prefix of a valid
  * frame, hand-made frames with huge claimed lengths, and allocation-failure
  * loops over decode and encode. */
 #include <stdint.h>
@@ -288,6 +290,15 @@ static void test_step_check(void) {
     CHECK(gn_wire_step_check(&r, &lim, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE, "tokens");
     lim.max_tokens = 12;
     CHECK(gn_wire_step_check(&r, &lim, &code, &e) == 0, "tokens at the limit");
+    s[1].top_k = 8;
+    CHECK(gn_wire_step_check(&r, NULL, &code, &e) == 0, "a sparse row: %s", e.msg);
+    s[1].all_logits = 1;
+    CHECK(gn_wire_step_check(&r, NULL, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST &&
+              strstr(e.msg, "seq 1") && strstr(e.msg, "all_logits"),
+          "top_k with all_logits refused, naming the sequence: %s", e.msg);
+    s[1].top_k = 0;
+    CHECK(gn_wire_step_check(&r, NULL, &code, &e) == 0, "all_logits alone: %s", e.msg);
+    s[1].all_logits = 0;
     r.n_seqs = 0;
     CHECK(gn_wire_step_check(&r, NULL, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST, "empty");
 
@@ -318,8 +329,166 @@ static void test_step_check(void) {
     resp.logprobs = NULL;
     CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "results without a tensor");
     CHECK(strcmp(gn_wire_code_name(GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE), "TOO_LARGE") == 0 &&
+              strcmp(gn_wire_code_name(GENARM__V1__ERROR_CODE__ERROR_ROW_GONE), "ROW_GONE") == 0 &&
               strcmp(gn_wire_code_name(1000), "UNKNOWN") == 0,
           "code names");
+}
+
+/* Little-endian bytes of n int32 / float values. */
+static void le32(uint8_t *dst, const void *src, size_t n) {
+    const uint8_t *p = src;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        for (int b = 0; b < 4; b++) dst[4 * i + (size_t)b] = (uint8_t)(u >> (8 * b));
+    }
+}
+
+/* Sparse rows in a StepResponse: the checker and gn_wire_sparse_row. */
+static void test_sparse(void) {
+    gn_err e = {0};
+    int32_t ids[5] = {7, 3, 9, 1, 0};
+    float vals[5] = {-0.5f, -1.25f, -2.0f, -0.75f, -3.5f};
+    uint8_t bi[4 * 5 + 1], bv[4 * 5 + 1];
+    le32(bi, ids, 5);
+    le32(bv, vals, 5);
+    uint8_t data[1 * 2 * 4] = {0};
+    Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
+    t.dtype = GENARM__V1__DTYPE__DTYPE_F32;
+    t.rows = 1;
+    t.cols = 2;
+    t.data.data = data;
+    t.data.len = sizeof data;
+    Genarm__V1__SeqResult a = GENARM__V1__SEQ_RESULT__INIT, b = GENARM__V1__SEQ_RESULT__INIT,
+                          d = GENARM__V1__SEQ_RESULT__INIT;
+    a.seq_id = 1; /* sparse: 3 candidates at 0 */
+    a.n_cand = 3;
+    b.seq_id = 2; /* dense: one row */
+    b.n_rows = 1;
+    d.seq_id = 3; /* sparse: 2 candidates at 3 */
+    d.n_cand = 2;
+    d.cand_offset = 3;
+    Genarm__V1__SeqResult *rp[3] = {&a, &b, &d};
+    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
+    resp.n_results = 3;
+    resp.results = rp;
+    resp.logprobs = &t;
+    resp.cand_ids.data = bi;
+    resp.cand_ids.len = 20;
+    resp.cand_values.data = bv;
+    resp.cand_values.len = 20;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == 0, "sparse + dense response: %s", e.msg);
+    int32_t si[8];
+    float sv[8];
+    const int32_t *gi = NULL;
+    const float *gv = NULL;
+    CHECK(gn_wire_sparse_row(&resp, &d, si, sv, 8, &gi, &gv, &e) == 0 && gi[0] == 1 && gi[1] == 0 &&
+              gv[0] == -0.75f && gv[1] == -3.5f,
+          "second sparse row: %s", e.msg);
+    CHECK(GN_WIRE_HOST_LE ? gi == (const int32_t *)(const void *)(bi + 12) : gi == si, "read in place where aligned");
+    /* Unaligned bytes are converted into the scratch. */
+    uint8_t ui[4 * 5 + 1], uv[4 * 5 + 1];
+    memcpy(ui + 1, bi, 20);
+    memcpy(uv + 1, bv, 20);
+    resp.cand_ids.data = ui + 1;
+    resp.cand_values.data = uv + 1;
+    CHECK(gn_wire_sparse_row(&resp, &a, si, sv, 8, &gi, &gv, &e) == 0 && gi == si && gv == sv && gi[0] == 7 &&
+              gi[2] == 9 && gv[1] == -1.25f,
+          "unaligned: converted: %s", e.msg);
+    CHECK(gn_wire_sparse_row(&resp, &a, si, sv, 2, &gi, &gv, &e) == GN_ERANGE, "scratch too small");
+    resp.cand_ids.data = bi;
+    resp.cand_values.data = bv;
+    CHECK(gn_wire_sparse_row(&resp, &b, si, sv, 8, &gi, &gv, &e) == GN_EFORMAT, "a dense result is not sparse");
+    /* Malformed candidate arrays. */
+    d.n_cand = 3;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "candidates past the end");
+    CHECK(gn_wire_sparse_row(&resp, &d, si, sv, 8, &gi, &gv, &e) == GN_EFORMAT, "reader checks the range too");
+    d.n_cand = 2;
+    d.cand_offset = UINT64_MAX;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "offset overflow");
+    d.cand_offset = 3;
+    d.n_rows = 1;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "a sparse result with dense rows");
+    d.n_rows = 0;
+    resp.cand_values.len = 16;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "ids and values disagree");
+    resp.cand_values.len = 20;
+    resp.cand_ids.len = 19;
+    resp.cand_values.len = 19;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == GN_EFORMAT, "not whole 4-byte entries");
+    resp.cand_ids.len = 20;
+    resp.cand_values.len = 20;
+    /* Only sparse results: no tensor needed. */
+    resp.results = (Genarm__V1__SeqResult *[]){&a, &d};
+    resp.n_results = 2;
+    resp.logprobs = NULL;
+    CHECK(gn_wire_step_resp_check(&resp, &e) == 0, "sparse results need no tensor: %s", e.msg);
+}
+
+/* RowFetch validation and RowFetchResult readers. */
+static void test_fetch(void) {
+    gn_err e = {0};
+    int code;
+    int32_t ids[3] = {4, 5, 6};
+    Genarm__V1__FetchSeq f[2] = {GENARM__V1__FETCH_SEQ__INIT, GENARM__V1__FETCH_SEQ__INIT}, *fp[2] = {&f[0], &f[1]};
+    f[0].seq_id = 1;
+    f[0].seq_len = 10;
+    f[0].ids = ids;
+    f[0].n_ids = 3;
+    f[1].seq_id = 2;
+    f[1].full_row = 1;
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.seqs = fp;
+    rf.n_seqs = 2;
+    CHECK(gn_wire_fetch_check(&rf, NULL, &code, &e) == 0 && code == 0, "valid fetch: %s", e.msg);
+    gn_wire_limits lim = gn_wire_default_limits();
+    lim.max_seqs = 1;
+    CHECK(gn_wire_fetch_check(&rf, &lim, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE,
+          "too many sequences");
+    lim = gn_wire_default_limits();
+    lim.max_tokens = 2;
+    CHECK(gn_wire_fetch_check(&rf, &lim, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE,
+          "too many ids");
+    rf.n_seqs = 0;
+    CHECK(gn_wire_fetch_check(&rf, NULL, &code, &e) != 0 && code == GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST,
+          "no sequences");
+
+    float v[5] = {-1.0f, -2.0f, -3.0f, -4.0f, -5.0f};
+    uint8_t bv[21];
+    le32(bv, v, 5);
+    Genarm__V1__FetchResult r1 = GENARM__V1__FETCH_RESULT__INIT, r2 = GENARM__V1__FETCH_RESULT__INIT;
+    r1.seq_id = 1;
+    r1.n = 3;
+    r2.seq_id = 2;
+    r2.offset = 3;
+    r2.n = 2;
+    Genarm__V1__FetchResult *rp[2] = {&r1, &r2};
+    Genarm__V1__RowFetchResult res = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    res.results = rp;
+    res.n_results = 2;
+    res.values.data = bv;
+    res.values.len = 20;
+    CHECK(gn_wire_fetch_result_check(&res, &e) == 0, "valid result: %s", e.msg);
+    float sc[4];
+    const float *got = NULL;
+    CHECK(gn_wire_fetch_values(&res, &r2, sc, 4, &got, &e) == 0 && got[0] == -4.0f && got[1] == -5.0f,
+          "values of the second: %s", e.msg);
+    uint8_t ub[22];
+    memcpy(ub + 1, bv, 20);
+    res.values.data = ub + 1;
+    CHECK(gn_wire_fetch_values(&res, &r1, sc, 4, &got, &e) == 0 && got == sc && sc[2] == -3.0f,
+          "unaligned: converted");
+    CHECK(gn_wire_fetch_values(&res, &r1, sc, 2, &got, &e) == GN_ERANGE, "scratch too small");
+    res.values.data = bv;
+    r2.n = 3;
+    CHECK(gn_wire_fetch_result_check(&res, &e) == GN_EFORMAT, "values past the end");
+    CHECK(gn_wire_fetch_values(&res, &r2, sc, 4, &got, &e) == GN_EFORMAT, "reader checks the range too");
+    r2.n = 2;
+    r2.offset = UINT64_MAX;
+    CHECK(gn_wire_fetch_result_check(&res, &e) == GN_EFORMAT, "offset overflow");
+    r2.offset = 3;
+    res.values.len = 18;
+    CHECK(gn_wire_fetch_result_check(&res, &e) == GN_EFORMAT, "not whole floats");
 }
 
 /* Every allocation of decode and encode may fail: the call fails cleanly
@@ -403,6 +572,8 @@ int main(void) {
     test_tensor_check();
     test_envelope();
     test_step_check();
+    test_sparse();
+    test_fetch();
     test_alloc_failures();
     test_seq_errors();
     GN_TEST_MAIN_END();
