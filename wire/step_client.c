@@ -2,6 +2,7 @@
 #include "step_client.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -11,8 +12,12 @@
 struct gn_step_client {
     gn_step_client_params p;
     void *ctx;
+    int own_ctx;
     void *sock;
+    void *mon; /* PAIR socket receiving the socket monitor's events, or NULL */
     uint64_t next_id;
+    gn_step_link link;
+    char endpoint[256];
 };
 
 gn_step_client_params gn_step_client_default_params(void) {
@@ -25,6 +30,67 @@ gn_step_client_params gn_step_client_default_params(void) {
     return p;
 }
 
+void *gn_step_context_new(void) { return zmq_ctx_new(); }
+
+void gn_step_context_free(void *ctx) {
+    if (ctx)
+        zmq_ctx_term(ctx);
+}
+
+/* Watches the connection of c->sock: the monitor publishes events on an
+ * inproc PAIR that gn_step_clients_wait reads. Without it (monitor setup
+ * failed) the client still works; only dead peers are then found by timeouts. */
+static void monitor_start(gn_step_client *c) {
+    char addr[64];
+    snprintf(addr, sizeof addr, "inproc://gn-step-mon-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, addr, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED) != 0)
+        return;
+    void *m = zmq_socket(c->ctx, ZMQ_PAIR);
+    int linger = 0;
+    if (m && zmq_setsockopt(m, ZMQ_LINGER, &linger, sizeof linger) == 0 && zmq_connect(m, addr) == 0) {
+        c->mon = m;
+        return;
+    }
+    if (m)
+        zmq_close(m);
+    zmq_socket_monitor(c->sock, NULL, 0);
+}
+
+/* Reads every pending monitor event into c->link. */
+static void monitor_drain(gn_step_client *c) {
+    while (c->mon) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&event, zmq_msg_data(&ev), 2); /* host order: the monitor's own layout */
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) { /* the second frame: the endpoint */
+            zmq_msg_t x;
+            zmq_msg_init(&x);
+            if (zmq_msg_recv(&x, c->mon, 0) < 0) {
+                zmq_msg_close(&x);
+                break;
+            }
+            more = zmq_msg_more(&x);
+            zmq_msg_close(&x);
+        }
+        if (event == ZMQ_EVENT_CONNECTED && !c->link.connected) {
+            c->link.connected = 1;
+            c->link.since_ms = gn_wire_now_ms();
+        } else if ((event == ZMQ_EVENT_DISCONNECTED || event == ZMQ_EVENT_CLOSED) && c->link.connected) {
+            c->link.connected = 0;
+            c->link.disconnects++;
+            c->link.since_ms = gn_wire_now_ms();
+        }
+    }
+}
+
 gn_step_client *gn_step_client_create(const char *endpoint, const gn_step_client_params *p,
                                       gn_err *err) {
     gn_step_client *c = gn_calloc(1, sizeof *c);
@@ -33,14 +99,22 @@ gn_step_client *gn_step_client_create(const char *endpoint, const gn_step_client
         return NULL;
     }
     c->p = p ? *p : gn_step_client_default_params();
+    snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    c->link.since_ms = gn_wire_now_ms();
     /* Request ids start at a clock-derived value so a restarted client does
      * not collide with replies still in flight for its predecessor. */
     c->next_id = ((uint64_t)gn_wire_now_ms() << 20) | 1;
-    if (!(c->ctx = zmq_ctx_new()) || !(c->sock = zmq_socket(c->ctx, ZMQ_DEALER))) {
+    c->ctx = c->p.zmq_ctx;
+    if (!c->ctx) {
+        c->ctx = zmq_ctx_new();
+        c->own_ctx = 1;
+    }
+    if (!c->ctx || !(c->sock = zmq_socket(c->ctx, ZMQ_DEALER))) {
         gn_errf(err, GN_EIO, "zmq socket: %s", zmq_strerror(errno));
         gn_step_client_free(c);
         return NULL;
     }
+    monitor_start(c);
     int linger = 0;
     int64_t maxmsg = (int64_t)c->p.limits.max_frame_bytes;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
@@ -59,11 +133,55 @@ gn_step_client *gn_step_client_create(const char *endpoint, const gn_step_client
 void gn_step_client_free(gn_step_client *c) {
     if (!c)
         return;
+    if (c->mon) {
+        zmq_socket_monitor(c->sock, NULL, 0);
+        zmq_close(c->mon);
+    }
     if (c->sock)
         zmq_close(c->sock);
-    if (c->ctx)
+    if (c->ctx && c->own_ctx)
         zmq_ctx_term(c->ctx);
     gn_free(c);
+}
+
+const char *gn_step_client_endpoint(const gn_step_client *c) { return c->endpoint; }
+
+void gn_step_client_link(gn_step_client *c, gn_step_link *out) {
+    monitor_drain(c);
+    *out = c->link;
+}
+
+int gn_step_clients_wait(gn_step_client *const *cs, int n, int timeout_ms, unsigned char *readable,
+                         gn_err *err) {
+    enum { MAXC = 256 };
+    if (n < 0 || n > MAXC)
+        return gn_errf(err, GN_EINVAL, "step clients: %d to wait for (at most %d)", n, MAXC);
+    zmq_pollitem_t it[2 * MAXC];
+    int idx[2 * MAXC], ni = 0;
+    for (int i = 0; i < n; i++) {
+        readable[i] = 0;
+        it[ni] = (zmq_pollitem_t){cs[i]->sock, 0, ZMQ_POLLIN, 0};
+        idx[ni++] = i;
+        if (cs[i]->mon) {
+            it[ni] = (zmq_pollitem_t){cs[i]->mon, 0, ZMQ_POLLIN, 0};
+            idx[ni++] = -1 - i;
+        }
+    }
+    int rc = zmq_poll(it, ni, timeout_ms < 0 ? 0 : timeout_ms);
+    if (rc < 0 && errno != EINTR)
+        return gn_errf(err, GN_EIO, "poll: %s", zmq_strerror(errno));
+    int got = 0;
+    for (int k = 0; rc > 0 && k < ni; k++) {
+        if (!(it[k].revents & ZMQ_POLLIN))
+            continue;
+        if (idx[k] >= 0) {
+            readable[idx[k]] = 1;
+            got++;
+        } else {
+            monitor_drain(cs[-1 - idx[k]]);
+        }
+    }
+    return got;
 }
 
 int gn_step_client_send_raw(gn_step_client *c, const void *buf, size_t len, gn_err *err) {
@@ -178,6 +296,34 @@ int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
         *reply = env;
         return 0;
     }
+}
+
+int gn_step_client_recv_any(gn_step_client *c, int timeout_ms, gn_wire_env **reply,
+                            uint64_t *request_id, gn_err *err) {
+    *reply = NULL;
+    *request_id = 0;
+    zmq_msg_t m;
+    int rc = recv_frame(c, gn_wire_now_ms() + timeout_ms, &m, err);
+    if (rc)
+        return rc;
+    gn_wire_env *env = NULL;
+    int code;
+    uint64_t rid;
+    rc = gn_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), &c->p.limits, &env, &code, &rid, err);
+    zmq_msg_close(&m);
+    *request_id = rid;
+    if (rc)
+        return GN_EFORMAT;
+    if ((env->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
+         gn_wire_step_resp_check(env->step_result, err) != 0) ||
+        (env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT &&
+         gn_wire_fetch_result_check(env->fetch_result, err) != 0)) {
+        gn_wire_env_free(env);
+        gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)rid);
+        return GN_EFORMAT;
+    }
+    *reply = env;
+    return 0;
 }
 
 int gn_step_client_call(gn_step_client *c, gn_wire_env *env, int timeout_ms, gn_wire_env **reply,

@@ -3,8 +3,17 @@
  * backoff. Sends and receives are split so a caller can fan a step out to
  * several workers and then gather each reply with a deadline.
  *
- * Replies are matched by request id; replies to earlier requests that timed
- * out arrive late and are dropped. No call blocks longer than its timeout.
+ * Replies are matched by request id: gn_step_client_recv waits for one id
+ * (replies to earlier requests that timed out arrive late and are dropped);
+ * gn_step_client_recv_any hands over whatever arrives, so several requests
+ * (one per ARM version on one worker, heartbeats) can be in flight on one
+ * socket, and gn_step_clients_wait polls many clients at once. No call blocks
+ * longer than its timeout.
+ *
+ * Link state: every client watches its connection (a ZeroMQ socket monitor),
+ * so a worker that dies — its TCP or ipc connection drops — is known at once
+ * (gn_step_client_link: `disconnects` grows), not after a timeout. A stalled
+ * worker keeps its connection: the caller's heartbeats tell that one.
  *
  * Thread-safety: one client is used by one thread at a time (ZeroMQ sockets
  * are not thread-safe); use one client per thread per worker. */
@@ -18,6 +27,8 @@
 #include "wire.h"
 
 typedef struct gn_step_client_params {
+    void *zmq_ctx;            /* a ZeroMQ context to share (all of a coordinator's clients), or
+                                 NULL: the client makes its own */
     int send_timeout_ms;      /* a send waits at most this for queue room, default 1000 */
     int reconnect_ivl_ms;     /* first reconnect delay, default 100 */
     int reconnect_ivl_max_ms; /* backoff cap, default 2000 */
@@ -25,6 +36,12 @@ typedef struct gn_step_client_params {
 } gn_step_client_params;
 
 gn_step_client_params gn_step_client_default_params(void);
+
+/* A ZeroMQ context for clients to share (gn_step_client_params.zmq_ctx):
+ * one set of I/O threads for all of a process's links. NULL on failure.
+ * Free it after every client using it. */
+void *gn_step_context_new(void);
+void gn_step_context_free(void *ctx); /* NULL is a no-op */
 
 typedef struct gn_step_client gn_step_client;
 
@@ -56,6 +73,35 @@ int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
  * (gn_malloc'd, caller frees). Returns 0 or GN_EIO ("timeout..."). */
 int gn_step_client_recv_raw(gn_step_client *c, int timeout_ms, uint8_t **buf, size_t *len,
                             gn_err *err);
+
+/* Waits at most timeout_ms for the next reply, whatever its request id, and
+ * decodes it into *reply (free with gn_wire_env_free). StepResponses and
+ * RowFetchResults are validated (gn_wire_step_resp_check,
+ * gn_wire_fetch_result_check): one that fails is returned as GN_EFORMAT with
+ * *request_id set, so the caller can fail that request. Returns 0, GN_EIO
+ * ("timeout") when nothing came, GN_EFORMAT. */
+int gn_step_client_recv_any(gn_step_client *c, int timeout_ms, gn_wire_env **reply,
+                            uint64_t *request_id, gn_err *err);
+
+/* The connection as the socket monitor last reported it (events are read by
+ * gn_step_clients_wait and gn_step_client_link). */
+typedef struct gn_step_link {
+    int connected;          /* 1 while a connection to the worker is up */
+    uint64_t disconnects;   /* connections lost so far: a request sent before the count grew
+                               will never be answered */
+    int64_t since_ms;       /* gn_wire_now_ms of the last change (creation at first) */
+} gn_step_link;
+void gn_step_client_link(gn_step_client *c, gn_step_link *out);
+
+/* Polls clients cs[0..n) at most timeout_ms (0: just look) for replies and
+ * connection events; reads the events (updating each link) and sets
+ * readable[i] = 1 where a reply is waiting. Returns the number of readable
+ * clients (0 on timeout) or GN_EIO. n <= 256. */
+int gn_step_clients_wait(gn_step_client *const *cs, int n, int timeout_ms, unsigned char *readable,
+                         gn_err *err);
+
+/* The endpoint the client connects to. */
+const char *gn_step_client_endpoint(const gn_step_client *c);
 
 /* send + recv. */
 int gn_step_client_call(gn_step_client *c, gn_wire_env *env, int timeout_ms, gn_wire_env **reply,
