@@ -289,6 +289,9 @@ static int parse_common(const char *k, const json_t *v, gn_oai_request *r, gn_oa
         }
     } else if (strcmp(k, "ignore_eos") == 0) {
         if ((rc = get_bool(v, k, &r->ignore_eos, e))) return rc;
+    } else if (strcmp(k, "return_tokens_as_token_ids") == 0) {
+        if (json_is_null(v)) return 1;
+        if ((rc = get_bool(v, k, &r->token_ids, e))) return rc;
     } else if (strcmp(k, "user") == 0) {
         if (json_is_null(v)) return 1;
         if ((rc = get_str(v, k, &r->user, NULL, e))) return rc;

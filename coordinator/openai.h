@@ -19,7 +19,7 @@
  * GenARM extensions: `profile` (a tenant's preference profile by name) or
  * `reward_models: [{"name","weight"}]` with an optional `beta` (also allowed
  * with a profile, where it overrides the profile's β); `top_k`, `min_p` and
- * `ignore_eos` as in vLLM.
+ * `ignore_eos` and `return_tokens_as_token_ids` as in vLLM.
  *
  * Thread-safety: every function is reentrant (jansson is thread-safe). */
 #ifndef GN_OPENAI_H
@@ -85,6 +85,8 @@ typedef struct gn_oai_request {
     int stream;         /* 0/1 */
     int include_usage;  /* stream_options.include_usage */
     int ignore_eos;     /* extension */
+    int token_ids;      /* return_tokens_as_token_ids (as vLLM): each logprobs token, and each
+                           alternative, is written "token_id:<id>" instead of its text */
     char *user;         /* NULL when absent; <= 256 bytes */
     char profile[GN_OAI_ID_MAX]; /* "" when absent */
     gn_oai_arm arms[GN_OAI_MAX_ARMS]; /* reward_models */

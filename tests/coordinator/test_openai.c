@@ -87,6 +87,8 @@ static const bad_case bad[] = {
     {C, "{\"model\":\"m\",\"prompt\":\"a\",\"temprature\":1}", 400, "temprature", "unknown_parameter"},
     {C, "{\"model\":\"m\",\"prompt\":\"a\",\"messages\":[]}", 400, "messages", "unknown_parameter"},
     {C, "{\"model\":\"m\",\"prompt\":\"a\",\"ignore_eos\":1}", 400, "ignore_eos", "invalid_type"},
+    {C, "{\"model\":\"m\",\"prompt\":\"a\",\"return_tokens_as_token_ids\":\"yes\"}", 400,
+     "return_tokens_as_token_ids", "invalid_type"},
     {H, "{\"model\":\"m\"}", 400, "messages", "missing_required_parameter"},
     {H, "{\"model\":\"m\",\"messages\":\"hi\"}", 400, "messages", "invalid_type"},
     {H, "{\"model\":\"m\",\"messages\":[]}", 400, "messages", "invalid_value"},
@@ -135,7 +137,7 @@ static void test_good(void) {
     const char *b = "{\"model\":\"tiny\",\"prompt\":[\"Hello\"],\"max_tokens\":7,\"temperature\":0,\"top_p\":0.5,"
                     "\"top_k\":-1,\"min_p\":0.1,\"n\":2,\"stop\":[\"\\n\",\"END\"],\"seed\":-1,\"logprobs\":2,"
                     "\"stream\":true,\"stream_options\":{\"include_usage\":true},\"user\":\"u1\",\"ignore_eos\":true,"
-                    "\"reward_models\":[{\"name\":\"hh\",\"weight\":0.5},{\"name\":\"safe\"}],\"beta\":2,"
+                    "\"return_tokens_as_token_ids\":true,\"reward_models\":[{\"name\":\"hh\",\"weight\":0.5},{\"name\":\"safe\"}],\"beta\":2,"
                     "\"frequency_penalty\":0,\"logit_bias\":{},\"echo\":false,\"best_of\":1}";
     gn_oai_request r;
     gn_oai_error e;
@@ -152,7 +154,8 @@ static void test_good(void) {
                     GN_OAI_HAS_MIN_P | GN_OAI_HAS_SEED | GN_OAI_HAS_BETA),
           "has bits 0x%x", r.has);
     CHECK(r.n_stop == 2 && strcmp(r.stop[0], "\n") == 0 && strcmp(r.stop[1], "END") == 0, "stop");
-    CHECK(r.seed == UINT64_MAX && r.logprobs == 2 && r.stream && r.include_usage && r.ignore_eos, "seed/flags");
+    CHECK(r.seed == UINT64_MAX && r.logprobs == 2 && r.stream && r.include_usage && r.ignore_eos && r.token_ids,
+          "seed/flags");
     CHECK(r.user && strcmp(r.user, "u1") == 0, "user");
     CHECK(r.n_arms == 2 && strcmp(r.arms[0].name, "hh") == 0 && r.arms[0].weight == 0.5 &&
               strcmp(r.arms[1].name, "safe") == 0 && r.arms[1].weight == 1.0 && r.beta == 2,
