@@ -47,11 +47,15 @@
  *     token is then the one exact mode picks.
  * Reported log-probs (temperature 1, no filters, like exact mode) are
  * certified to logprob_tol, and the top alternatives only when no unknown
- * token could rank among them. When something cannot be proved the result
+ * token could rank among them. Sparse log-probs are s(v) - S - log Z_K (the
+ * known tokens' mass at T = 1): the truth lies at most log(1 + M_1 / Z_K)
+ * <= logprob_tol below them. When something cannot be proved the result
  * says what would settle it: the values some models lack for listed tokens
- * (NEED_VALUES, cheap to fetch), else whole rows (NEED_ROWS). Nothing is
- * drawn then and the rng is untouched, so asking again after the fetch gives
- * the same draw as if the values had been there at once.
+ * (NEED_VALUES, cheap to fetch; every such value, so that once they are
+ * appended to the rows the answer is never NEED_VALUES again), else whole
+ * rows (NEED_ROWS; also when the missing values would outnumber 2 n_vocab).
+ * Nothing is drawn then and the rng is untouched, so asking again after the
+ * fetch gives the same draw as if the values had been there at once.
  *
  * A dense row mixed with sparse rows (weight != 0) is NEED_ROWS for the sparse
  * ones: a step is either all dense or all sparse.
@@ -107,7 +111,8 @@ typedef struct gn_draw_result {
     int n_top;                           /* alternatives reported (<= n_top asked, <= n_vocab) */
     int32_t top_ids[GN_DRAW_MAX_TOP];    /* most likely first, ties: lower id first */
     float top_logprobs[GN_DRAW_MAX_TOP];
-    double bound;                        /* sparse DONE: the certified TV bound; dense: 0 */
+    double bound;                        /* sparse DONE: the certified TV bound; dense and
+                                            greedy: 0 (greedy draws exact mode's token) */
     /* NEED_VALUES: model m (0 = base, 1 + i = ARM i) lacks the values of the
      * n_missing[m] tokens in missing[m] (drawer scratch, valid until the next
      * call on the drawer). */
@@ -122,6 +127,10 @@ typedef struct gn_drawer gn_drawer;
 /* Scratch for n_vocab columns. NULL and err on failure. */
 gn_drawer *gn_drawer_create(int n_vocab, gn_err *err);
 void gn_drawer_free(gn_drawer *d); /* NULL is a no-op */
+
+/* The combined score row (n_vocab floats) of the last dense draw on d (for
+ * observers of the single-process loop); valid until the next call on d. */
+const float *gn_drawer_scores(const gn_drawer *d);
 
 /* Draws the next token from rows[0] (base) and rows[1 + i] (ARM i, for
  * i < p->guidance.n_arms; rows of weight 0 are not read). On DONE the rng has
