@@ -158,7 +158,7 @@ static size_t spec_numel(const spec *s) {
 
 /* Generates and writes specs[lo, hi) into one safetensors file. */
 static int write_specs(const char *path, const spec *specs, int lo, int hi, gn_dtype dt,
-                       uint64_t seed, double std, gn_err *err) {
+                       uint64_t seed, double std, double head_std, gn_err *err) {
     int n = hi - lo, rc = 0;
     gn_st_write_tensor *w = gn_calloc((size_t)(n ? n : 1), sizeof *w);
     void **bufs = gn_calloc((size_t)(n ? n : 1), sizeof *bufs);
@@ -175,7 +175,7 @@ static int write_specs(const char *path, const spec *specs, int lo, int hi, gn_d
             goto done;
         }
         double mean = s->kind == K_NORM ? 1.0 : 0.0;
-        double sd = s->kind == K_NORM ? 0.1 : std;
+        double sd = s->kind == K_NORM ? 0.1 : strcmp(s->name, "lm_head.weight") == 0 ? head_std : std;
         fill_tensor(bufs[i], dt, numel, s->name, seed, mean, sd);
         w[i].name = s->name;
         w[i].dtype = dt;
@@ -193,13 +193,16 @@ done:
     return rc;
 }
 
+/* The output head's standard deviation: its own when set, else the weights'. */
+static double head_std(const gn_make_model_params *p) { return p->head_std > 0 ? p->head_std : p->init_std; }
+
 static int write_weights(const gn_make_model_params *p, const char *dir, const spec *specs, int n,
                          gn_err *err) {
     int rc = 0;
     if (p->shards <= 1) {
         char *path = gn_fs_join(dir, "model.safetensors");
         if (!path) return gn_errf(err, GN_ENOMEM, "out of memory");
-        rc = write_specs(path, specs, 0, n, p->dtype, p->seed, p->init_std, err);
+        rc = write_specs(path, specs, 0, n, p->dtype, p->seed, p->init_std, head_std(p), err);
         gn_free(path);
         return rc;
     }
@@ -222,7 +225,7 @@ static int write_weights(const gn_make_model_params *p, const char *dir, const s
             rc = gn_errf(err, GN_ENOMEM, "out of memory");
             break;
         }
-        rc = write_specs(path, specs, lo, hi, p->dtype, p->seed, p->init_std, err);
+        rc = write_specs(path, specs, lo, hi, p->dtype, p->seed, p->init_std, head_std(p), err);
         gn_free(path);
         for (int i = lo; i < hi; i++) {
             names[i] = specs[i].name;
@@ -488,7 +491,7 @@ int gn_make_model(const gn_make_model_params *p, const char *dir, gn_err *err) {
     if (p->dim < 1 || p->dim > 16384 || p->n_layers < 1 || p->n_layers > 256 || p->n_heads < 1 ||
         p->n_heads > 256 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads || p->ffn_dim < 1 ||
         p->ffn_dim > 65536 || p->head_dim < 0 || p->head_dim > 1024 || p->n_vocab < 0 ||
-        p->n_vocab > (1 << 22) || p->shards < 1 || !(p->init_std >= 0) || p->max_pos < 0)
+        p->n_vocab > (1 << 22) || p->shards < 1 || !(p->init_std >= 0) || !(p->head_std >= 0) || p->max_pos < 0)
         return gn_errf(err, GN_EINVAL,
                        "bad model shape: dim %d layers %d heads %d kv-heads %d (must divide heads) "
                        "head-dim %d ffn %d vocab %d shards %d",

@@ -37,6 +37,9 @@ typedef struct gn_make_model_params {
     int tied;           /* tie_word_embeddings: -1 = arch default (qwen2/qwen3 1, others 0) */
     int shards;         /* 1 = model.safetensors, K > 1 = K shards + model.safetensors.index.json */
     float init_std;     /* standard deviation of weights, default 0.02 */
+    float head_std;     /* of lm_head.weight (untied models): 0 = init_std. A larger one gives
+                           peaked next-token distributions, as trained models have (benchmarks
+                           of the sparse exchange); the default gives nearly flat ones */
     const char *tokenizer_from; /* directory with tokenizer.json (+ tokenizer_config.json), or a
                                    tokenizer.json path; NULL = generate a byte-level BPE tokenizer */
     int tok_merges;     /* generated tokenizer: number of BPE merges, default 254 (512 ids in all) */

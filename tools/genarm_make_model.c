@@ -25,6 +25,7 @@ static void usage(FILE *f) {
             "  --dtype bf16|f16|f32  stored dtype (bf16)\n"
             "  --seed S           random seed (1)\n"
             "  --std X            weight standard deviation (0.02)\n"
+            "  --head-std X       lm_head standard deviation (default: --std); larger = peaked rows\n"
             "  --tied 0|1         tie_word_embeddings (qwen2/qwen3: 1, others 0)\n"
             "  --shards K         write K shards + model.safetensors.index.json (1)\n"
             "  --tokenizer-from P copy tokenizer.json (+ tokenizer_config.json) from dir or file P\n"
@@ -71,6 +72,14 @@ int main(int argc, char **argv) {
                 return 2;
             }
             p.init_std = (float)d;
+        } else if (!strcmp(f, "--head-std")) {
+            char *end;
+            double d = strtod(v, &end);
+            if (*end || end == v || !(d > 0 && d < 100)) {
+                fprintf(stderr, "genarm-make-model: --head-std: '%s' is not a number in (0, 100)\n", v);
+                return 2;
+            }
+            p.head_std = (float)d;
         } else if (!strcmp(f, "--seed")) {
             char *end;
             errno = 0;

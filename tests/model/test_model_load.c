@@ -257,6 +257,41 @@ static void test_sharded_and_tied(void) {
     gn_model_free(m);
 }
 
+/* head_std draws lm_head alone with its own standard deviation: every other
+ * tensor keeps its bytes. */
+static void test_head_std(void) {
+    gn_make_model_params p = gn_make_model_default_params();
+    p.arch = "llama";
+    p.dtype = GN_F32;
+    char d1[512], d2[512];
+    make("head_plain", &p, d1, sizeof d1);
+    p.head_std = 0.5f;
+    make("head_peaked", &p, d2, sizeof d2);
+    gn_err e = {0};
+    gn_model *a = load(d1, g_host, NULL, 0, &e), *b = load(d2, g_host, NULL, 0, &e);
+    CHECK(a && b, "load head_std models: %s", e.msg);
+    if (a && b) {
+        named *ta = calloc(512, sizeof *ta), *tb = calloc(512, sizeof *tb);
+        int na = list_tensors(a, ta), nb = list_tensors(b, tb), others_same = na == nb, head_differs = 0;
+        for (int i = 0; i < na && i < nb; i++) {
+            int same = same_tensor(&ta[i].t, &tb[i].t);
+            if (strcmp(ta[i].name, "lm_head.weight") == 0) head_differs = !same;
+            else others_same &= same;
+        }
+        CHECK(others_same && head_differs, "only lm_head changes (%d tensors)", na);
+        const gn_tensor *h = &gn_model_weights(b)->lm_head;
+        size_t n = (size_t)h->rows * (size_t)h->cols;
+        double ss = 0;
+        for (size_t i = 0; i < n; i++) ss += (double)((const float *)h->data)[i] * ((const float *)h->data)[i];
+        double sd = sqrt(ss / (double)n);
+        CHECK(fabs(sd - 0.5) < 0.01, "lm_head standard deviation %.4f, want 0.5", sd);
+        free(ta);
+        free(tb);
+    }
+    gn_model_free(a);
+    gn_model_free(b);
+}
+
 /* Models carrying the real tokenizers unpacked by tests/tokenizer (Llama-2,
  * Llama-3, Qwen3), with Qwen3's padded vocabulary. */
 static void test_real_tokenizers(void) {
@@ -712,6 +747,7 @@ int main(void) {
     g_copy->is_host = 0; /* same host memory, but the loader must alloc + upload every tensor */
     test_arches();
     test_sharded_and_tied();
+    test_head_std();
     test_rss();
     test_real_tokenizers();
     test_lora_merge(GN_BF16, "llama");
