@@ -2,8 +2,15 @@
  * process, without sockets: sequence rules (new / unknown / rewind / ahead),
  * per-sequence errors beside successful ones, capacity, release and
  * release_after, idle expiry on an explicit clock, the packed tensor against
- * gn_runner_step, and allocation-failure loops over gn_host_create and
- * gn_host_step (a failed step keeps no new sequence and changes no length). */
+ * gn_runner_step; batches of several requests in one forward pass (each
+ * request's rows == the same sequence stepped alone, a seq_id stepped twice in
+ * one batch refused); sparse rows (candidates == the top-K of the dense row,
+ * floor / row_min / tail_lse) and fetches of the kept row (listed ids, full
+ * row, ROW_GONE after the next step or a release, TOKEN_RANGE); and
+ * allocation-failure loops over gn_host_create, gn_host_step and
+ * gn_host_step_batch (a failed step keeps no new sequence and changes no
+ * length). */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,6 +209,247 @@ static void test_alloc_failures(void) {
     gn_host_free(h);
 }
 
+/* Reference top-k of a row: largest first, ties by lower id. */
+static int cmp_desc(const void *a, const void *b, const float *row) {
+    int ia = *(const int *)a, ib = *(const int *)b;
+    if (row[ia] != row[ib]) return row[ia] > row[ib] ? -1 : 1;
+    return ia < ib ? -1 : 1;
+}
+static const float *g_sort_row;
+static int cmp_ids(const void *a, const void *b) { return cmp_desc(a, b, g_sort_row); }
+
+static void check_sparse(const char *what, const gn_wire_step_resp *resp, const Genarm__V1__SeqResult *r,
+                         const float *dense, int k) {
+    gn_err e = {0};
+    const int32_t *ids;
+    const float *vals;
+    int32_t si[64];
+    float sv[64];
+    CHECK(r->n_rows == 0 && r->n_cand == (uint32_t)k, "%s: %u candidates, %u rows", what, r->n_cand, r->n_rows);
+    if (gn_wire_sparse_row(resp, r, si, sv, 64, &ids, &vals, &e) != 0) {
+        CHECK(0, "%s: sparse row: %s", what, e.msg);
+        return;
+    }
+    int *ord = malloc((size_t)g_nout * sizeof *ord);
+    for (int v = 0; v < g_nout; v++) ord[v] = v;
+    g_sort_row = dense;
+    qsort(ord, (size_t)g_nout, sizeof *ord, cmp_ids);
+    int same = 1;
+    for (int j = 0; j < k; j++) same &= ids[j] == ord[j] && memcmp(&vals[j], &dense[ord[j]], 4) == 0;
+    CHECK(same, "%s: candidates == the top-%d of the dense row (ids, values bit for bit)", what, k);
+    float mn = dense[0];
+    double tail = 0;
+    for (int v = 0; v < g_nout; v++) mn = dense[v] < mn ? dense[v] : mn;
+    for (int j = k; j < g_nout; j++) tail += exp((double)dense[ord[j]]);
+    CHECK(r->cand_floor == dense[ord[k]] && r->row_min == mn, "%s: floor %g (want %g), row_min %g (want %g)", what,
+          r->cand_floor, dense[ord[k]], r->row_min, mn);
+    double lse = log(tail);
+    CHECK(r->tail_lse >= lse - 1e-6 && r->tail_lse <= lse + 1e-4, "%s: tail_lse %.7f vs exact %.7f", what,
+          r->tail_lse, lse);
+    free(ord);
+}
+
+/* Fetches from h: one sequence, listed ids or the full row. */
+static int fetch1(gn_host *h, uint64_t id, uint32_t len, const int32_t *ids, int n_ids, int full,
+                  Genarm__V1__RowFetchResult *res, gn_err *e) {
+    Genarm__V1__FetchSeq fs = GENARM__V1__FETCH_SEQ__INIT, *fp = &fs;
+    fs.seq_id = id;
+    fs.seq_len = len;
+    fs.ids = (int32_t *)ids;
+    fs.n_ids = (size_t)n_ids;
+    fs.full_row = full;
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.seqs = &fp;
+    rf.n_seqs = 1;
+    Genarm__V1__RowFetchResult r0 = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    *res = r0;
+    return gn_host_fetch(h, NULL, &rf, res, e);
+}
+
+static void test_batch_sparse_fetch(void) {
+    gn_err e = {0};
+    gn_host_params hp = gn_host_default_params();
+    hp.max_seqs = 8;
+    hp.max_batch_seqs = 2; /* smaller than a batch below: the scratch grows */
+    gn_host *h = gn_host_create(g_m, &hp, &e);
+    CHECK(h != NULL, "host: %s", e.msg);
+    if (!h) return;
+    int32_t toks[8] = {3, 14, 15, 92, 65, 35, 89, 79};
+    /* Alone: the dense rows of sequences 1 (3 tokens) and 2 (5 tokens). */
+    float *alone = malloc(2 * (size_t)g_nout * sizeof(float));
+    req_buf b;
+    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
+    for (int i = 0; i < 2; i++) {
+        uint64_t id = 1 + (uint64_t)i;
+        uint32_t pos = 0;
+        int nt = 3 + 2 * i;
+        CHECK(gn_host_step(h, mk(&b, 1, &id, &pos, toks, &nt, GN_F32), 0, &resp, &e) == 0 && resp.n_results == 1,
+              "alone %d: %s", i, e.msg);
+        memcpy(alone + (size_t)i * (size_t)g_nout, resp.logprobs->data.data, (size_t)g_nout * sizeof(float));
+        CHECK(resp.pass_seqs == 1, "a pass of one");
+    }
+    gn_host_release(h, (uint64_t[]){1, 2}, 2);
+    uint64_t p0, s0;
+    gn_host_counters(h, &p0, &s0);
+
+    /* One batch of three requests: [11 dense (3 tok), 12 sparse (5 tok)],
+     * [21 dense bf16 (5 tok)], [31 sparse (3 tok), 11 again]. */
+    req_buf b1, b2, b3;
+    gn_wire_step_req *r1 = mk(&b1, 2, (uint64_t[]){11, 12}, (uint32_t[]){0, 0}, toks, (int[]){3, 5}, GN_F32);
+    b1.s[1].top_k = 5;
+    gn_wire_step_req *r2 = mk(&b2, 1, (uint64_t[]){21}, (uint32_t[]){0}, toks, (int[]){5}, GN_BF16);
+    gn_wire_step_req *r3 = mk(&b3, 2, (uint64_t[]){31, 11}, (uint32_t[]){0, 0}, toks, (int[]){3, 3}, GN_F32);
+    b3.s[0].top_k = 7;
+    const gn_wire_step_req *reqs[3] = {r1, r2, r3};
+    gn_wire_step_resp rs[3] = {GENARM__V1__STEP_RESPONSE__INIT, GENARM__V1__STEP_RESPONSE__INIT,
+                               GENARM__V1__STEP_RESPONSE__INIT};
+    gn_wire_step_resp *rp[3] = {&rs[0], &rs[1], &rs[2]};
+    int codes[3];
+    gn_err errs[3];
+    gn_host_step_batch(h, NULL, reqs, 3, rp, codes, errs, 10);
+    CHECK(codes[0] == 0 && codes[1] == 0 && codes[2] == 0, "batch: %s %s %s", errs[0].msg, errs[1].msg, errs[2].msg);
+    uint64_t p1, s1;
+    gn_host_counters(h, &p1, &s1);
+    CHECK(p1 == p0 + 1 && s1 == s0 + 4, "one pass of 4 sequences (%llu passes, %llu seqs)",
+          (unsigned long long)(p1 - p0), (unsigned long long)(s1 - s0));
+    for (int i = 0; i < 3; i++) {
+        CHECK(rs[i].pass_seqs == 4 && rs[i].compute_us > 0, "request %d: pass_seqs %u", i, rs[i].pass_seqs);
+        CHECK(gn_wire_step_resp_check(&rs[i], &e) == 0, "request %d checks: %s", i, e.msg);
+    }
+    CHECK(rs[0].n_results == 2 && rs[0].results[0]->seq_id == 11 && rs[0].results[0]->n_rows == 1 &&
+              rs[0].results[0]->row_offset == 0 && rs[0].results[1]->seq_id == 12 && rs[0].logprobs->rows == 1,
+          "request 0: a dense and a sparse result, one row");
+    CHECK(memcmp(rs[0].logprobs->data.data, alone, (size_t)g_nout * sizeof(float)) == 0,
+          "batched dense row == stepped alone (bit for bit)");
+    check_sparse("request 0 sparse", &rs[0], rs[0].results[1], alone + g_nout, 5);
+    CHECK(rs[1].n_results == 1 && rs[1].logprobs->rows == 1 && rs[1].logprobs->dtype == GENARM__V1__DTYPE__DTYPE_BF16,
+          "request 1: its own dtype");
+    {
+        float got[2048];
+        CHECK(g_nout <= 2048 && gn_wire_unpack_f32(rs[1].logprobs->data.data, rs[1].logprobs->data.len, GN_BF16,
+                                                   (size_t)g_nout, got, &e) == 0,
+              "bf16 unpack");
+        int ok = 1;
+        for (int v = 0; v < g_nout && v < 2048; v++)
+            ok &= fabsf(got[v] - alone[g_nout + v]) <= fabsf(alone[g_nout + v]) / 128 + 1e-6f;
+        CHECK(ok, "request 1's bf16 row == the row alone, rounded");
+    }
+    CHECK(rs[2].n_results == 1 && rs[2].results[0]->seq_id == 31 && rs[2].n_errors == 1 &&
+              rs[2].errors[0]->seq_id == 11 && rs[2].errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST &&
+              rs[2].logprobs->rows == 0,
+          "request 2: seq 11 stepped twice in one batch refused; 31 sparse");
+    check_sparse("request 2 sparse", &rs[2], rs[2].results[0], alone, 7);
+    CHECK(gn_host_seq_len(h, 11) == 3, "11 stepped once");
+
+    /* Fetch the kept rows. */
+    Genarm__V1__RowFetchResult fr;
+    const float *v = NULL;
+    float sc[16];
+    int32_t ids[4] = {0, 17, (int32_t)g_nout - 1, 5};
+    CHECK(fetch1(h, 12, 5, ids, 4, 0, &fr, &e) == 0 && fr.n_results == 1 && fr.n_errors == 0 &&
+              gn_wire_fetch_result_check(&fr, &e) == 0 && gn_wire_fetch_values(&fr, fr.results[0], sc, 16, &v, &e) == 0,
+          "fetch ids: %s", e.msg);
+    int same = v != NULL;
+    for (int j = 0; same && j < 4; j++) same = memcmp(&v[j], &alone[g_nout + ids[j]], 4) == 0;
+    CHECK(same, "fetched values == the dense row");
+    CHECK(fetch1(h, 12, 5, NULL, 0, 1, &fr, &e) == 0 && fr.n_results == 1 && fr.results[0]->n == (uint32_t)g_nout &&
+              fr.values.len == (size_t)g_nout * 4 && memcmp(fr.values.data, alone + g_nout, (size_t)g_nout * 4) == 0,
+          "full row == the dense row");
+    int32_t bad[2] = {1, g_nout};
+    CHECK(fetch1(h, 12, 5, bad, 2, 0, &fr, &e) == 0 && fr.n_results == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE,
+          "an id past the row: TOKEN_RANGE");
+    CHECK(fetch1(h, 12, 4, ids, 1, 0, &fr, &e) == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+          "another seq_len: ROW_GONE");
+    CHECK(fetch1(h, 21, 5, ids, 1, 0, &fr, &e) == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+          "a dense step keeps no row: ROW_GONE");
+    /* The next step of 12 (dense) drops its row; a release drops 31's. */
+    uint64_t id12 = 12;
+    uint32_t pos12 = 5;
+    int nt1 = 1;
+    CHECK(gn_host_step(h, mk(&b, 1, &id12, &pos12, toks, &nt1, GN_F32), 20, &resp, &e) == 0 && resp.n_results == 1,
+          "12 steps on");
+    CHECK(fetch1(h, 12, 5, ids, 1, 0, &fr, &e) == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+          "after the next step: ROW_GONE");
+    CHECK(fetch1(h, 31, 3, ids, 1, 0, &fr, &e) == 0 && fr.n_results == 1, "31's row still held");
+    gn_host_release(h, (uint64_t[]){31}, 1);
+    CHECK(fetch1(h, 31, 3, ids, 1, 0, &fr, &e) == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+          "after release: ROW_GONE");
+    /* top_k above the row width lists every token: floor and tail -inf. */
+    uint64_t id40 = 40;
+    uint32_t pos40 = 0;
+    req_buf b4;
+    gn_wire_step_req *r4 = mk(&b4, 1, &id40, &pos40, toks, &nt1, GN_F32);
+    b4.s[0].top_k = 100000;
+    CHECK(gn_host_step(h, r4, 30, &resp, &e) == 0 && resp.n_results == 1 &&
+              resp.results[0]->n_cand == (uint32_t)g_nout && isinf(resp.results[0]->cand_floor) &&
+              resp.results[0]->cand_floor < 0 && isinf(resp.results[0]->tail_lse),
+          "top_k over the width: every token listed");
+    free(alone);
+    gn_host_free(h);
+}
+
+/* A batch whose allocations fail: every request with a sequence fails, no
+ * new sequence is kept, held ones keep their lengths. */
+static void test_batch_alloc_failures(void) {
+    gn_err e = {0};
+    gn_host_params hp = gn_host_default_params();
+    hp.max_seqs = 6;
+    hp.max_batch_seqs = 1;
+    hp.runner.n_blocks = 64;
+    gn_host *h = gn_host_create(g_m, &hp, &e);
+    CHECK(h != NULL, "host: %s", e.msg);
+    if (!h) return;
+    int32_t toks[6] = {1, 2, 3, 4, 5, 6};
+    req_buf b0;
+    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_host_step(h, mk(&b0, 1, (uint64_t[]){9}, (uint32_t[]){0}, toks, (int[]){2}, GN_F32), 0, &resp, &e) == 0,
+          "held sequence");
+    int ok = 0, fails = 0;
+    for (long n = 0; n < 400; n++) {
+        req_buf b1, b2;
+        gn_wire_step_req *r1 = mk(&b1, 2, (uint64_t[]){1, 9}, (uint32_t[]){0, 2}, toks, (int[]){4, 1}, GN_F16);
+        b1.s[0].top_k = 3;
+        gn_wire_step_req *r2 = mk(&b2, 1, (uint64_t[]){2}, (uint32_t[]){0}, toks, (int[]){6}, GN_F32);
+        const gn_wire_step_req *reqs[2] = {r1, r2};
+        gn_wire_step_resp rs[2] = {GENARM__V1__STEP_RESPONSE__INIT, GENARM__V1__STEP_RESPONSE__INIT};
+        gn_wire_step_resp *rp[2] = {&rs[0], &rs[1]};
+        int codes[2];
+        gn_err errs[2];
+        gn_alloc_fail_after(n);
+        gn_host_step_batch(h, NULL, reqs, 2, rp, codes, errs, 0);
+        gn_alloc_fail_after(-1);
+        if (!codes[0] && !codes[1] && rs[0].n_errors == 0 && rs[1].n_errors == 0) {
+            ok = rs[0].n_results == 2 && rs[1].n_results == 1 && gn_host_seq_len(h, 9) == 3 &&
+                 gn_host_seq_len(h, 1) == 4 && rs[0].results[0]->n_cand == 3;
+            break;
+        }
+        fails++;
+        if (codes[0] || codes[1]) {
+            if (gn_host_n_seqs(h) != 1 || gn_host_seq_len(h, 9) != 2) {
+                CHECK(0, "failed batch (alloc %ld) left %d sequences, 9 at %d", n, gn_host_n_seqs(h),
+                      gn_host_seq_len(h, 9));
+                break;
+            }
+        } else { /* a sequence failed alone (its own allocation): undo the others */
+            gn_host_release(h, (uint64_t[]){1, 2}, 2);
+            if (gn_host_seq_len(h, 9) == 3) gn_host_release(h, (uint64_t[]){9}, 1);
+            if (gn_host_seq_len(h, 9) < 0 &&
+                gn_host_step(h, mk(&b0, 1, (uint64_t[]){9}, (uint32_t[]){0}, toks, (int[]){2}, GN_F32), 0, &resp,
+                             &e) != 0) {
+                CHECK(0, "re-create 9: %s", e.msg);
+                break;
+            }
+        }
+    }
+    CHECK(ok && fails > 3, "batch survives allocation failures (%d points)", fails);
+    gn_host_free(h);
+}
+
 int main(void) {
     char root[] = "/tmp/gn_test_host_XXXXXX";
     if (!mkdtemp(root)) {
@@ -224,7 +472,9 @@ int main(void) {
     if (g_m) {
         g_nout = gn_model_n_out(g_m);
         test_rules();
+        test_batch_sparse_fetch();
         test_alloc_failures();
+        test_batch_alloc_failures();
     }
     gn_model_free(g_m);
     gn_backend_free(be);
