@@ -12,6 +12,7 @@
 #include "gn_alloc.h"
 #include "model.h"
 #include "prompt_model.h"
+#include "token_report.h"
 #include "tokenizer.h"
 
 #define N_MODELS_MAX (1 + GN_INPROC_MAX_ARMS)
@@ -71,54 +72,11 @@ static int on_text(void *ud, int seq, int32_t token, const char *text, size_t le
     return atomic_load(&rc->jb->cancelled) ? 1 : 0;
 }
 
-static float finite_lp(double v) { return isfinite(v) ? (float)v : -9999.0f; }
-
-/* Log-probability of the sampled token under log_softmax(score) and the top
- * alternatives, handed to the sink (logprobs requests only). */
-static void report_logprobs(gn_inproc *x, job *jb, const gn_gen_step_info *info) {
-    const gn_oai_request *r = jb->j.req;
-    int k = r->logprobs > r->top_logprobs ? r->logprobs : r->top_logprobs;
-    if (k > GN_OAI_MAX_TOP) k = GN_OAI_MAX_TOP;
-    const float *sc = info->score;
-    int n = info->n_vocab;
-    double mx = -INFINITY;
-    for (int v = 0; v < n; v++)
-        if (sc[v] > mx) mx = sc[v];
-    double sum = 0;
-    for (int v = 0; v < n; v++) sum += exp((double)sc[v] - mx);
-    double lse = mx + log(sum);
-    int top[GN_OAI_MAX_TOP];
-    int nt = 0;
-    for (int v = 0; v < n && k > 0; v++) { /* insertion into the k best, ties to the lower id */
-        if (nt == k && !(sc[v] > sc[top[nt - 1]])) continue;
-        int pos = nt < k ? nt++ : k - 1;
-        while (pos > 0 && sc[v] > sc[top[pos - 1]]) {
-            top[pos] = top[pos - 1];
-            pos--;
-        }
-        top[pos] = v;
-    }
-    const gn_tokenizer *t = gn_generator_tokenizer(x->gen);
-    char *texts[GN_OAI_MAX_TOP + 1] = {0};
-    size_t lens[GN_OAI_MAX_TOP + 1] = {0};
-    gn_oai_top tops[GN_OAI_MAX_TOP];
-    gn_err err;
-    for (int i = 0; i <= nt; i++) {
-        int32_t id = i == 0 ? info->token : top[i - 1];
-        if (gn_tok_decode(t, &id, 1, 0, &texts[i], &lens[i], &err)) texts[i] = NULL, lens[i] = 0;
-    }
-    for (int i = 0; i < nt; i++)
-        tops[i] = (gn_oai_top){texts[i + 1] ? texts[i + 1] : "", lens[i + 1], finite_lp(sc[top[i]] - lse)};
-    gn_oai_logprob lp = {{texts[0] ? texts[0] : "", lens[0], finite_lp(sc[info->token] - lse)}, nt, tops};
-    jb->sink->token(jb->sink, info->seq, &lp);
-    for (int i = 0; i <= nt; i++) gn_free(texts[i]);
-}
-
 static void on_step(void *ud, const gn_gen_step_info *info) {
     run_ctx *rc = ud;
     if (info->seq >= 0 && info->seq < GN_OAI_MAX_N) rc->jb->n_tokens[info->seq]++;
     if (rc->jb->j.req->logprobs >= 0 && rc->jb->sink->token && !atomic_load(&rc->jb->cancelled))
-        report_logprobs(rc->x, rc->jb, info);
+        gn_token_report(rc->jb->sink, info->seq, gn_generator_tokenizer(rc->x->gen), info->draw);
 }
 
 static void run_job(gn_inproc *x, job *jb) {
@@ -170,6 +128,11 @@ static void run_job(gn_inproc *x, job *jb) {
             q->n_stop = r->n_stop;
             q->ignore_eos = r->ignore_eos;
             q->guidance = &g;
+            if (r->logprobs >= 0) { /* the token's log-prob and the alternatives asked for */
+                int k = r->logprobs > r->top_logprobs ? r->logprobs : r->top_logprobs;
+                q->want_logprob = 1;
+                q->n_top = k < 0 ? 0 : k > GN_DRAW_MAX_TOP ? GN_DRAW_MAX_TOP : k;
+            }
         }
         run_ctx ctx = {x, jb};
         gn_gen_callbacks cb = {on_text, on_step, &ctx};

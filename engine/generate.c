@@ -1,5 +1,6 @@
-/* generate.c — the single-process GenARM loop: step every model, combine,
- * sample, append; plus streaming text with stop strings, and ARM scoring. */
+/* generate.c — the single-process GenARM loop: step every model, draw the
+ * next token (draw.h: combine + sample on dense rows), append; plus streaming
+ * text with stop strings, and ARM scoring. */
 #define _GNU_SOURCE /* memmem */
 #include "generate.h"
 
@@ -212,8 +213,8 @@ struct gn_generator {
     const gn_tokenizer *tok;
     int eos[GN_MAX_EOS + 1];
     int n_eos;
-    gn_sampler *sampler;
-    float *score; /* (n_vocab) */
+    gn_drawer *drawer;  /* combine + sample (+ log-probs) of every step */
+    gn_row_view *views; /* (n_models) one sequence's rows, all dense */
 };
 
 void gn_generator_free(gn_generator *g) {
@@ -224,8 +225,8 @@ void gn_generator_free(gn_generator *g) {
             gn_runner_free(g->runners[i]);
     gn_free(g->runners);
     gn_free(g->models);
-    gn_sampler_free(g->sampler);
-    gn_free(g->score);
+    gn_drawer_free(g->drawer);
+    gn_free(g->views);
     gn_free(g);
 }
 
@@ -315,8 +316,8 @@ gn_generator *gn_generator_create(gn_model *base, gn_model *const *arms, int n_a
     g->max_seqs = rpar.max_seqs > 0 ? rpar.max_seqs : 64;
     g->models = gn_calloc((size_t)g->n_models, sizeof *g->models);
     g->runners = gn_calloc((size_t)g->n_models, sizeof *g->runners);
-    g->score = gn_malloc((size_t)n_vocab * sizeof *g->score);
-    if (!g->models || !g->runners || !g->score)
+    g->views = gn_calloc((size_t)g->n_models, sizeof *g->views);
+    if (!g->models || !g->runners || !g->views)
         goto oom;
     g->ctx_limit = rpar.max_ctx > 0 ? rpar.max_ctx : 4096;
     for (int mi = 0; mi < g->n_models; mi++) {
@@ -332,8 +333,8 @@ gn_generator *gn_generator_create(gn_model *base, gn_model *const *arms, int n_a
             return NULL;
         }
     }
-    g->sampler = gn_sampler_create(n_vocab, err);
-    if (!g->sampler) {
+    g->drawer = gn_drawer_create(n_vocab, err);
+    if (!g->drawer) {
         gn_generator_free(g);
         return NULL;
     }
@@ -372,6 +373,7 @@ typedef struct gseq {
     int idx; /* request index */
     const gn_gen_request *req;
     gn_guidance guid; /* resolved profile */
+    gn_draw_params dp; /* guid, the request's sampling and log-prob asks */
     gn_seq **kv;      /* (n_models) one KV sequence per model */
     int32_t **prompt; /* (n_models) prompt ids per model */
     int *n_prompt;    /* (n_models) */
@@ -429,6 +431,14 @@ static int gseq_setup(gn_generator *g, gseq *s, const gn_gen_request *q, int idx
                        q->max_tokens);
     if (!q->prompt_ids && !q->prompt && !q->prompts)
         return gn_errf(err, GN_EINVAL, "request %d: no prompt", idx);
+    if (q->n_top < 0 || q->n_top > GN_DRAW_MAX_TOP)
+        return gn_errf(err, GN_EINVAL, "request %d: n_top must be in 0..%d (got %d)", idx,
+                       GN_DRAW_MAX_TOP, q->n_top);
+    s->dp = gn_draw_default_params();
+    s->dp.guidance = s->guid;
+    s->dp.sampling = q->sampling;
+    s->dp.want_logprob = q->want_logprob != 0;
+    s->dp.n_top = q->n_top;
     gn_rng_seed(&s->rng, q->sampling.seed);
 
     s->kv = gn_calloc((size_t)nm, sizeof *s->kv);
@@ -540,7 +550,8 @@ static int step_models(gn_generator *g, gseq *seqs, int n, int first, gn_step_it
     return 0;
 }
 
-/* Combines, samples and appends one token for every active sequence. */
+/* Draws (draw.h, dense rows: combine + sample) and appends one token for
+ * every active sequence. */
 static int sample_all(gn_generator *g, gseq *seqs, int n, float **rows, const float **arm_rows,
                       const gn_gen_callbacks *cb, double t0, gn_err *err) {
     const int nv = g->n_vocab;
@@ -551,19 +562,31 @@ static int sample_all(gn_generator *g, gseq *seqs, int n, float **rows, const fl
         const float *base_row = rows[0] + (size_t)s->row * nv;
         for (int i = 0; i + 1 < g->n_models; i++)
             arm_rows[i] = rows[i + 1] + (size_t)s->row * nv;
-        gn_guidance_combine(&s->guid, base_row, arm_rows, g->score, nv);
-        int tok = gn_sampler_sample(g->sampler, &s->req->sampling, &s->rng, g->score, nv, err);
-        if (tok < 0)
+        for (int mi = 0; mi < g->n_models; mi++)
+            g->views[mi].dense = mi == 0 ? base_row : arm_rows[mi - 1];
+        gn_draw_result dr;
+        int rc = gn_draw(g->drawer, &s->dp, g->views, &s->rng, &dr, err);
+        if (rc < 0)
             return gn_err_prefix(err, "request %d: ", s->idx);
+        if (dr.status != GN_DRAW_DONE) /* dense rows always draw */
+            return gn_errf(err, GN_EINVAL, "request %d: the draw asked for rows (status %d)",
+                           s->idx, dr.status);
+        const int32_t tok = dr.token;
         if (s->n_tokens == 0)
             s->ttft_ms = now_ms() - t0;
         s->tokens[s->n_tokens++] = tok;
         if (cb && cb->on_step) {
-            gn_gen_step_info info = {s->idx,   s->n_tokens - 1, tok,      nv,
-                                     g->score, base_row,        arm_rows, g->n_models - 1};
+            gn_gen_step_info info = {s->idx,
+                                     s->n_tokens - 1,
+                                     tok,
+                                     nv,
+                                     gn_drawer_scores(g->drawer),
+                                     base_row,
+                                     arm_rows,
+                                     g->n_models - 1,
+                                     &dr};
             cb->on_step(cb->ud, &info);
         }
-        int rc;
         if (!s->req->ignore_eos && is_eos(g, tok)) {
             if ((rc = gseq_finish(g, s, "stop", cb, t0, err)))
                 return rc;

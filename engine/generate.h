@@ -12,6 +12,9 @@
  *     token = sample(score; T, top-k, top-p, min-p, rng)        (sampler.h)
  *     append token to every model's sequence
  *
+ * where the middle two lines are one gn_draw on dense rows (draw.h: the same
+ * draw every backend makes, which also reports the log-probs asked for)
+ *
  * run for a batch of sequences at once (each runner step carries every active
  * sequence). Models are stepped one after another here; the per-model steps
  * are independent, which is what the distributed service fans out.
@@ -28,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "draw.h"
 #include "gn_err.h"
 #include "guidance.h"
 #include "model.h"
@@ -106,6 +110,10 @@ typedef struct gn_gen_request {
     int ignore_eos;              /* 1: EOS ids do not stop generation */
     const gn_guidance *guidance; /* this request's weights and β (n_arms must match the
                                     generator's); NULL = the generator's profile */
+    int want_logprob;            /* 1: each step's draw reports the token's log-prob (T = 1,
+                                    log_softmax(score)); default 0 */
+    int n_top;                   /* 0..GN_DRAW_MAX_TOP most likely alternatives to report per
+                                    step (on_step's info->draw); default 0 */
 } gn_gen_request;
 
 gn_gen_request gn_gen_default_request(void);
@@ -135,6 +143,8 @@ typedef struct gn_gen_step_info {
     const float *base_lp;       /* the base model's log-probs */
     const float *const *arm_lp; /* each ARM's log-probs, n_arms rows */
     int n_arms;
+    const gn_draw_result *draw; /* the step's draw: token, and the log-prob and top
+                                   alternatives when the request asked for them */
 } gn_gen_step_info;
 
 typedef struct gn_gen_callbacks {
