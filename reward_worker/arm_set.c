@@ -37,8 +37,30 @@ typedef struct arm_entry {
     int n_out;
     int is_current;
     int draining; /* superseded or unloaded: no new sequences, freed when empty */
+    int batch_ref; /* a sequence of the batch now being routed goes to it: not collected */
     Genarm__V1__ModelRef ref;
 } arm_entry;
+
+/* Per-sequence Error entries of several responses: each response owns the
+ * range of its sequences. Sized before a batch adds anything. */
+typedef struct err_pool {
+    size_t cap;
+    Genarm__V1__Error *e;
+    Genarm__V1__Error **p;
+    char (*msg)[ERR_MSG_MAX];
+} err_pool;
+
+/* One request of a batch. */
+typedef struct req_state {
+    size_t seq_base;       /* its sequences' first entry in the per-sequence arrays */
+    int sub_begin, sub_end;/* its sub-requests */
+    int explicit_k, cur;   /* resolution of (name, version) */
+    int merge;             /* assembled from several sub-requests (or with routing errors) */
+    gn_dtype dt;
+    size_t byte_off, cand_off; /* a merged request's slices of bytes / cand */
+    size_t cand_total;         /* and its candidates */
+    uint64_t cols;             /* a merged request's row width */
+} req_state;
 
 struct gn_arms {
     gn_backend *be;
@@ -49,23 +71,40 @@ struct gn_arms {
     backbone *bb;    /* (max_models) */
     int n_used;
     uint64_t gen;
-    /* Per-step scratch for split requests, sized max_req_seqs. */
-    int *seq_entry;                 /* entry index of each request sequence, -1 = own error */
-    int *group_of_entry;            /* (max_models) group index, -1 = none */
-    int *group_entry;               /* (max_models) entry of each group */
-    Genarm__V1__SeqStep **sub;      /* (max_req_seqs) sub-request sequence pointers */
-    size_t *gcount;                 /* (max_models) each group's results (in res from gcursor) */
-    int *gcode;                     /* (max_models) each group's whole-step code */
-    char (*gmsg)[ERR_MSG_MAX];      /* (max_models) and message */
-    int *gcursor;                   /* (max_models) first result of each group in res */
-    Genarm__V1__SeqResult *res;     /* (max_req_seqs) merged reply */
+    /* Per-batch scratch for seq_cap sequences (over as many requests and
+     * sub-requests), sized at create for max_batch_seqs, grown on demand. */
+    size_t seq_cap;
+    req_state *rq;                  /* (seq_cap) per request */
+    int *seq_entry;                 /* (seq_cap) entry of each request sequence, -1 = refused */
+    Genarm__V1__SeqStep **sub_seqs; /* (seq_cap) sub-request sequences, contiguous per sub-request */
+    gn_wire_step_req *sub;          /* (seq_cap) one sub-request per (request, entry) */
+    int *sub_entry, *sub_req, *sub_pos; /* (seq_cap) its entry, request, and place in host order */
+    size_t *sub_cur;                /* (seq_cap) results of a sub-request taken so far (merging) */
+    gn_wire_step_resp *sub_resp;    /* (seq_cap) in host order */
+    const gn_wire_step_req **h_req; /* (seq_cap) host-order arguments of gn_host_step_batch */
+    gn_wire_step_resp **h_resp;
+    const gn_lora_adapter **h_ad;
+    int *h_code;
+    gn_err *h_err;
+    Genarm__V1__SeqResult *res;     /* (seq_cap) merged replies' results */
     Genarm__V1__SeqResult **res_ptr;
-    gn_wire_seq_errors *errors;     /* (max_req_seqs) merged error replies */
-    Genarm__V1__Tensor tensor;
-    uint8_t *bytes;     /* the merged rows, in request order */
+    err_pool errs;                  /* (seq_cap) per-sequence errors of every request */
+    Genarm__V1__Tensor *tensor;     /* (seq_cap) merged replies' tensors */
+    uint8_t *bytes;                 /* merged rows, each merged request's slice */
     size_t bytes_cap;
-    uint8_t *stage;     /* each group's rows as they come (group order) */
-    size_t stage_cap;
+    uint8_t *cand;                  /* merged candidates: ids then values of each merged request */
+    size_t cand_cap;
+    gn_host **pass_host;            /* (2 * max_models) hosts that ran a pass in the last batch */
+    int *pass_seqs;                 /* (2 * max_models) and their sequences */
+    int n_passes;
+    uint64_t passes, passes_seqs;
+    /* Fetch (version 0: one host call per sequence, merged here). */
+    size_t f_cap;
+    Genarm__V1__FetchResult *f_res;
+    Genarm__V1__FetchResult **f_ptr;
+    err_pool f_errs;
+    uint8_t *f_vals;
+    size_t f_vals_cap;
     /* Versions whose load on demand failed (tokenizer mismatch, broken files):
      * refused from memory for REFUSE_MS instead of reloading on every step. */
     struct {
@@ -80,7 +119,8 @@ struct gn_arms {
 #define REFUSE_MS 10000
 
 gn_arms_params gn_arms_default_params(void) {
-    gn_arms_params p = {.host = gn_host_default_params(), .max_models = 16, .max_req_seqs = 256};
+    gn_arms_params p = {.host = gn_host_default_params(), .max_models = 16, .max_req_seqs = 256,
+                        .max_batch_seqs = 256};
     return p;
 }
 
@@ -95,6 +135,120 @@ int gn_arms_name_valid(const char *s) {
             return 0;
     }
     return 1;
+}
+
+/* ---- scratch ------------------------------------------------------------------ */
+
+static void pool_free(err_pool *ep) {
+    gn_free(ep->e);
+    gn_free(ep->p);
+    gn_free(ep->msg);
+    memset(ep, 0, sizeof *ep);
+}
+
+static int pool_reserve(err_pool *ep, size_t n) {
+    if (n <= ep->cap) return 0;
+    err_pool np = {0};
+    np.e = gn_calloc(n, sizeof *np.e);
+    np.p = gn_calloc(n, sizeof *np.p);
+    np.msg = gn_calloc(n, sizeof *np.msg);
+    if (!np.e || !np.p || !np.msg) {
+        pool_free(&np);
+        return GN_ENOMEM;
+    }
+    np.cap = n;
+    pool_free(ep);
+    *ep = np;
+    return 0;
+}
+
+/* Appends an error to the list *list / *n that starts at pool entry base. */
+static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
+                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
+                     const char *fmt, ...) {
+    size_t k = base + *n;
+    if (k >= ep->cap) return; /* cannot happen: at most one per sequence, reserved */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ep->msg[k], ERR_MSG_MAX, fmt, ap);
+    va_end(ap);
+    Genarm__V1__Error er = GENARM__V1__ERROR__INIT;
+    er.code = (Genarm__V1__ErrorCode)code;
+    er.message = ep->msg[k];
+    er.seq_id = seq_id;
+    er.has_seq = 1;
+    ep->e[k] = er;
+    ep->p[k] = &ep->e[k];
+    *list = &ep->p[base];
+    (*n)++;
+}
+
+static void free_batch(gn_arms *a) {
+    gn_free(a->rq);
+    gn_free(a->seq_entry);
+    gn_free(a->sub_seqs);
+    gn_free(a->sub);
+    gn_free(a->sub_entry);
+    gn_free(a->sub_req);
+    gn_free(a->sub_pos);
+    gn_free(a->sub_cur);
+    gn_free(a->sub_resp);
+    gn_free(a->h_req);
+    gn_free(a->h_resp);
+    gn_free(a->h_ad);
+    gn_free(a->h_code);
+    gn_free(a->h_err);
+    gn_free(a->res);
+    gn_free(a->res_ptr);
+    pool_free(&a->errs);
+    gn_free(a->tensor);
+    a->rq = NULL;
+    a->seq_entry = a->sub_entry = a->sub_req = a->sub_pos = a->h_code = NULL;
+    a->sub_seqs = NULL;
+    a->sub_cur = NULL;
+    a->sub = NULL;
+    a->sub_resp = NULL;
+    a->h_req = NULL;
+    a->h_resp = NULL;
+    a->h_ad = NULL;
+    a->h_err = NULL;
+    a->res = NULL;
+    a->res_ptr = NULL;
+    a->tensor = NULL;
+    a->seq_cap = 0;
+}
+
+/* Per-batch scratch for n sequences (and as many requests and sub-requests);
+ * contents need not survive. */
+static int reserve_batch(gn_arms *a, size_t n) {
+    if (n <= a->seq_cap) return 0;
+    free_batch(a);
+    a->rq = gn_calloc(n, sizeof *a->rq);
+    a->seq_entry = gn_calloc(n, sizeof *a->seq_entry);
+    a->sub_seqs = gn_calloc(n, sizeof *a->sub_seqs);
+    a->sub = gn_calloc(n, sizeof *a->sub);
+    a->sub_entry = gn_calloc(n, sizeof *a->sub_entry);
+    a->sub_req = gn_calloc(n, sizeof *a->sub_req);
+    a->sub_pos = gn_calloc(n, sizeof *a->sub_pos);
+    a->sub_cur = gn_calloc(n, sizeof *a->sub_cur);
+    a->sub_resp = gn_calloc(n, sizeof *a->sub_resp);
+    a->h_req = gn_calloc(n, sizeof *a->h_req);
+    a->h_resp = gn_calloc(n, sizeof *a->h_resp);
+    a->h_ad = gn_calloc(n, sizeof *a->h_ad);
+    a->h_code = gn_calloc(n, sizeof *a->h_code);
+    a->h_err = gn_calloc(n, sizeof *a->h_err);
+    a->res = gn_calloc(n, sizeof *a->res);
+    a->res_ptr = gn_calloc(n, sizeof *a->res_ptr);
+    a->tensor = gn_calloc(n, sizeof *a->tensor);
+    if (!a->rq || !a->seq_entry || !a->sub_seqs || !a->sub || !a->sub_entry || !a->sub_req || !a->sub_pos || !a->sub_cur ||
+        !a->sub_resp || !a->h_req || !a->h_resp || !a->h_ad || !a->h_code || !a->h_err || !a->res ||
+        !a->res_ptr || !a->tensor || pool_reserve(&a->errs, n)) {
+        free_batch(a);
+        return GN_ENOMEM;
+    }
+    a->seq_cap = n;
+    return 0;
 }
 
 gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *pin, gn_arms_resolve_fn resolve,
@@ -114,23 +268,13 @@ gn_arms *gn_arms_create(gn_backend *be, const gn_arms_params *pin, gn_arms_resol
     a->p = p;
     a->resolve = resolve;
     a->resolve_ud = resolve_ud;
-    size_t nm = (size_t)p.max_models, ns = (size_t)p.max_req_seqs;
+    size_t nm = (size_t)p.max_models;
     a->e = gn_calloc(nm, sizeof *a->e);
     a->bb = gn_calloc(nm, sizeof *a->bb);
-    a->seq_entry = gn_calloc(ns, sizeof *a->seq_entry);
-    a->group_of_entry = gn_calloc(nm, sizeof *a->group_of_entry);
-    a->group_entry = gn_calloc(nm, sizeof *a->group_entry);
-    a->sub = gn_calloc(ns, sizeof *a->sub);
-    a->gcount = gn_calloc(nm, sizeof *a->gcount);
-    a->gcode = gn_calloc(nm, sizeof *a->gcode);
-    a->gmsg = gn_calloc(nm, sizeof *a->gmsg);
-    a->gcursor = gn_calloc(nm, sizeof *a->gcursor);
-    a->res = gn_calloc(ns, sizeof *a->res);
-    a->res_ptr = gn_calloc(ns, sizeof *a->res_ptr);
-    a->errors = gn_wire_seq_errors_create((int)ns);
-    if (!a->e || !a->bb || !a->seq_entry || !a->group_of_entry || !a->group_entry || !a->sub || !a->gcount ||
-        !a->gcode || !a->gmsg || !a->gcursor || !a->res || !a->res_ptr ||
-        !a->errors) {
+    a->pass_host = gn_calloc(2 * nm, sizeof *a->pass_host);
+    a->pass_seqs = gn_calloc(2 * nm, sizeof *a->pass_seqs);
+    size_t ns = (size_t)(p.max_batch_seqs > p.max_req_seqs ? p.max_batch_seqs : p.max_req_seqs);
+    if (!a->e || !a->bb || !a->pass_host || !a->pass_seqs || reserve_batch(a, ns)) {
         gn_errf(err, GN_ENOMEM, "arm set: out of memory");
         gn_arms_free(a);
         return NULL;
@@ -170,19 +314,15 @@ void gn_arms_free(gn_arms *a) {
                 entry_free(a, &a->e[i]);
     gn_free(a->e);
     gn_free(a->bb);
-    gn_free(a->seq_entry);
-    gn_free(a->group_of_entry);
-    gn_free(a->group_entry);
-    gn_free(a->sub);
-    gn_free(a->gcount);
-    gn_free(a->gcode);
-    gn_free(a->gmsg);
-    gn_free(a->gcursor);
-    gn_free(a->res);
-    gn_free(a->res_ptr);
-    gn_wire_seq_errors_free(a->errors);
+    free_batch(a);
+    gn_free(a->pass_host);
+    gn_free(a->pass_seqs);
     gn_free(a->bytes);
-    gn_free(a->stage);
+    gn_free(a->cand);
+    gn_free(a->f_res);
+    gn_free(a->f_ptr);
+    pool_free(&a->f_errs);
+    gn_free(a->f_vals);
     gn_free(a);
 }
 
@@ -210,7 +350,7 @@ uint32_t gn_arms_current(const gn_arms *a, const char *name) {
 static void collect(gn_arms *a) {
     for (int i = 0; i < a->p.max_models; i++) {
         arm_entry *e = &a->e[i];
-        if (e->used && e->draining && gn_host_n_seqs_for(e->h, e->ad) == 0) {
+        if (e->used && e->draining && !e->batch_ref && gn_host_n_seqs_for(e->h, e->ad) == 0) {
             gn_wire_log("info", COMP, "event=arm_unloaded arm=%s@%u reason=drained", e->name,
                         e->version);
             entry_free(a, e);
@@ -457,220 +597,454 @@ int gn_arms_unload(gn_arms *a, const char *name, uint32_t version, gn_err *err) 
 
 /* ---- steps -------------------------------------------------------------------- */
 
-/* The entry that serves sequence s of a request for (name, version), or -1
- * with an error added to resp. cur is the current entry (-1 if none). */
-static int route(gn_arms *a, const char *name, int explicit_k, int cur, const Genarm__V1__SeqStep *s,
+/* The entry that serves sequence s of request r, or -1 with an error added
+ * to resp. */
+static int route(gn_arms *a, const char *name, const req_state *r, const Genarm__V1__SeqStep *s,
                  gn_wire_step_resp *resp) {
-    if (explicit_k >= 0) {
-        arm_entry *e = &a->e[explicit_k];
+    if (r->explicit_k >= 0) {
+        arm_entry *e = &a->e[r->explicit_k];
         if (e->draining && gn_host_seq_len_for(e->h, e->ad, s->seq_id) < 0) {
-            gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
-                      "ARM %s@%u is draining (superseded or unloaded) and takes no new "
-                      "sequences; start it on version 0 (current)",
-                      name, e->version);
+            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
+                     GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+                     "ARM %s@%u is draining (superseded or unloaded) and takes no new "
+                     "sequences; start it on version 0 (current)",
+                     name, e->version);
             return -1;
         }
-        return explicit_k;
+        return r->explicit_k;
     }
     for (int i = 0; i < a->p.max_models; i++) /* pinned: the version that holds it */
         if (a->e[i].used && !strcmp(a->e[i].name, name) && gn_host_seq_len_for(a->e[i].h, a->e[i].ad, s->seq_id) >= 0)
             return i;
-    if (cur < 0) {
-        gn_wire_seq_errors_add(a->errors, resp, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
-                  "ARM %s has no current version on this worker", name);
+    if (r->cur < 0) {
+        pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
+                 GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL, "ARM %s has no current version on this worker", name);
         return -1;
     }
-    return cur;
+    return r->cur;
+}
+
+/* Resolves a request's (name, version) to r->explicit_k or r->cur, loading
+ * on demand. Returns 0, or the genarm.v1.ErrorCode of a whole-request
+ * failure with err. */
+static int resolve_req(gn_arms *a, const gn_wire_step_req *req, const char *name, uint32_t version, req_state *r,
+                       gn_err *err) {
+    r->explicit_k = r->cur = -1;
+    if (version) {
+        if ((r->explicit_k = find(a, name, version)) < 0) {
+            gn_err e2 = {0};
+            if (gn_arms_ensure(a, name, version, 0, NULL, &e2) != 0 || (r->explicit_k = find(a, name, version)) < 0) {
+                gn_errf(err, e2.code ? e2.code : GN_ENOTFOUND, "%s", e2.msg[0] ? e2.msg : "ARM not held");
+                return e2.code == GN_ERANGE ? GENARM__V1__ERROR_CODE__ERROR_CAPACITY
+                                            : GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
+            }
+        }
+        return 0;
+    }
+    r->cur = find_current(a, name);
+    int need_current = 0;
+    if (r->cur < 0) /* load on demand only when some sequence is new here */
+        for (size_t i = 0; i < req->n_seqs && !need_current; i++) {
+            need_current = 1;
+            for (int j = 0; j < a->p.max_models; j++)
+                if (a->e[j].used && !strcmp(a->e[j].name, name) &&
+                    gn_host_seq_len_for(a->e[j].h, a->e[j].ad, req->seqs[i]->seq_id) >= 0)
+                    need_current = 0;
+        }
+    if (need_current) {
+        gn_err e2 = {0};
+        int held = 0;
+        for (int j = 0; j < a->p.max_models; j++) held |= a->e[j].used && !strcmp(a->e[j].name, name);
+        if (gn_arms_ensure(a, name, 0, 0, NULL, &e2) == 0) r->cur = find_current(a, name);
+        if (r->cur < 0 && !held) {
+            gn_errf(err, e2.code ? e2.code : GN_ENOTFOUND, "%s", e2.msg[0] ? e2.msg : "ARM not held");
+            return e2.code == GN_ERANGE ? GENARM__V1__ERROR_CODE__ERROR_CAPACITY
+                                        : GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
+        }
+        if (r->cur < 0) gn_wire_log("warn", COMP, "event=arm_load_failed arm=%s msg=\"%s\"", name, e2.msg);
+    }
+    return 0;
+}
+
+/* The sub-request of request r for entry k, or -1. */
+static int sub_of(const gn_arms *a, const req_state *r, int k) {
+    for (int j = r->sub_begin; j < r->sub_end; j++)
+        if (a->sub_entry[j] == k) return j;
+    return -1;
+}
+
+/* 1 when host position p is the first of request r's sub-requests served by
+ * its host (so a pass is counted once per request). */
+static int first_on_host(const gn_arms *a, const req_state *r, int j) {
+    const gn_host *h = a->e[a->sub_entry[j]].h;
+    for (int x = r->sub_begin; x < j; x++)
+        if (a->e[a->sub_entry[x]].h == h && a->h_code[a->sub_pos[x]] == 0) return 0;
+    return 1;
+}
+
+/* Assembles request i's response from several sub-responses (or one with
+ * routing errors beside it): results, rows and candidates in request order. */
+static void merge_request(gn_arms *a, const gn_wire_step_req *req, const char *name, req_state *r,
+                          gn_wire_step_resp *resp, uint64_t cols) {
+    size_t row_bytes = 0, n_cand = 0;
+    gn_wire_tensor_nbytes(r->dt, 1, cols, &row_bytes); /* checked when sizing */
+    for (int j = r->sub_begin; j < r->sub_end; j++) { /* the hosts' own per-sequence refusals */
+        a->sub_cur[j] = 0;
+        int p = a->sub_pos[j];
+        const arm_entry *e = &a->e[a->sub_entry[j]];
+        if (a->h_code[p]) continue;
+        for (size_t x = 0; x < a->h_resp[p]->n_errors; x++)
+            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, a->h_resp[p]->errors[x]->seq_id,
+                     a->h_resp[p]->errors[x]->code, "ARM %s@%u: %s", name, e->version,
+                     a->h_resp[p]->errors[x]->message);
+    }
+    uint64_t out_row = 0;
+    size_t n_res = 0;
+    int first_k = -1;
+    for (size_t q = 0; q < req->n_seqs; q++) {
+        int k = a->seq_entry[r->seq_base + q];
+        if (k < 0) continue;
+        int j = sub_of(a, r, k), p = a->sub_pos[j];
+        const gn_wire_step_resp *hr = a->h_resp[p];
+        uint64_t sid = req->seqs[q]->seq_id;
+        if (a->h_code[p]) {
+            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, sid, a->h_code[p], "ARM %s@%u: %s", name,
+                     a->e[k].version, a->h_err[p].msg);
+            continue;
+        }
+        if (a->sub_cur[j] >= hr->n_results || hr->results[a->sub_cur[j]]->seq_id != sid) continue; /* refused */
+        Genarm__V1__SeqResult rr = *hr->results[a->sub_cur[j]++];
+        rr.model_version = a->e[k].version;
+        if (rr.n_cand) { /* ids block of cand_total entries, then the values block */
+            memcpy(a->cand + r->cand_off + 4 * n_cand, hr->cand_ids.data + 4 * (size_t)rr.cand_offset,
+                   4 * (size_t)rr.n_cand);
+            memcpy(a->cand + r->cand_off + 4 * (r->cand_total + n_cand),
+                   hr->cand_values.data + 4 * (size_t)rr.cand_offset, 4 * (size_t)rr.n_cand);
+            rr.cand_offset = n_cand;
+            n_cand += rr.n_cand;
+        } else if (rr.n_rows) {
+            memcpy(a->bytes + r->byte_off + out_row * row_bytes, hr->logprobs->data.data + rr.row_offset * row_bytes,
+                   (size_t)rr.n_rows * row_bytes);
+            rr.row_offset = out_row;
+            out_row += rr.n_rows;
+        }
+        a->res[r->seq_base + n_res] = rr;
+        a->res_ptr[r->seq_base + n_res] = &a->res[r->seq_base + n_res];
+        n_res++;
+        if (first_k < 0) first_k = k;
+    }
+    resp->results = &a->res_ptr[r->seq_base];
+    resp->n_results = n_res;
+    if (n_cand) {
+        resp->cand_ids.data = a->cand + r->cand_off;
+        resp->cand_ids.len = 4 * n_cand;
+        resp->cand_values.data = a->cand + r->cand_off + 4 * r->cand_total;
+        resp->cand_values.len = 4 * n_cand;
+    } else {
+        resp->cand_ids.data = resp->cand_values.data = NULL;
+        resp->cand_ids.len = resp->cand_values.len = 0;
+    }
+    Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
+    t.dtype = gn_wire_dtype_to_proto(r->dt);
+    t.rows = out_row;
+    t.cols = cols;
+    t.data.data = out_row ? a->bytes + r->byte_off : NULL;
+    t.data.len = (size_t)out_row * row_bytes;
+    a->tensor[r - a->rq] = t;
+    resp->logprobs = &a->tensor[r - a->rq];
+    resp->compute_us = 0; /* the passes that served it ran one after another */
+    resp->pass_seqs = 0;
+    for (int j = r->sub_begin; j < r->sub_end; j++)
+        if (!a->h_code[a->sub_pos[j]] && a->h_resp[a->sub_pos[j]]->pass_seqs && first_on_host(a, r, j)) {
+            resp->compute_us += a->h_resp[a->sub_pos[j]]->compute_us;
+            resp->pass_seqs += a->h_resp[a->sub_pos[j]]->pass_seqs;
+        }
+    int k0 = first_k >= 0 ? first_k
+             : (r->sub_end > r->sub_begin ? a->sub_entry[r->sub_begin] : (r->explicit_k >= 0 ? r->explicit_k : r->cur));
+    resp->model = k0 >= 0 ? &a->e[k0].ref : req->model;
+}
+void gn_arms_step_batch(gn_arms *a, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
+                        int *codes, gn_err *errs, int64_t now_ms) {
+    collect(a);
+    a->n_passes = 0;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += reqs[i]->n_seqs;
+    if (reserve_batch(a, total > (size_t)n ? total : (size_t)n)) {
+        for (int i = 0; i < n; i++) {
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+            gn_errf(&errs[i], GN_ENOMEM, "step scratch for %zu sequences: out of memory", total);
+        }
+        return;
+    }
+
+    /* 1. Resolve each request, route each sequence, and make one sub-request
+     *    per (request, entry): its sequences in request order. */
+    int n_sub = 0;
+    size_t seq_base = 0, sub_seq = 0;
+    for (int i = 0; i < n; i++) {
+        const gn_wire_step_req *req = reqs[i];
+        gn_wire_step_resp *resp = resps[i];
+        req_state *r = &a->rq[i];
+        memset(r, 0, sizeof *r);
+        r->seq_base = seq_base;
+        r->sub_begin = r->sub_end = n_sub;
+        r->explicit_k = r->cur = -1;
+        seq_base += req->n_seqs;
+        codes[i] = 0;
+        errs[i].code = 0;
+        errs[i].msg[0] = 0;
+        resp->results = &a->res_ptr[r->seq_base];
+        resp->n_results = 0;
+        resp->errors = &a->errs.p[r->seq_base];
+        resp->n_errors = 0;
+        resp->model = req->model;
+        for (size_t q = 0; q < req->n_seqs; q++) a->seq_entry[r->seq_base + q] = -1;
+        const char *name = req->model && req->model->name ? req->model->name : "";
+        uint32_t version = req->model ? req->model->version : 0;
+        if (!name[0]) {
+            gn_errf(&errs[i], GN_EINVAL, "a reward worker serves ARMs: StepRequest.model.name is required");
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
+            continue;
+        }
+        if (req->n_seqs > (size_t)a->p.max_req_seqs) {
+            gn_errf(&errs[i], GN_ERANGE, "%zu sequences in one step, this worker takes %d", req->n_seqs,
+                    a->p.max_req_seqs);
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+            continue;
+        }
+        if (gn_wire_dtype_from_proto((int)req->dtype, &r->dt)) {
+            gn_errf(&errs[i], GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_BAD_DTYPE;
+            continue;
+        }
+        if ((codes[i] = resolve_req(a, req, name, version, r, &errs[i])) != 0) continue;
+        for (size_t q = 0; q < req->n_seqs; q++) {
+            int k = route(a, name, r, req->seqs[q], resp);
+            a->seq_entry[r->seq_base + q] = k;
+            if (k < 0 || sub_of(a, r, k) >= 0) continue;
+            a->e[k].batch_ref = 1; /* a load for a later request must not collect it */
+            int j = n_sub++;
+            a->sub_entry[j] = k;
+            a->sub_req[j] = i;
+            a->sub_pos[j] = -1;
+            r->sub_end = n_sub;
+        }
+        for (int j = r->sub_begin; j < r->sub_end; j++) {
+            gn_wire_step_req sr = *req;
+            sr.model = &a->e[a->sub_entry[j]].ref;
+            sr.seqs = &a->sub_seqs[sub_seq];
+            sr.n_seqs = 0;
+            for (size_t q = 0; q < req->n_seqs; q++)
+                if (a->seq_entry[r->seq_base + q] == a->sub_entry[j]) a->sub_seqs[sub_seq + sr.n_seqs++] = req->seqs[q];
+            sub_seq += sr.n_seqs;
+            a->sub[j] = sr;
+        }
+        r->merge = r->sub_end - r->sub_begin != 1 || resp->n_errors > 0;
+    }
+
+    /* 2. One forward pass per host: the sub-requests of a host (full-model
+     *    versions have their own; adapter versions share their backbone's)
+     *    go to it together, each with its adapter. */
+    int pos = 0;
+    for (int j = 0; j < n_sub; j++) {
+        if (a->sub_pos[j] >= 0) continue;
+        gn_host *h = a->e[a->sub_entry[j]].h;
+        int p0 = pos;
+        for (int x = j; x < n_sub; x++) {
+            if (a->sub_pos[x] >= 0 || a->e[a->sub_entry[x]].h != h) continue;
+            a->sub_pos[x] = pos;
+            a->h_req[pos] = &a->sub[x];
+            a->h_ad[pos] = a->e[a->sub_entry[x]].ad;
+            gn_wire_step_resp r0 = GENARM__V1__STEP_RESPONSE__INIT;
+            a->sub_resp[pos] = r0;
+            a->h_resp[pos] = &a->sub_resp[pos];
+            pos++;
+        }
+        uint64_t p_before, s_before, p_after, s_after;
+        gn_host_counters(h, &p_before, &s_before);
+        gn_host_step_batch(h, &a->h_ad[p0], &a->h_req[p0], pos - p0, &a->h_resp[p0], &a->h_code[p0], &a->h_err[p0],
+                           now_ms);
+        gn_host_counters(h, &p_after, &s_after);
+        if (p_after > p_before && a->n_passes < 2 * a->p.max_models) {
+            a->pass_host[a->n_passes] = h;
+            a->pass_seqs[a->n_passes++] = (int)(s_after - s_before);
+            a->passes += p_after - p_before;
+            a->passes_seqs += s_after - s_before;
+        }
+    }
+    for (int j = 0; j < n_sub; j++) {
+        const arm_entry *e = &a->e[a->sub_entry[j]];
+        gn_wire_step_resp *hr = a->h_resp[a->sub_pos[j]];
+        a->e[a->sub_entry[j]].batch_ref = 0;
+        if (a->h_code[a->sub_pos[j]]) continue;
+        hr->model = (Genarm__V1__ModelRef *)&e->ref;
+        for (size_t x = 0; x < hr->n_results; x++) hr->results[x]->model_version = e->version; /* the host's array */
+    }
+
+    /* 3. Each request's response: a single sub-request's as it is; several
+     *    merged into this set's scratch (sized first, then filled). */
+    size_t bytes = 0, cands = 0;
+    for (int i = 0; i < n; i++) {
+        req_state *r = &a->rq[i];
+        if (codes[i] || !r->merge) continue;
+        uint64_t rows = 0, cols = 0;
+        size_t nc = 0;
+        for (int j = r->sub_begin; j < r->sub_end; j++) {
+            int p = a->sub_pos[j];
+            if (a->h_code[p]) continue;
+            const gn_wire_step_resp *hr = a->h_resp[p];
+            if (hr->logprobs && hr->logprobs->cols) {
+                if (cols && hr->logprobs->cols != cols) {
+                    codes[i] = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+                    gn_errf(&errs[i], GN_EMISMATCH, "ARM %s: versions disagree on the vocabulary size",
+                            reqs[i]->model->name);
+                    break;
+                }
+                cols = hr->logprobs->cols;
+                rows += hr->logprobs->rows;
+            }
+            for (size_t x = 0; x < hr->n_results; x++) nc += hr->results[x]->n_cand;
+        }
+        size_t nb;
+        if (!codes[i] && gn_wire_tensor_nbytes(r->dt, rows, cols, &nb)) {
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+            gn_errf(&errs[i], GN_ERANGE, "merged step output of %llu rows overflows", (unsigned long long)rows);
+        }
+        if (codes[i]) continue;
+        r->byte_off = bytes;
+        r->cand_off = cands;
+        r->cand_total = nc;
+        bytes += nb;
+        cands += 8 * nc;
+        r->cols = cols;
+    }
+    int oom = gn_grow((void **)&a->bytes, &a->bytes_cap, bytes + 1) || gn_grow((void **)&a->cand, &a->cand_cap, cands + 1);
+    for (int i = 0; i < n; i++) {
+        req_state *r = &a->rq[i];
+        if (codes[i]) continue;
+        if (!r->merge) { /* straight through: the host's response */
+            int p = a->sub_pos[r->sub_begin];
+            if (a->h_code[p]) {
+                codes[i] = a->h_code[p];
+                errs[i] = a->h_err[p];
+            } else {
+                *resps[i] = *a->h_resp[p];
+            }
+            continue;
+        }
+        if (oom) {
+            codes[i] = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
+            gn_errf(&errs[i], GN_ENOMEM, "merged step output: out of memory");
+            continue;
+        }
+        merge_request(a, reqs[i], reqs[i]->model->name, r, resps[i], r->cols);
+    }
 }
 
 int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wire_step_resp *resp,
                  gn_err *err) {
-    collect(a);
+    int code = 0;
+    gn_err e = {0};
+    gn_arms_step_batch(a, &req, 1, &resp, &code, &e, now_ms);
+    if (code && err) *err = e;
+    return code;
+}
+
+int gn_arms_last_passes(const gn_arms *a, const int **pass_seqs) {
+    if (pass_seqs) *pass_seqs = a->pass_seqs;
+    return a->n_passes;
+}
+
+void gn_arms_counters(const gn_arms *a, uint64_t *forward_passes, uint64_t *pass_seqs_total) {
+    if (forward_passes) *forward_passes = a->passes;
+    if (pass_seqs_total) *pass_seqs_total = a->passes_seqs;
+}
+
+/* ---- fetch ---------------------------------------------------------------------- */
+
+int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFetchResult *res, gn_err *err) {
     const char *name = req->model && req->model->name ? req->model->name : "";
     uint32_t version = req->model ? req->model->version : 0;
     if (!name[0]) {
-        gn_errf(err, GN_EINVAL, "a reward worker serves ARMs: StepRequest.model.name is required");
+        gn_errf(err, GN_EINVAL, "a reward worker serves ARMs: RowFetch.model.name is required");
         return GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
     }
-    if (req->n_seqs > (size_t)a->p.max_req_seqs) {
-        gn_errf(err, GN_ERANGE, "%zu sequences in one step, this worker takes %d", req->n_seqs,
-                a->p.max_req_seqs);
-        return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
-    }
-    int explicit_k = -1, cur = -1;
-    if (version) {
-        if ((explicit_k = find(a, name, version)) < 0) {
-            gn_err e2 = {0};
-            if (gn_arms_ensure(a, name, version, 0, NULL, &e2) != 0 ||
-                (explicit_k = find(a, name, version)) < 0) {
-                gn_errf(err, e2.code ? e2.code : GN_ENOTFOUND, "%s",
-                        e2.msg[0] ? e2.msg : "ARM not held");
-                return e2.code == GN_ERANGE ? GENARM__V1__ERROR_CODE__ERROR_CAPACITY
-                                            : GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
-            }
+    if (version) { /* the version that served the steps: straight to its host */
+        int k = find(a, name, version);
+        if (k < 0) {
+            gn_errf(err, GN_ENOTFOUND, "ARM %s@%u is not held", name, version);
+            return GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
         }
-    } else {
-        cur = find_current(a, name);
-        int need_current = 0;
-        if (cur < 0) /* load on demand only when some sequence is new here */
-            for (size_t i = 0; i < req->n_seqs && !need_current; i++) {
-                need_current = 1;
-                for (int j = 0; j < a->p.max_models; j++)
-                    if (a->e[j].used && !strcmp(a->e[j].name, name) &&
-                        gn_host_seq_len_for(a->e[j].h, a->e[j].ad, req->seqs[i]->seq_id) >= 0)
-                        need_current = 0;
-            }
-        if (need_current) {
-            gn_err e2 = {0};
-            int held = 0;
-            for (int j = 0; j < a->p.max_models; j++)
-                held |= a->e[j].used && !strcmp(a->e[j].name, name);
-            if (gn_arms_ensure(a, name, 0, 0, NULL, &e2) == 0)
-                cur = find_current(a, name);
-            if (cur < 0 && !held) {
-                gn_errf(err, e2.code ? e2.code : GN_ENOTFOUND, "%s",
-                        e2.msg[0] ? e2.msg : "ARM not held");
-                return e2.code == GN_ERANGE ? GENARM__V1__ERROR_CODE__ERROR_CAPACITY
-                                            : GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
-            }
-            if (cur < 0)
-                gn_wire_log("warn", COMP, "event=arm_load_failed arm=%s msg=\"%s\"", name, e2.msg);
-        }
+        return gn_host_fetch(a->e[k].h, a->e[k].ad, req, res, err);
     }
-
-    /* Route every sequence; group by version. */
-    gn_wire_seq_errors_attach(a->errors, resp);
-    resp->n_results = 0;
-    resp->results = a->res_ptr;
-    int n_groups = 0;
-    for (int i = 0; i < a->p.max_models; i++) a->group_of_entry[i] = -1;
+    /* Version 0: each sequence from the version that holds it, one host call
+     * each, the values gathered here. */
+    size_t ns = req->n_seqs ? req->n_seqs : 1, vals = 0;
     for (size_t i = 0; i < req->n_seqs; i++) {
-        int k = route(a, name, explicit_k, cur, req->seqs[i], resp);
-        a->seq_entry[i] = k;
-        if (k >= 0 && a->group_of_entry[k] < 0) {
-            a->group_of_entry[k] = n_groups;
-            a->group_entry[n_groups++] = k;
+        size_t add = req->seqs[i]->full_row ? (size_t)1 << 20 : req->seqs[i]->n_ids;
+        for (int k = 0; k < a->p.max_models && req->seqs[i]->full_row; k++)
+            if (a->e[k].used && !strcmp(a->e[k].name, name)) add = (size_t)a->e[k].n_out;
+        if (gn_size_add(vals, add, &vals)) vals = SIZE_MAX;
+    }
+    if (ns > a->f_cap) {
+        Genarm__V1__FetchResult *fr = gn_calloc(ns, sizeof *fr);
+        Genarm__V1__FetchResult **fp = gn_calloc(ns, sizeof *fp);
+        if (!fr || !fp || pool_reserve(&a->f_errs, ns)) {
+            gn_free(fr);
+            gn_free(fp);
+            gn_errf(err, GN_ENOMEM, "row fetch: out of memory");
+            return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
         }
+        gn_free(a->f_res);
+        gn_free(a->f_ptr);
+        a->f_res = fr;
+        a->f_ptr = fp;
+        a->f_cap = ns;
     }
-    if (n_groups == 1 && resp->n_errors == 0) { /* the common case: straight through */
-        arm_entry *e = &a->e[a->group_entry[0]];
-        int code = gn_host_step_for(e->h, e->ad, req, now_ms, resp, err);
-        resp->model = &e->ref;
-        for (size_t i = 0; code == 0 && i < resp->n_results; i++)
-            resp->results[i]->model_version = e->version; /* the host's own array */
-        return code;
-    }
-
-    /* Split: one sub-request per version. Versions may share a host (LoRA
-     * adapters on one backbone), and a host's reply lives only until its next
-     * step, so each group's rows, results and errors are copied out before
-     * the next group runs; results are then listed in request order. */
-    gn_dtype dt;
-    if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) {
-        gn_errf(err, GN_EINVAL, "dtype %d is not F32, F16 or BF16", (int)req->dtype);
-        return GENARM__V1__ERROR_CODE__ERROR_BAD_DTYPE;
-    }
-    uint64_t row = 0, cols = 0;
-    size_t row_bytes = 0, n_copied = 0;
-    uint64_t compute_us = 0;
-    for (int g = 0; g < n_groups; g++) {
-        arm_entry *e = &a->e[a->group_entry[g]];
-        size_t n = 0;
-        for (size_t i = 0; i < req->n_seqs; i++)
-            if (a->seq_entry[i] == a->group_entry[g])
-                a->sub[n++] = req->seqs[i];
-        gn_wire_step_req sr = *req;
-        sr.model = &e->ref;
-        sr.seqs = a->sub;
-        sr.n_seqs = n;
-        gn_wire_step_resp gr = GENARM__V1__STEP_RESPONSE__INIT;
-        gn_err e2 = {0};
-        a->gcode[g] = gn_host_step_for(e->h, e->ad, &sr, now_ms, &gr, &e2);
-        snprintf(a->gmsg[g], ERR_MSG_MAX, "%.200s", e2.msg);
-        a->gcursor[g] = (int)n_copied; /* its results start here in a->res */
-        a->gcount[g] = 0;
-        compute_us += gr.compute_us;
-        if (a->gcode[g])
-            continue;
-        const Genarm__V1__Tensor *t = gr.logprobs;
-        if (t && t->rows) {
-            if (cols && t->cols != cols) {
-                gn_errf(err, GN_EMISMATCH, "ARM %s: versions disagree on the vocabulary size", name);
-                return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
-            }
-            cols = t->cols;
-            size_t have;
-            if (gn_wire_tensor_nbytes(dt, 1, cols, &row_bytes) ||
-                gn_wire_tensor_nbytes(dt, row + t->rows, cols, &have) ||
-                gn_grow((void **)&a->stage, &a->stage_cap, have + 1)) {
-                gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory",
-                        (unsigned long long)(row + t->rows));
-                return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
-            }
-            memcpy(a->stage + row * row_bytes, t->data.data, (size_t)t->rows * row_bytes);
-        }
-        for (size_t j = 0; j < gr.n_results; j++) {
-            Genarm__V1__SeqResult r = *gr.results[j];
-            r.row_offset += row;
-            r.model_version = e->version;
-            a->res[n_copied++] = r;
-        }
-        a->gcount[g] = gr.n_results;
-        for (size_t j = 0; j < gr.n_errors; j++) /* the host refused these sequences */
-            gn_wire_seq_errors_add(a->errors, resp, gr.errors[j]->seq_id, gr.errors[j]->code, "ARM %s@%u: %s",
-                                   name, e->version, gr.errors[j]->message);
-        row += t ? t->rows : 0;
-    }
-    size_t nbytes = (size_t)row * row_bytes;
-    if (gn_grow((void **)&a->bytes, &a->bytes_cap, nbytes + 1)) {
-        gn_errf(err, GN_ENOMEM, "merged step output of %llu rows: out of memory", (unsigned long long)row);
+    if (vals > SIZE_MAX / 4 - 1 || gn_grow((void **)&a->f_vals, &a->f_vals_cap, 4 * vals + 1)) {
+        gn_errf(err, GN_ENOMEM, "row fetch of %zu values: out of memory", vals);
         return GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
     }
-    size_t n_res = 0;
-    uint64_t out_row = 0;
-    int first_g = -1;
-    for (size_t i = 0; i < req->n_seqs; i++) { /* request order, rows too */
-        int k = a->seq_entry[i];
-        if (k < 0)
-            continue;
-        int g = a->group_of_entry[k];
-        uint64_t sid = req->seqs[i]->seq_id;
-        if (a->gcode[g]) {
-            gn_wire_seq_errors_add(a->errors, resp, sid, a->gcode[g], "ARM %s@%u: %s", name, a->e[k].version,
-                                   a->gmsg[g]);
+    res->results = a->f_ptr;
+    res->n_results = 0;
+    res->errors = a->f_errs.p;
+    res->n_errors = 0;
+    size_t off = 0;
+    for (size_t i = 0; i < req->n_seqs; i++) {
+        Genarm__V1__FetchSeq *fs = req->seqs[i];
+        int k = -1;
+        for (int x = 0; x < a->p.max_models && k < 0; x++)
+            if (a->e[x].used && !strcmp(a->e[x].name, name) && gn_host_seq_len_for(a->e[x].h, a->e[x].ad, fs->seq_id) >= 0)
+                k = x;
+        if (k < 0) {
+            pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id, GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+                     "ARM %s: no version holds the sequence (released or expired)", name);
             continue;
         }
-        for (size_t j = (size_t)a->gcursor[g]; j < (size_t)a->gcursor[g] + a->gcount[g]; j++)
-            if (a->res[j].seq_id == sid) {
-                Genarm__V1__SeqResult *r = &a->res[j];
-                if (r->n_rows)
-                    memcpy(a->bytes + out_row * row_bytes, a->stage + r->row_offset * row_bytes,
-                           (size_t)r->n_rows * row_bytes);
-                r->row_offset = out_row;
-                out_row += r->n_rows;
-                a->res_ptr[n_res++] = r;
-                if (first_g < 0)
-                    first_g = g;
-                break;
-            }
+        Genarm__V1__RowFetch one = *req;
+        one.seqs = &fs;
+        one.n_seqs = 1;
+        Genarm__V1__RowFetchResult hr = GENARM__V1__ROW_FETCH_RESULT__INIT;
+        gn_err e2 = {0};
+        int code = gn_host_fetch(a->e[k].h, a->e[k].ad, &one, &hr, &e2);
+        if (code || hr.n_errors) {
+            pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
+                     code ? code : (int)hr.errors[0]->code, "ARM %s@%u: %s", name, a->e[k].version,
+                     code ? e2.msg : hr.errors[0]->message);
+            continue;
+        }
+        size_t cnt = hr.results[0]->n;
+        if (off + cnt > vals) continue; /* cannot happen: sized above */
+        memcpy(a->f_vals + 4 * off, hr.values.data, 4 * cnt);
+        Genarm__V1__FetchResult fr = *hr.results[0];
+        fr.offset = off;
+        a->f_res[res->n_results] = fr;
+        a->f_ptr[res->n_results] = &a->f_res[res->n_results];
+        res->n_results++;
+        off += cnt;
     }
-    resp->n_results = n_res;
-    resp->results = a->res_ptr;
-    resp->compute_us = compute_us; /* the groups ran one after another */
-    Genarm__V1__Tensor t = GENARM__V1__TENSOR__INIT;
-    t.dtype = gn_wire_dtype_to_proto(dt);
-    t.rows = row;
-    t.cols = cols;
-    t.data.data = a->bytes;
-    t.data.len = nbytes;
-    a->tensor = t;
-    resp->logprobs = &a->tensor;
-    int k0 = first_g >= 0 ? a->group_entry[first_g]
-             : (n_groups ? a->group_entry[0] : (explicit_k >= 0 ? explicit_k : cur));
-    if (k0 >= 0)
-        resp->model = &a->e[k0].ref;
-    else
-        resp->model = req->model;
+    res->values.data = off ? a->f_vals : NULL;
+    res->values.len = 4 * off;
     return 0;
 }
 

@@ -1,5 +1,5 @@
 /* arm_set.h — the ARMs a reward_worker holds, one gn_host (model + KV caches)
- * per (name, version), and the HOT-SWAP rule of DESIGN.md §2:
+ * per (name, version), and the HOT-SWAP rule:
  *
  *  - Each ARM name has at most one *current* version. A StepRequest for
  *    (name, 0) sends every sequence to the version that already holds it (its
@@ -13,6 +13,13 @@
  *    no sequence ever moves between versions.
  *  - A request whose sequences live on different versions is split per
  *    version and the replies merged back in request order (one tensor).
+ *
+ * Batching: gn_arms_step_batch takes every StepRequest that arrived together
+ * (from several coordinators, for several ARMs), routes each sequence as
+ * above, and runs ONE forward pass per host over everything routed to it:
+ * a full-model version has its own host, adapter versions on one backbone
+ * share the backbone's, so two adapters' sequences go into one pass (each
+ * with its own adapter). Each request still gets its own response.
  *
  * LoRA ARMs: a version whose source names a PEFT adapter (lora_path) is
  * served on its backbone (path) WITHOUT merging: one backbone model and host
@@ -48,6 +55,8 @@ typedef struct gn_arms_params {
     gn_host_params host; /* per version: max_seqs (capacity), idle timeout, runner */
     int max_models;      /* (name, version) pairs held at once, default 16 */
     int max_req_seqs;    /* sequences in one StepRequest (the wire limit), default 256 */
+    int max_batch_seqs;  /* sequences in one batch the scratch is sized for at create, default
+                            256 (a bigger batch grows it) */
 } gn_arms_params;
 
 gn_arms_params gn_arms_default_params(void);
@@ -107,17 +116,45 @@ int gn_arms_promote(gn_arms *a, const char *name, uint32_t version, gn_err *err)
  * is held. */
 int gn_arms_unload(gn_arms *a, const char *name, uint32_t version, gn_err *err);
 
-/* Runs one validated StepRequest (see the routing rule above) at now_ms.
- * Memory resp points to belongs to the set (or its hosts) until the next
- * gn_arms_* call. Returns 0 (per-sequence failures in resp->errors) or a
- * genarm.v1.ErrorCode > 0 with err for a whole-request failure
- * (ERROR_UNKNOWN_MODEL for an ARM neither held nor loadable — ERROR_CAPACITY
- * when max_models versions are held already — with the
- * reason — e.g. a tokenizer mismatch — in err). resp->model is the version
- * that served the step (that of the first sequence when several did); each
- * SeqResult.model_version names the version that served that sequence. */
+/* Serves n >= 1 validated StepRequests (gn_wire_step_check passed) at now_ms
+ * with one forward pass per host (see Batching above). resps[i] (initialised
+ * by the caller) gets request i's results in request order, each
+ * SeqResult.model_version naming the version that served it, its rows and
+ * sparse candidates, its per-sequence errors (routing refusals, the host's,
+ * and "ARM name@v: ..." for a version whose pass failed when the request was
+ * split), compute_us and pass_seqs (summed over the passes that served it).
+ * resp->model is the version that served the step (that of the first
+ * sequence when several did). codes[i] = 0, or a genarm.v1.ErrorCode with
+ * errs[i] for a whole-request failure: ERROR_UNKNOWN_MODEL for an ARM neither
+ * held nor loadable (the reason, e.g. a tokenizer mismatch, in errs[i]),
+ * ERROR_CAPACITY when max_models versions are held already, the host's code
+ * when the only version serving the request failed its pass. Memory the
+ * responses point to belongs to the set (or its hosts) until the next
+ * gn_arms_* call other than gn_arms_fetch. */
+void gn_arms_step_batch(gn_arms *a, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
+                        int *codes, gn_err *errs, int64_t now_ms);
+
+/* One request (gn_arms_step_batch with n = 1): returns 0 (per-sequence
+ * failures in resp->errors) or the request's genarm.v1.ErrorCode with err. */
 int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wire_step_resp *resp,
                  gn_err *err);
+
+/* Values of kept rows (sparse steps) for a RowFetch checked by
+ * gn_wire_fetch_check, routed by (name, version) to that version's host and
+ * adapter (gn_host_fetch); version 0: each sequence to the version holding
+ * it. res as gn_host_fetch; its memory belongs to the set until the next
+ * gn_arms_fetch. Returns 0 (per-sequence ERROR_ROW_GONE / TOKEN_RANGE in
+ * res->errors) or a genarm.v1.ErrorCode with err (ERROR_UNKNOWN_MODEL: no
+ * name, or the version is not held). */
+int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFetchResult *res, gn_err *err);
+
+/* The forward passes of the last batch: their count, and *pass_seqs (may be
+ * NULL) pointed at the sequences of each (valid until the next batch). */
+int gn_arms_last_passes(const gn_arms *a, const int **pass_seqs);
+
+/* Forward passes and the sequences stepped over them since create, over
+ * every host (also those unloaded since). */
+void gn_arms_counters(const gn_arms *a, uint64_t *forward_passes, uint64_t *pass_seqs_total);
 
 /* Frees sequences of name@version (version 0: of every version of name;
  * name NULL/"": of every ARM). Returns how many were held. */

@@ -1,8 +1,11 @@
 /* test_arm_set.c — the hot-swap table in process (no Redis, no sockets):
  * version pinning, promote/drain/unload, split and merge of a request whose
  * sequences live on two versions (rows == each version's own rows), loads on
- * demand through the resolver, tokenizer checks, and every allocation failure
- * of create + load + step handled (run under ASan for leaks). */
+ * demand through the resolver, tokenizer checks, batches of several requests
+ * (one forward pass per host: two versions of full models, two LoRA adapters
+ * on one backbone; rows == each alone), sparse rows through a split request,
+ * fetches routed to the version that served the step, and every allocation
+ * failure of create + load + step handled (run under ASan for leaks). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +283,180 @@ static int ref_row(gn_backend *be, const char *bb_dir, const char *ad_dir, const
     return rc;
 }
 
+/* A request of its own (make_req shares one static buffer). */
+typedef struct own_req {
+    Genarm__V1__ModelRef mr;
+    Genarm__V1__SeqStep ss[4], *sp[4];
+    gn_wire_step_req req;
+} own_req;
+
+static const gn_wire_step_req *own(own_req *o, const char *name, uint32_t version, int n, const uint64_t *ids,
+                                   const uint32_t *start, const int32_t *toks, int n_tok, uint32_t top_k) {
+    Genarm__V1__ModelRef m0 = GENARM__V1__MODEL_REF__INIT;
+    o->mr = m0;
+    o->mr.name = (char *)name;
+    o->mr.version = version;
+    gn_wire_step_req r0 = GENARM__V1__STEP_REQUEST__INIT;
+    o->req = r0;
+    o->req.model = &o->mr;
+    o->req.dtype = GENARM__V1__DTYPE__DTYPE_F32;
+    for (int i = 0; i < n; i++) {
+        Genarm__V1__SeqStep s0 = GENARM__V1__SEQ_STEP__INIT;
+        o->ss[i] = s0;
+        o->ss[i].seq_id = ids[i];
+        o->ss[i].start_pos = start[i];
+        o->ss[i].tokens = (int32_t *)toks;
+        o->ss[i].n_tokens = (size_t)n_tok;
+        o->ss[i].top_k = top_k;
+        o->sp[i] = &o->ss[i];
+    }
+    o->req.seqs = o->sp;
+    o->req.n_seqs = (size_t)n;
+    return &o->req;
+}
+
+/* The dense row of a new sequence of toks on name@version stepped alone
+ * (then released). */
+static int alone_row(gn_arms *a, const char *name, uint32_t version, uint64_t id, const int32_t *toks, int n,
+                     float *out, size_t n_out) {
+    own_req o;
+    gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+    gn_err e = {0};
+    uint32_t zero = 0;
+    int rc = gn_arms_step(a, own(&o, name, version, 1, &id, &zero, toks, n, 0), 0, &r, &e);
+    if (rc || r.n_results != 1 || !r.logprobs || r.logprobs->cols != n_out) return -1;
+    memcpy(out, r.logprobs->data.data, n_out * sizeof(float));
+    gn_arms_release(a, name, version, &id, 1);
+    return 0;
+}
+
+/* Fetches ids (or the full row) of one sequence. */
+static int fetch_one(gn_arms *a, const char *name, uint32_t version, uint64_t id, uint32_t len, const int32_t *ids,
+                     int n_ids, int full, Genarm__V1__RowFetchResult *res) {
+    Genarm__V1__ModelRef mr = GENARM__V1__MODEL_REF__INIT;
+    mr.name = (char *)name;
+    mr.version = version;
+    Genarm__V1__FetchSeq fs = GENARM__V1__FETCH_SEQ__INIT, *fp = &fs;
+    fs.seq_id = id;
+    fs.seq_len = len;
+    fs.ids = (int32_t *)ids;
+    fs.n_ids = (size_t)n_ids;
+    fs.full_row = full;
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.model = &mr;
+    rf.seqs = &fp;
+    rf.n_seqs = 1;
+    Genarm__V1__RowFetchResult r0 = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    *res = r0;
+    gn_err e = {0};
+    return gn_arms_fetch(a, &rf, res, &e);
+}
+
+/* Batches over full-model versions: requests of two coordinators for
+ * help@1 go into one pass, help@2 has its own; rows == each sequence alone;
+ * sparse rows through a split request; fetches routed by version. */
+static void test_batch_versions(gn_backend *be) {
+    gn_err e = {0};
+    gn_arms_params p = gn_arms_default_params();
+    p.host.max_seqs = 8;
+    p.max_batch_seqs = 2; /* the scratch grows for the batches below */
+    gn_arms *a = gn_arms_create(be, &p, resolve, NULL, &e);
+    CHECK(a != NULL, "create: %s", e.msg);
+    if (!a) return;
+    CHECK(gn_arms_load(a, "help", 1, g_dir[0], NULL, g_hash[0], 0, &e) == 0 &&
+              gn_arms_load(a, "help", 2, g_dir[1], NULL, g_hash[1], 0, &e) == 0,
+          "help@1 and help@2: %s", e.msg);
+    int32_t toks[3] = {4, 9, 2};
+    size_t n_out = 0;
+    {
+        own_req o;
+        gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+        uint64_t id = 99;
+        uint32_t z = 0;
+        CHECK(gn_arms_step(a, own(&o, "help", 1, 1, &id, &z, toks, 3, 0), 0, &r, &e) == 0 && r.logprobs, "probe");
+        n_out = r.logprobs ? r.logprobs->cols : 0;
+        gn_arms_release(a, "help", 0, &id, 1);
+    }
+    float *w1 = calloc(n_out + 1, sizeof(float)), *w2 = calloc(n_out + 1, sizeof(float));
+    CHECK(alone_row(a, "help", 1, 50, toks, 3, w1, n_out) == 0 && alone_row(a, "help", 2, 51, toks, 3, w2, n_out) == 0,
+          "rows alone");
+    uint64_t p0, s0;
+    gn_arms_counters(a, &p0, &s0);
+    own_req o1, o2, o3;
+    uint32_t z[2] = {0, 0};
+    const gn_wire_step_req *reqs[3] = {own(&o1, "help", 1, 2, (uint64_t[]){1, 2}, z, toks, 3, 0),
+                                       own(&o2, "help", 1, 1, (uint64_t[]){3}, z, toks, 3, 0),
+                                       own(&o3, "help", 2, 1, (uint64_t[]){4}, z, toks, 3, 0)};
+    gn_wire_step_resp rs[3] = {GENARM__V1__STEP_RESPONSE__INIT, GENARM__V1__STEP_RESPONSE__INIT,
+                               GENARM__V1__STEP_RESPONSE__INIT};
+    gn_wire_step_resp *rp[3] = {&rs[0], &rs[1], &rs[2]};
+    int codes[3];
+    gn_err errs[3];
+    gn_arms_step_batch(a, reqs, 3, rp, codes, errs, 0);
+    CHECK(!codes[0] && !codes[1] && !codes[2], "batch: %s %s %s", errs[0].msg, errs[1].msg, errs[2].msg);
+    const int *ps = NULL;
+    int np = gn_arms_last_passes(a, &ps);
+    uint64_t p1, s1;
+    gn_arms_counters(a, &p1, &s1);
+    CHECK(np == 2 && ps[0] == 3 && ps[1] == 1 && p1 - p0 == 2 && s1 - s0 == 4,
+          "one pass per host: %d passes (%d, %d sequences)", np, np > 0 ? ps[0] : -1, np > 1 ? ps[1] : -1);
+    CHECK(rs[0].pass_seqs == 3 && rs[1].pass_seqs == 3 && rs[2].pass_seqs == 1, "pass_seqs %u %u %u",
+          rs[0].pass_seqs, rs[1].pass_seqs, rs[2].pass_seqs);
+    int same = rs[0].n_results == 2 && rs[1].n_results == 1 && rs[2].n_results == 1 && rs[0].logprobs->rows == 2;
+    for (int r = 0; same && r < 2; r++) same = !memcmp((float *)rs[0].logprobs->data.data + r * n_out, w1, n_out * 4);
+    same = same && !memcmp(rs[1].logprobs->data.data, w1, n_out * 4) && !memcmp(rs[2].logprobs->data.data, w2, n_out * 4);
+    CHECK(same, "batched rows == each version's row alone (bit for bit)");
+    CHECK(rs[0].results[0]->model_version == 1 && rs[2].results[0]->model_version == 2 && rs[2].model->version == 2,
+          "model versions");
+
+    /* Sparse rows: help@1 and help@2, then a version-0 request split over
+     * both (7 pinned on v1, 8 on v2) with candidates merged. */
+    own_req o4, o5;
+    const gn_wire_step_req *sreq[2] = {own(&o4, "help", 1, 1, (uint64_t[]){7}, z, toks, 3, 6),
+                                       own(&o5, "help", 2, 1, (uint64_t[]){8}, z, toks, 3, 6)};
+    gn_arms_step_batch(a, sreq, 2, rp, codes, errs, 0);
+    CHECK(!codes[0] && !codes[1] && rs[0].results[0]->n_cand == 6 && rs[1].results[0]->n_cand == 6 &&
+              gn_wire_step_resp_check(&rs[0], &e) == 0,
+          "sparse on both versions: %s", e.msg);
+    Genarm__V1__RowFetchResult fr;
+    CHECK(fetch_one(a, "help", 1, 7, 3, NULL, 0, 1, &fr) == 0 && fr.n_results == 1 &&
+              fr.values.len == n_out * 4 && !memcmp(fr.values.data, w1, n_out * 4),
+          "fetch help@1: the v1 row");
+    CHECK(fetch_one(a, "help", 2, 8, 3, NULL, 0, 1, &fr) == 0 && fr.n_results == 1 &&
+              !memcmp(fr.values.data, w2, n_out * 4),
+          "fetch help@2: the v2 row");
+    CHECK(fetch_one(a, "help", 2, 7, 3, NULL, 0, 1, &fr) == 0 && fr.n_errors == 1 &&
+              fr.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+          "7 is not on help@2: ROW_GONE");
+    int32_t two[2] = {0, 3};
+    CHECK(fetch_one(a, "help", 0, 8, 3, two, 2, 0, &fr) == 0 && fr.n_results == 1 && fr.results[0]->n == 2 &&
+              fr.values.len == 8 && !memcmp(fr.values.data, &w2[0], 4) && !memcmp(fr.values.data + 4, &w2[3], 4),
+          "version 0: the version holding the sequence");
+    CHECK(fetch_one(a, "help", 9, 8, 3, two, 2, 0, &fr) == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
+          "a version not held: UNKNOWN_MODEL");
+    own_req o6;
+    int32_t nxt = 5;
+    gn_wire_step_resp m = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, own(&o6, "help", 0, 2, (uint64_t[]){8, 7}, (uint32_t[]){3, 3}, &nxt, 1, 4), 0, &m, &e) == 0 &&
+              m.n_results == 2 && m.results[0]->model_version == 2 && m.results[1]->model_version == 1 &&
+              gn_wire_step_resp_check(&m, &e) == 0,
+          "split sparse request: %s", e.msg);
+    for (size_t i = 0; i < m.n_results && i < 2; i++) {
+        const int32_t *ids;
+        const float *vals;
+        int32_t si[8];
+        float sv[8];
+        Genarm__V1__RowFetchResult f2;
+        int ok = m.results[i]->n_cand == 4 && gn_wire_sparse_row(&m, m.results[i], si, sv, 8, &ids, &vals, &e) == 0 &&
+                 fetch_one(a, "help", m.results[i]->model_version, m.results[i]->seq_id, 4, ids, 4, 0, &f2) == 0 &&
+                 f2.n_results == 1 && !memcmp(f2.values.data, vals, 16);
+        CHECK(ok, "merged candidates of seq %llu == its version's row values", (unsigned long long)m.results[i]->seq_id);
+    }
+    free(w1);
+    free(w2);
+    gn_arms_free(a);
+}
+
 /* Adapters on one backbone: loaded once, shared; the same sequence id under
  * two adapters; a hot swap between two adapter versions of one ARM on the
  * same backbone (a split request through one host); freed with the last. */
@@ -333,6 +510,28 @@ static void test_shared_backbone(gn_backend *be) {
           "p's row == backbone + adapter 1 in process, bit for bit");
     CHECK(ref_row(be, bb, ad2, toks, 4, want, n_out) == 0 && !memcmp(row_q, want, n_out * sizeof(float)),
           "q's row == backbone + adapter 2 in process, bit for bit");
+    /* One batch: p and q (two adapters on one backbone) in one forward pass;
+     * each row == its adapter's row alone. */
+    {
+        own_req oa, ob;
+        uint32_t z = 0;
+        const gn_wire_step_req *reqs[2] = {own(&oa, "p", 0, 1, (uint64_t[]){30}, &z, toks, 4, 0),
+                                           own(&ob, "q", 0, 1, (uint64_t[]){30}, &z, toks, 4, 0)};
+        gn_wire_step_resp rs[2] = {GENARM__V1__STEP_RESPONSE__INIT, GENARM__V1__STEP_RESPONSE__INIT};
+        gn_wire_step_resp *rp2[2] = {&rs[0], &rs[1]};
+        int codes[2];
+        gn_err errs[2];
+        gn_arms_step_batch(a, reqs, 2, rp2, codes, errs, 0);
+        const int *ps = NULL;
+        int np = gn_arms_last_passes(a, &ps);
+        CHECK(!codes[0] && !codes[1] && np == 1 && ps[0] == 2 && rs[0].pass_seqs == 2 && rs[1].pass_seqs == 2,
+              "two adapters, one pass of 2 (%d passes): %s %s", np, errs[0].msg, errs[1].msg);
+        CHECK(rs[0].n_results == 1 && rs[1].n_results == 1 && !memcmp(rs[0].logprobs->data.data, row_p, n_out * 4) &&
+                  !memcmp(rs[1].logprobs->data.data, row_q, n_out * 4),
+              "each adapter's row in the shared pass == alone (bit for bit)");
+        uint64_t id30 = 30;
+        gn_arms_release(a, NULL, 0, &id30, 1);
+    }
     /* hot swap p: 1 -> 2 (adapter 2) on the same backbone; 7 stays on p@1, 8 starts on p@2 */
     CHECK(gn_arms_load(a, "p", 2, bb, ad2, NULL, 1, &e) == 0 && gn_arms_backbones(a) == 1 &&
               held(a, "p@1~,q@1*,p@2*"),
@@ -410,6 +609,7 @@ int main(void) {
     if (be && !gn_t_fail) {
         test_swap(be);
         test_explicit_swap(be);
+        test_batch_versions(be);
         test_alloc_failures(be);
         test_shared_backbone(be);
     }
