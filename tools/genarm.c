@@ -1,7 +1,9 @@
 /* genarm — GenARM guided generation and ARM scoring from the command line.
  *
  *   genarm generate --model DIR [--arm DIR[:weight]]... [--beta B] --prompt TEXT ...
- *   genarm score --arm DIR --prompt TEXT --response TEXT [--json]
+ *   genarm score --arm DIR --prompt TEXT --response TEXT [--json]        (an ARM's reward)
+ *   genarm score --model DIR [--arm DIR[:weight]]... --prompt TEXT --response TEXT
+ *                [--top-logprobs N] [--json]                           (guided log-probs)
  *
  * Exit status: 0 success, 1 runtime failure (missing or malformed model files,
  * tokenizer mismatch, backend error), 2 bad command line. */
@@ -17,6 +19,7 @@
 
 #include "generate.h"
 #include "gn_alloc.h"
+#include "score.h"
 #include "tokenizer.h"
 
 static const char k_usage[] =
@@ -29,7 +32,8 @@ static const char k_usage[] =
     "\n"
     "commands:\n"
     "  generate   guided generation, streamed to stdout\n"
-    "  score      the reward an ARM gives a response: sum_t log p_arm(y_t | x, y_<t)\n"
+    "  score      the reward an ARM gives a response: sum_t log p_arm(y_t | x, y_<t);\n"
+    "             with --model, the response's guided log-probs (and top alternatives)\n"
     "  help       this text\n"
     "\n"
     "genarm generate --model DIR [options]\n"
@@ -57,15 +61,37 @@ static const char k_usage[] =
     "  --no-stream          print the text when generation ends instead of as it comes\n"
     "  Text goes to stdout; statistics (tokens/s) go to stderr.\n"
     "\n"
-    "genarm score --arm DIR --prompt TEXT --response TEXT [options]\n"
-    "  --arm DIR            the reward model (also --model DIR)\n"
+    "genarm score --arm DIR --prompt TEXT (--response TEXT | --response-ids IDS) [options]\n"
+    "  The reward an ARM gives a response: sum_t log p_arm(y_t | x, y_<t).\n"
+    "  --arm DIR            the reward model\n"
     "  --lora DIR           PEFT LoRA adapter applied to it\n"
-    "  --prompt TEXT | --prompt-file F        the prompt x (tokenized with BOS)\n"
+    "\n"
+    "genarm score --model DIR [--arm DIR[:WEIGHT]]... [--beta B] --prompt TEXT\n"
+    "             (--response TEXT | --response-ids IDS) [--top-logprobs N] [options]\n"
+    "  The response's log-probs under guidance: per token log_softmax(score)(y_t) at\n"
+    "  temperature 1 without filters, score = log p_base + sum_i (weight_i / beta) *\n"
+    "  log p_arm_i, every model scoring the whole sequence at once: the reference for the\n"
+    "  service's logprobs and top_logprobs. Without --arm: the base model's own log-probs.\n"
+    "  --model, --arm, --lora, --beta   as for generate (ARMs share the base's tokenizer)\n"
+    "  --top-logprobs N     also the N most likely tokens at each position, 0..20 (default 0;\n"
+    "                       ties: lower id first)\n"
+    "\n"
+    "score options:\n"
+    "  --prompt TEXT | --prompt-file F        the prompt x (tokenized with BOS etc.)\n"
     "  --response TEXT | --response-file F    the response y (tokenized without BOS)\n"
+    "  --response-ids IDS   the response as token ids instead, e.g. 1,2,3\n"
     "  --add-eos            append the EOS token to the response (as in ARM training)\n"
-    "  --json               print JSON: {\"tokens\":[{\"id\",\"piece\",\"logp\"}...], \"total\"}\n"
+    "  --json               print JSON (below) instead of the table\n"
     "  --device D, --threads N   as for generate\n"
-    "  Prints one line per response token (id, log-prob, text piece) and the total reward.\n"
+    "  Prints one line per response token (id, log-prob, text piece; with --top-logprobs\n"
+    "  its alternatives on numbered lines below it), then\n"
+    "  'total T over N response tokens (prompt P tokens...)'.\n"
+    "  JSON, reward: {\"arm\", \"n_prompt_tokens\", \"n_tokens\",\n"
+    "                 \"tokens\": [{\"id\", \"piece\", \"logp\"}...], \"total\"}\n"
+    "  JSON, guided: {\"model\", \"arms\": [{\"dir\", \"weight\"}...], \"beta\", \"n_prompt_tokens\",\n"
+    "                 \"n_tokens\", \"tokens\": [{\"id\", \"piece\", \"logp\",\n"
+    "                 \"top_logprobs\": [{\"id\", \"piece\", \"logp\"}...]}...], \"total\"}\n"
+    "                 (top_logprobs with --top-logprobs N > 0 only; a log-prob of -inf is null)\n"
     "\n"
     "exit status: 0 success, 1 failure (missing/malformed model files, tokenizer mismatch),\n"
     "2 bad command line.\n";
@@ -118,6 +144,63 @@ static uint64_t parse_u64(const char *flag, const char *s) {
     if (!*s || *end || errno || s[0] == '-')
         die_usage("%s: '%s' is not a non-negative integer", flag, s);
     return (uint64_t)v;
+}
+
+/* A comma-separated list of token ids ("1,2,3"; spaces around an entry are
+ * allowed). Checks the syntax; the vocabulary range is checked once the model
+ * is loaded (check_ids). *ids is malloc'd. */
+static void parse_ids(const char *flag, const char *s, int32_t **ids, int *n) {
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    int32_t *out = malloc(cap * sizeof *out);
+    if (!out)
+        die_usage("%s: out of memory", flag);
+    int k = 0;
+    const char *p = s;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == 0) {
+            if (!end && k == 0)
+                die_usage("%s: empty list (give token ids, e.g. 1,2,3)", flag);
+            die_usage("%s: entry %d is empty", flag, k + 1);
+        }
+        char buf[32];
+        char *e = NULL;
+        long v = -1;
+        if (len < sizeof buf && p[0] >= '0' && p[0] <= '9') {
+            memcpy(buf, p, len);
+            buf[len] = '\0';
+            errno = 0;
+            v = strtol(buf, &e, 10);
+            if (errno || *e || v > INT32_MAX)
+                v = -1;
+        }
+        if (v < 0)
+            die_usage("%s: entry %d '%.*s' is not a token id (a non-negative integer)", flag, k + 1,
+                      (int)(len < 40 ? len : 40), p);
+        out[k++] = (int32_t)v;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    *ids = out;
+    *n = k;
+}
+
+/* Every id in [0, n_vocab), else a usage error naming the entry. */
+static void check_ids(const char *flag, const int32_t *ids, int n, int n_vocab) {
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= n_vocab)
+            die_usage("%s: entry %d (%d) is outside the vocabulary [0, %d)", flag, i + 1, ids[i],
+                      n_vocab);
 }
 
 static int is_dir(const char *path) {
@@ -182,6 +265,11 @@ typedef struct opts {
     int n_arms;
     float beta;
     const char *prompt, *prompt_file, *response, *response_file;
+    int32_t *response_ids; /* --response-ids (malloc'd), n_response_ids of them */
+    int n_response_ids;
+    int guided;       /* score: --model given (guided log-probs) */
+    int top_logprobs; /* score: alternatives per position */
+    int beta_given;
     int max_tokens;
     gn_sampler_params sp;
     const char *stops[MAX_STOPS];
@@ -244,7 +332,7 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
         if (FLAG("-h") || FLAG("--help")) {
             fputs(k_usage, stdout);
             exit(0);
-        } else if (FLAG("--model") || (is_score && FLAG("--arm"))) {
+        } else if (FLAG("--model")) {
             if (o->have_base)
                 die_usage("%s given twice", a);
             o->base.dir = VALUE();
@@ -254,8 +342,15 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
         } else if (FLAG("--arm")) {
             if (o->n_arms >= MAX_ARMS)
                 die_usage("at most %d ARMs", MAX_ARMS);
-            parse_arm(VALUE(), &o->arms[o->n_arms]);
-            last = &o->arms[o->n_arms++];
+            model_arg *m = &o->arms[o->n_arms++];
+            if (is_score) { /* a weight only with --model: resolved after the loop */
+                m->dir = VALUE();
+                m->weight = 1.0f;
+                m->lora = NULL;
+            } else {
+                parse_arm(VALUE(), m);
+            }
+            last = m;
         } else if (FLAG("--lora")) {
             const char *v = VALUE();
             if (!last)
@@ -268,6 +363,7 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
             o->beta = parse_float(a, v);
             if (!(o->beta > 0.0f))
                 die_usage("--beta must be > 0 (got %s)", v);
+            o->beta_given = 1;
         } else if (FLAG("--prompt")) {
             o->prompt = VALUE();
         } else if (FLAG("--prompt-file")) {
@@ -276,6 +372,12 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
             o->response = VALUE();
         } else if (is_score && FLAG("--response-file")) {
             o->response_file = VALUE();
+        } else if (is_score && FLAG("--response-ids")) {
+            if (o->response_ids)
+                die_usage("--response-ids given twice");
+            parse_ids(a, VALUE(), &o->response_ids, &o->n_response_ids);
+        } else if (is_score && FLAG("--top-logprobs")) {
+            o->top_logprobs = (int)parse_int(a, VALUE(), 0, GN_SCORE_MAX_TOP);
         } else if (!is_score && FLAG("--max-tokens")) {
             o->max_tokens = (int)parse_int(a, VALUE(), 0, 1 << 30);
         } else if (!is_score && FLAG("--temperature")) {
@@ -324,13 +426,37 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
 #undef FLAG
 #undef VALUE
     }
+    if (is_score && o->have_base) { /* guided: --arm DIR[:WEIGHT] as for generate */
+        o->guided = 1;
+        for (int i = 0; i < o->n_arms; i++) {
+            const char *lora = o->arms[i].lora;
+            parse_arm(o->arms[i].dir, &o->arms[i]);
+            o->arms[i].lora = lora;
+        }
+    } else if (is_score) { /* an ARM's reward: the one --arm, taken as it is */
+        if (o->n_arms > 1)
+            die_usage("score without --model takes one --arm (the reward model); give --model "
+                      "BASE to score under guidance by several ARMs");
+        if (o->n_arms == 1) {
+            o->base = o->arms[0];
+            o->have_base = 1;
+            o->n_arms = 0;
+        }
+        if (o->have_base && o->beta_given)
+            die_usage("--beta needs --model (guided log-probs); without it score reports the "
+                      "ARM's reward");
+        if (o->have_base && o->top_logprobs)
+            die_usage("--top-logprobs needs --model (guided log-probs)");
+    }
     if (!o->have_base)
-        die_usage("%s", is_score ? "score needs --arm DIR" : "generate needs --model DIR");
+        die_usage("%s", is_score ? "score needs --arm DIR (an ARM's reward) or --model DIR (guided "
+                                   "log-probs)"
+                                 : "generate needs --model DIR");
     if (!o->prompt == !o->prompt_file)
         die_usage("give exactly one of --prompt and --prompt-file");
-    if (is_score && !o->response == !o->response_file)
-        die_usage("give exactly one of --response and --response-file");
-    const char *which = is_score ? "--arm" : "--model";
+    if (is_score && (!!o->response + !!o->response_file + !!o->response_ids) != 1)
+        die_usage("give exactly one of --response, --response-file and --response-ids");
+    const char *which = is_score && !o->guided ? "--arm" : "--model";
     if (!is_dir(o->base.dir)) {
         fprintf(stderr, "genarm: %s %s: no such directory\n", which, o->base.dir);
         exit(1);
@@ -506,23 +632,77 @@ static void print_escaped(const char *s, size_t n) {
     }
 }
 
-static int cmd_score(int argc, char **argv) {
-    opts o;
-    parse_opts(argc, argv, 1, &o);
+/* A token's text piece (gn_malloc'd) for the output. */
+static int piece_of(const gn_tokenizer *t, int32_t id, char **piece, size_t *len, gn_err *err) {
+    *piece = NULL;
+    *len = 0;
+    int rc = gn_tok_decode(t, &id, 1, 0, piece, len, err);
+    if (rc)
+        fail("decoding: ", err);
+    return rc;
+}
+
+/* A JSON number, or null for -inf (JSON has no infinities). */
+static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static int print_json(json_t *root) {
+    char *s = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    if (!s) {
+        fprintf(stderr, "genarm: out of memory\n");
+        return 1;
+    }
+    puts(s);
+    free(s);
+    return 0;
+}
+
+/* The response ids from --response-ids or the text (tokenized without BOS),
+ * then EOS with --add-eos. *ids is gn_malloc'd. */
+static int response_tokens(const opts *o, const gn_tokenizer *t, const char *text, int n_vocab,
+                           int32_t **ids, int *n, gn_err *err) {
+    int32_t *r = NULL;
+    int nr = 0, rc = 0;
+    if (o->response_ids) {
+        check_ids("--response-ids", o->response_ids, o->n_response_ids, n_vocab);
+        nr = o->n_response_ids;
+        if (!(r = gn_malloc((size_t)nr * sizeof *r)))
+            return gn_errf(err, GN_ENOMEM, "out of memory");
+        memcpy(r, o->response_ids, (size_t)nr * sizeof *r);
+    } else if ((rc = gn_tok_encode(t, text, strlen(text), 0, &r, &nr, err))) {
+        return gn_err_prefix(err, "tokenizing the response: ");
+    }
+    if (o->add_eos) {
+        int eos = gn_tok_eos(t);
+        int32_t *grown = eos >= 0 ? gn_realloc(r, (size_t)(nr + 1) * sizeof *grown) : NULL;
+        if (!grown) {
+            gn_free(r);
+            return eos < 0 ? gn_errf(err, GN_EINVAL, "the tokenizer has no EOS token to append")
+                           : gn_errf(err, GN_ENOMEM, "out of memory");
+        }
+        r = grown;
+        r[nr++] = eos;
+    }
+    if (nr == 0) {
+        gn_free(r);
+        return gn_errf(err, GN_EINVAL, "the response is empty after tokenization");
+    }
+    *ids = r;
+    *n = nr;
+    return 0;
+}
+
+/* The reward of one ARM: sum_t log p_arm(y_t | x, y_<t) (gn_score_text, or
+ * gn_score_ids for --response-ids). */
+static int score_reward(const opts *o, const char *prompt, const char *response) {
     gn_err err = {0};
     int status = 1;
-    char *pbuf = NULL, *rbuf = NULL;
     gn_backend *be = NULL;
     gn_model *m = NULL;
     gn_runner *r = NULL;
     gn_score_result sr = {0};
+    int32_t *p_ids = NULL;
     json_t *root = NULL;
-    const char *prompt = o.prompt, *response = o.response;
-    if (o.prompt_file && !(prompt = pbuf = read_file(o.prompt_file)))
-        goto out;
-    if (o.response_file && !(response = rbuf = read_file(o.response_file)))
-        goto out;
-    if (!(be = make_backend(&o, &err)) || !(m = load_model(&o.base, be, "ARM", &err))) {
+    if (!(be = make_backend(o, &err)) || !(m = load_model(&o->base, be, "ARM", &err))) {
         fail("", &err);
         goto out;
     }
@@ -532,25 +712,38 @@ static int cmd_score(int argc, char **argv) {
         fail("", &err);
         goto out;
     }
-    if (gn_score_text(m, r, prompt, response, o.add_eos, &sr, &err)) {
-        fail("", &err);
-        goto out;
-    }
     const gn_tokenizer *t = gn_model_tokenizer(m);
-    if (o.json) {
+    if (!o->response_ids) {
+        if (gn_score_text(m, r, prompt, response, o->add_eos, &sr, &err)) {
+            fail("", &err);
+            goto out;
+        }
+    } else {
+        int np = 0;
+        if (gn_tok_encode(t, prompt, strlen(prompt), 1, &p_ids, &np, &err)) {
+            fail("tokenizing the prompt: ", &err);
+            goto out;
+        }
+        if (response_tokens(o, t, NULL, gn_model_n_out(m), &sr.tokens, &sr.n_tokens, &err) ||
+            !(sr.logp = gn_malloc((size_t)sr.n_tokens * sizeof *sr.logp)) ||
+            gn_score_ids(m, r, p_ids, np, sr.tokens, sr.n_tokens, sr.logp, &sr.total, &err)) {
+            fail("score: ", &err);
+            goto out;
+        }
+        sr.n_prompt_tokens = np;
+    }
+    if (o->json) {
         root = json_object();
         json_t *toks = json_array();
-        json_object_set_new(root, "arm", json_string(o.base.dir));
+        json_object_set_new(root, "arm", json_string(o->base.dir));
         json_object_set_new(root, "n_prompt_tokens", json_integer(sr.n_prompt_tokens));
         json_object_set_new(root, "n_tokens", json_integer(sr.n_tokens));
         json_object_set_new(root, "tokens", toks);
         for (int i = 0; i < sr.n_tokens; i++) {
-            char *piece = NULL;
-            size_t plen = 0;
-            if (gn_tok_decode(t, &sr.tokens[i], 1, 0, &piece, &plen, &err)) {
-                fail("decoding: ", &err);
+            char *piece;
+            size_t plen;
+            if (piece_of(t, sr.tokens[i], &piece, &plen, &err))
                 goto out;
-            }
             json_t *tok = json_object();
             json_object_set_new(tok, "id", json_integer(sr.tokens[i]));
             json_object_set_new(tok, "piece", json_stringn(piece, plen));
@@ -559,22 +752,15 @@ static int cmd_score(int argc, char **argv) {
             gn_free(piece);
         }
         json_object_set_new(root, "total", json_real(sr.total));
-        char *s = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
-        if (!s) {
-            fprintf(stderr, "genarm: out of memory\n");
+        if (print_json(root))
             goto out;
-        }
-        puts(s);
-        free(s);
     } else {
         printf("%8s  %12s  %s\n", "token", "logp", "piece");
         for (int i = 0; i < sr.n_tokens; i++) {
-            char *piece = NULL;
-            size_t plen = 0;
-            if (gn_tok_decode(t, &sr.tokens[i], 1, 0, &piece, &plen, &err)) {
-                fail("decoding: ", &err);
+            char *piece;
+            size_t plen;
+            if (piece_of(t, sr.tokens[i], &piece, &plen, &err))
                 goto out;
-            }
             printf("%8d  %12.6f  '", sr.tokens[i], (double)sr.logp[i]);
             print_escaped(piece, plen);
             printf("'\n");
@@ -586,12 +772,173 @@ static int cmd_score(int argc, char **argv) {
     status = 0;
 out:
     json_decref(root);
+    gn_free(p_ids);
     gn_score_result_free(&sr);
     gn_runner_free(r);
     gn_model_free(m);
     gn_backend_free(be);
+    return status;
+}
+
+/* The guided log-probs of the response (gn_score_guided) and its top
+ * alternatives: what the service reports as logprobs / top_logprobs. */
+static int score_guided(const opts *o, const char *prompt, const char *response) {
+    gn_err err = {0};
+    int status = 1;
+    gn_backend *be = NULL;
+    gn_model *models[1 + MAX_ARMS] = {0};
+    gn_generator *g = NULL;
+    int32_t *p_ids = NULL, *r_ids = NULL;
+    int np = 0, nr = 0;
+    gn_guided_score gs = {0};
+    json_t *root = NULL;
+    if (!(be = make_backend(o, &err)) || !(models[0] = load_model(&o->base, be, "base model", &err))) {
+        fail("", &err);
+        goto out;
+    }
+    gn_guidance prof = gn_guidance_default();
+    prof.n_arms = o->n_arms;
+    prof.beta = o->beta;
+    for (int i = 0; i < o->n_arms; i++) {
+        if (!(models[1 + i] = load_model(&o->arms[i], be, "ARM", &err))) {
+            fail("", &err);
+            goto out;
+        }
+        prof.weights[i] = o->arms[i].weight;
+    }
+    /* the generator checks that every ARM shares the base's tokenizer and
+     * width, and makes the runners */
+    gn_runner_params rp = gn_runner_default_params();
+    rp.max_seqs = 1;
+    if (!(g = gn_generator_create(models[0], models + 1, o->n_arms, &prof, &rp, &err))) {
+        fail("", &err);
+        goto out;
+    }
+    const gn_tokenizer *t = gn_generator_tokenizer(g);
+    if (gn_tok_encode(t, prompt, strlen(prompt), 1, &p_ids, &np, &err)) {
+        fail("tokenizing the prompt: ", &err);
+        goto out;
+    }
+    if (np == 0) {
+        fprintf(stderr, "genarm: the prompt is empty after tokenization\n");
+        goto out;
+    }
+    if (response_tokens(o, t, response, gn_generator_n_vocab(g), &r_ids, &nr, &err)) {
+        fail("score: ", &err);
+        goto out;
+    }
+    gn_runner *runners[1 + MAX_ARMS];
+    const int32_t *prompts[1 + MAX_ARMS];
+    int n_prompt[1 + MAX_ARMS];
+    for (int mi = 0; mi <= o->n_arms; mi++) {
+        runners[mi] = gn_generator_runner(g, mi);
+        prompts[mi] = p_ids; /* one shared tokenizer: the same ids for every model */
+        n_prompt[mi] = np;
+    }
+    if (gn_score_guided(models, runners, &prof, prompts, n_prompt, r_ids, nr, o->top_logprobs, &gs,
+                        &err)) {
+        fail("", &err);
+        goto out;
+    }
+    if (o->json) {
+        root = json_object();
+        json_t *arms = json_array(), *toks = json_array();
+        json_object_set_new(root, "model", json_string(o->base.dir));
+        json_object_set_new(root, "arms", arms);
+        for (int i = 0; i < o->n_arms; i++) {
+            json_t *a = json_object();
+            json_object_set_new(a, "dir", json_string(o->arms[i].dir));
+            json_object_set_new(a, "weight", json_real(o->arms[i].weight));
+            json_array_append_new(arms, a);
+        }
+        json_object_set_new(root, "beta", json_real(o->beta));
+        json_object_set_new(root, "n_prompt_tokens", json_integer(np));
+        json_object_set_new(root, "n_tokens", json_integer(nr));
+        json_object_set_new(root, "tokens", toks);
+        for (int p = 0; p < nr; p++) {
+            char *piece;
+            size_t plen;
+            if (piece_of(t, r_ids[p], &piece, &plen, &err))
+                goto out;
+            json_t *tok = json_object();
+            json_object_set_new(tok, "id", json_integer(r_ids[p]));
+            json_object_set_new(tok, "piece", json_stringn(piece, plen));
+            json_object_set_new(tok, "logp", json_num(gs.logp[p]));
+            gn_free(piece);
+            if (gs.n_top > 0) {
+                json_t *top = json_array();
+                json_object_set_new(tok, "top_logprobs", top);
+                for (int j = 0; j < gs.n_top; j++) {
+                    int32_t id = gs.top_ids[(size_t)p * gs.n_top + j];
+                    if (piece_of(t, id, &piece, &plen, &err)) {
+                        json_decref(tok);
+                        goto out;
+                    }
+                    json_t *alt = json_object();
+                    json_object_set_new(alt, "id", json_integer(id));
+                    json_object_set_new(alt, "piece", json_stringn(piece, plen));
+                    json_object_set_new(alt, "logp",
+                                        json_num(gs.top_logp[(size_t)p * gs.n_top + j]));
+                    json_array_append_new(top, alt);
+                    gn_free(piece);
+                }
+            }
+            json_array_append_new(toks, tok);
+        }
+        json_object_set_new(root, "total", json_num(gs.total));
+        if (print_json(root))
+            goto out;
+    } else {
+        printf("%8s  %12s  %s\n", "token", "logp", "piece");
+        for (int p = 0; p < nr; p++) {
+            for (int j = -1; j < gs.n_top; j++) { /* the token, then its alternatives */
+                int32_t id = j < 0 ? r_ids[p] : gs.top_ids[(size_t)p * gs.n_top + j];
+                double lp = j < 0 ? gs.logp[p] : gs.top_logp[(size_t)p * gs.n_top + j];
+                char *piece;
+                size_t plen;
+                if (piece_of(t, id, &piece, &plen, &err))
+                    goto out;
+                if (j < 0)
+                    printf("%8d  %12.6f  '", id, lp);
+                else
+                    printf("    %2d. %8d  %12.6f  '", j + 1, id, lp);
+                print_escaped(piece, plen);
+                printf("'\n");
+                gn_free(piece);
+            }
+        }
+        printf("total %.6f over %d response tokens (prompt %d tokens; guided by %d ARM%s, beta "
+               "%g)\n",
+               gs.total, nr, np, o->n_arms, o->n_arms == 1 ? "" : "s", (double)o->beta);
+    }
+    status = 0;
+out:
+    json_decref(root);
+    gn_guided_score_free(&gs);
+    gn_free(p_ids);
+    gn_free(r_ids);
+    gn_generator_free(g);
+    for (int i = 0; i <= o->n_arms; i++)
+        gn_model_free(models[i]);
+    gn_backend_free(be);
+    return status;
+}
+
+static int cmd_score(int argc, char **argv) {
+    opts o;
+    parse_opts(argc, argv, 1, &o);
+    int status = 1;
+    char *pbuf = NULL, *rbuf = NULL;
+    const char *prompt = o.prompt, *response = o.response;
+    if (o.prompt_file && !(prompt = pbuf = read_file(o.prompt_file)))
+        goto out;
+    if (o.response_file && !(response = rbuf = read_file(o.response_file)))
+        goto out;
+    status = o.guided ? score_guided(&o, prompt, response) : score_reward(&o, prompt, response);
+out:
     free(pbuf);
     free(rbuf);
+    free(o.response_ids);
     return status;
 }
 

@@ -1,7 +1,10 @@
 /* test_cli.c — the `genarm` command line: help, flag validation, clear errors
  * (missing and malformed model directories, mismatched ARM tokenizer), and
- * that `generate` and `score` print what the library computes. Runs the built
- * binary ($GN_BUILD_DIR/tools/genarm) on tiny models from the model maker.
+ * that `generate` and `score` print what the library computes. Guided
+ * scoring (`score --model`, gn_score_guided) equals, token by token, the
+ * log-probs of the decoder's own score rows for the tokens it generated.
+ * Runs the built binary ($GN_BUILD_DIR/tools/genarm) on tiny models from the
+ * model maker.
  *
  * test_cli DEVICE (tests/gpu registers it with cuda:0): only --device DEVICE,
  * guided greedy generation and score through the CLI against --device cpu;
@@ -21,6 +24,8 @@
 #include "gn_alloc.h"
 #include "gn_test.h"
 #include "model_maker.h"
+#include "score.h"
+#include "tokenizer.h"
 
 static char g_tmp[256], g_bin[512];
 static char g_out[1 << 16], g_errtxt[1 << 14];
@@ -130,6 +135,360 @@ static void test_usage(const char *base, const char *other) {
     snprintf(a, sizeof a, "score --arm '%s' --prompt hi", base);
     CHECK(run(a) == 2 && strstr(g_errtxt, "--response"), "score without response");
     CHECK(run("score --prompt a --response b") == 2, "score without --arm");
+}
+
+/* ---- guided scoring ---------------------------------------------------------- */
+
+#define GS_STEPS 12
+#define GS_TOP 5
+
+/* What the decoder saw: per step the token and, from its combined score row,
+ * log_softmax (double) of the token and of the GS_TOP most likely tokens. */
+typedef struct steps {
+    int n;
+    int32_t tok[GS_STEPS];
+    double logp[GS_STEPS];
+    int32_t top_ids[GS_STEPS][GS_TOP];
+    double top_logp[GS_STEPS][GS_TOP];
+} steps;
+
+static void on_step(void *ud, const gn_gen_step_info *info) {
+    steps *st = ud;
+    if (info->step >= GS_STEPS)
+        return;
+    const float *s = info->score;
+    double mx = -INFINITY, sum = 0.0;
+    for (int v = 0; v < info->n_vocab; v++)
+        mx = s[v] > mx ? s[v] : mx;
+    for (int v = 0; v < info->n_vocab; v++)
+        sum += exp((double)s[v] - mx);
+    double lse = mx + log(sum);
+    int t = info->step;
+    st->tok[t] = info->token;
+    st->logp[t] = (double)s[info->token] - lse;
+    for (int j = 0; j < GS_TOP; j++) { /* the j-th largest, ties: lower id */
+        int best = -1;
+        for (int v = 0; v < info->n_vocab; v++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++)
+                taken |= st->top_ids[t][i] == v;
+            if (!taken && (best < 0 || s[v] > s[best]))
+                best = v;
+        }
+        st->top_ids[t][j] = best;
+        st->top_logp[t][j] = (double)s[best] - lse;
+    }
+    st->n = t + 1;
+}
+
+/* Rank j of the alternatives agrees: the same token, or (near-ties may swap
+ * places between two float paths) the same log-prob. */
+static int same_alt(int32_t id, double lp, int32_t want_id, double want_lp) {
+    return fabs(lp - want_lp) < 1e-4 && (id == want_id || fabs(lp - want_lp) < 2e-5);
+}
+
+static void ids_arg(const int32_t *ids, int n, char *buf, size_t cap) {
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && k + 16 < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%d", i ? "," : "", ids[i]);
+}
+
+/* The CLI's guided JSON against the decoder, token by token. */
+static void check_guided_json(const steps *st, const char *what) {
+    json_error_t je;
+    json_t *root = json_loads(g_out, 0, &je);
+    CHECK(root != NULL, "%s: JSON: %s (%s)", what, je.text, g_errtxt);
+    json_t *toks = json_object_get(root, "tokens");
+    CHECK(json_is_array(toks) && (int)json_array_size(toks) == st->n, "%s: %d tokens", what,
+          st->n);
+    int bad_tok = 0, bad_lp = 0, bad_top = 0;
+    double sum = 0.0, worst = 0.0;
+    for (int t = 0; json_is_array(toks) && t < st->n && t < (int)json_array_size(toks); t++) {
+        json_t *e = json_array_get(toks, t);
+        double lp = json_real_value(json_object_get(e, "logp"));
+        sum += lp;
+        bad_tok += json_integer_value(json_object_get(e, "id")) != st->tok[t] ||
+                   !json_is_string(json_object_get(e, "piece"));
+        bad_lp += !(fabs(lp - st->logp[t]) < 1e-4);
+        worst = fabs(lp - st->logp[t]) > worst ? fabs(lp - st->logp[t]) : worst;
+        json_t *top = json_object_get(e, "top_logprobs");
+        if (!json_is_array(top) || json_array_size(top) != GS_TOP) {
+            bad_top++;
+            continue;
+        }
+        for (int j = 0; j < GS_TOP; j++) {
+            json_t *a = json_array_get(top, (size_t)j);
+            bad_top += !same_alt((int32_t)json_integer_value(json_object_get(a, "id")),
+                                 json_real_value(json_object_get(a, "logp")), st->top_ids[t][j],
+                                 st->top_logp[t][j]);
+        }
+    }
+    CHECK(bad_tok == 0, "%s: %d tokens with another id or no piece", what, bad_tok);
+    CHECK(bad_lp == 0, "%s: %d log-probs differ from the decoder's by >= 1e-4 (worst %.3g)", what,
+          bad_lp, worst);
+    CHECK(bad_top == 0, "%s: %d top alternatives differ from the decoder's", what, bad_top);
+    CHECK(fabs(json_real_value(json_object_get(root, "total")) - sum) < 1e-6,
+          "%s: total is the sum", what);
+    CHECK(json_is_string(json_object_get(root, "model")) && json_is_array(json_object_get(root, "arms")) &&
+              json_is_number(json_object_get(root, "beta")) &&
+              json_is_integer(json_object_get(root, "n_prompt_tokens")) &&
+              json_integer_value(json_object_get(root, "n_tokens")) == st->n,
+          "%s: the documented fields", what);
+    json_decref(root);
+    printf("%s: %d tokens, worst |logp - decoder| %.2e\n", what, st->n, worst);
+}
+
+/* Exactly these keys in object o (the legacy reward JSON keeps its shape). */
+static int has_keys(json_t *o, const char *const *keys, int n) {
+    if (!json_is_object(o) || (int)json_object_size(o) != n)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (!json_object_get(o, keys[i]))
+            return 0;
+    return 1;
+}
+
+static void test_guided_score(const char *base, const char *arm1, const char *arm2,
+                              const char *other) {
+    char a[4096], ids[1024], want[sizeof g_out];
+    const char *prompt = "The river ran";
+    gn_err err = {0};
+    gn_backend_params bp = gn_backend_default_params();
+    bp.n_threads = 1;
+    gn_backend *be = gn_backend_create("cpu-ref", &bp, &err);
+    gn_model_params mp = gn_model_default_params();
+    mp.load_tokenizer = 1;
+    gn_model *m[3] = {be ? gn_model_load(base, be, &mp, &err) : NULL,
+                      be ? gn_model_load(arm1, be, &mp, &err) : NULL,
+                      be ? gn_model_load(arm2, be, &mp, &err) : NULL};
+    gn_guidance prof = gn_guidance_default();
+    prof.n_arms = 2;
+    prof.weights[0] = 0.5f;
+    prof.weights[1] = -0.25f;
+    prof.beta = 0.5f;
+    gn_generator *g = m[0] && m[1] && m[2] ? gn_generator_create(m[0], m + 1, 2, &prof, NULL, &err)
+                                           : NULL;
+    CHECK(g != NULL, "guided score: generator: %s", err.msg);
+    steps st = {0};
+    gn_gen_result res = {0};
+    int32_t *p_ids = NULL;
+    int np = 0;
+    if (g) { /* the decoder: greedy, observing every step's score row */
+        gn_gen_request q = gn_gen_default_request();
+        q.prompt = prompt;
+        q.max_tokens = GS_STEPS;
+        q.ignore_eos = 1;
+        q.sampling.temperature = 0.0f;
+        gn_gen_callbacks cb = {NULL, on_step, &st};
+        CHECK(gn_generate(g, &q, 1, &res, &cb, &err) == 0 && res.n_tokens == GS_STEPS &&
+                  st.n == GS_STEPS,
+              "greedy run: %s", err.msg);
+        CHECK(gn_tok_encode(gn_generator_tokenizer(g), prompt, strlen(prompt), 1, &p_ids, &np,
+                            &err) == 0,
+              "prompt: %s", err.msg);
+    }
+    if (g && st.n == GS_STEPS && p_ids) {
+        /* the library: whole-sequence scoring against the decoder */
+        gn_runner *runners[3] = {gn_generator_runner(g, 0), gn_generator_runner(g, 1),
+                                 gn_generator_runner(g, 2)};
+        const int32_t *prompts[3] = {p_ids, p_ids, p_ids};
+        int nps[3] = {np, np, np};
+        gn_guided_score gs = {0};
+        int rc = gn_score_guided(m, runners, &prof, prompts, nps, st.tok, st.n, GS_TOP, &gs, &err);
+        CHECK(rc == 0 && gs.n_tokens == st.n && gs.n_top == GS_TOP, "gn_score_guided: %s", err.msg);
+        if (rc == 0) {
+            int bad = 0, bad_top = 0;
+            double worst = 0.0, sum = 0.0;
+            for (int t = 0; t < st.n; t++) {
+                double d = fabs(gs.logp[t] - st.logp[t]);
+                worst = d > worst ? d : worst;
+                bad += !(d < 1e-4);
+                sum += gs.logp[t];
+                for (int j = 0; j < GS_TOP; j++)
+                    bad_top += !same_alt(gs.top_ids[t * GS_TOP + j], gs.top_logp[t * GS_TOP + j],
+                                         st.top_ids[t][j], st.top_logp[t][j]);
+            }
+            CHECK(bad == 0, "gn_score_guided: %d of %d log-probs off the decoder's (worst %.3g)",
+                  bad, st.n, worst);
+            CHECK(bad_top == 0, "gn_score_guided: %d alternatives off", bad_top);
+            CHECK(fabs(gs.total - sum) < 1e-9, "gn_score_guided: total");
+            printf("gn_score_guided: worst |logp - decoder| %.2e over %d tokens\n", worst, st.n);
+        }
+        gn_guided_score_free(&gs);
+        /* errors: an id out of range, n_top too large, a bad guidance */
+        int32_t badtok[2] = {3, 1 << 20};
+        CHECK(gn_score_guided(m, runners, &prof, prompts, nps, badtok, 2, 0, &gs, &err) ==
+                      GN_EINVAL &&
+                  strstr(err.msg, "response token 1"),
+              "id out of range: %s", err.msg);
+        CHECK(gn_score_guided(m, runners, &prof, prompts, nps, st.tok, 2, GN_SCORE_MAX_TOP + 1,
+                              &gs, &err) == GN_EINVAL,
+              "n_top too large");
+        gn_guidance badg = prof;
+        badg.beta = 0.0f;
+        CHECK(gn_score_guided(m, runners, &badg, prompts, nps, st.tok, 2, 0, &gs, &err) ==
+                      GN_EINVAL && gs.logp == NULL,
+              "beta 0: %s", err.msg);
+        /* allocation failures free everything and report GN_ENOMEM */
+        int failures = 0;
+        for (long i = 0; i < 40; i++) {
+            gn_alloc_fail_after(i);
+            rc = gn_score_guided(m, runners, &prof, prompts, nps, st.tok, st.n, GS_TOP, &gs, &err);
+            gn_alloc_fail_after(-1);
+            if (rc == 0) {
+                gn_guided_score_free(&gs);
+                break;
+            }
+            failures++;
+            if (rc != GN_ENOMEM || gs.logp != NULL)
+                break;
+        }
+        CHECK(rc == 0 && failures > 3, "allocation failures: rc %d after %d (%s)", rc, failures,
+              err.msg);
+
+        /* the CLI: --response-ids of the generated tokens */
+        ids_arg(st.tok, st.n, ids, sizeof ids);
+        snprintf(a, sizeof a,
+                 "score --model '%s' --arm '%s:0.5' --arm '%s:-0.25' --beta 0.5 --prompt '%s' "
+                 "--response-ids %s --top-logprobs %d --json --device cpu-ref --threads 1",
+                 base, arm1, arm2, prompt, ids, GS_TOP);
+        CHECK(run(a) == 0, "score --model --json: %s", g_errtxt);
+        check_guided_json(&st, "score --model --response-ids");
+        /* the SIMD kernels, threaded: another float path, within 1e-4 all the same */
+        snprintf(a, sizeof a,
+                 "score --model '%s' --arm '%s:0.5' --arm '%s:-0.25' --beta 0.5 --prompt '%s' "
+                 "--response-ids %s --top-logprobs %d --json --device cpu",
+                 base, arm1, arm2, prompt, ids, GS_TOP);
+        CHECK(run(a) == 0, "score --model --device cpu: %s", g_errtxt);
+        check_guided_json(&st, "score --model --device cpu");
+        snprintf(a, sizeof a,
+                 "score --model '%s' --arm '%s:0.5' --arm '%s:-0.25' --beta 0.5 --prompt '%s' "
+                 "--response-ids %s --top-logprobs 2 --device cpu-ref",
+                 base, arm1, arm2, prompt, ids);
+        CHECK(run(a) == 0 && strstr(g_out, "logp") && strstr(g_out, "\ntotal ") &&
+                  strstr(g_out, "     2. ") && strstr(g_out, "guided by 2 ARMs"),
+              "score --model table: %s %s", g_out, g_errtxt);
+    }
+
+    /* --response-ids equals the text form when the text round-trips */
+    const char *resp = " fast under the old stone bridge.";
+    int32_t *r_ids = NULL;
+    int nr = 0;
+    char *back = NULL;
+    size_t blen = 0;
+    const gn_tokenizer *tk = m[0] ? gn_model_tokenizer(m[0]) : NULL;
+    if (tk && gn_tok_encode(tk, resp, strlen(resp), 0, &r_ids, &nr, &err) == 0 &&
+        gn_tok_decode(tk, r_ids, nr, 0, &back, &blen, &err) == 0) {
+        CHECK(blen == strlen(resp) && !memcmp(back, resp, blen), "the response round-trips");
+        ids_arg(r_ids, nr, ids, sizeof ids);
+        const char *forms[2] = {"--model", "--arm"};
+        for (int f = 0; f < 2; f++) {
+            const char *guided = f == 0 ? "--arm" : "";
+            const char *arm = f == 0 ? arm1 : "";
+            snprintf(a, sizeof a,
+                     "score %s '%s' %s %s%s%s --prompt '%s' --response '%s' --json --device cpu-ref",
+                     forms[f], f == 0 ? base : arm1, guided, f == 0 ? "'" : "", arm,
+                     f == 0 ? ":0.5'" : "", prompt, resp);
+            CHECK(run(a) == 0, "%s text: %s", forms[f], g_errtxt);
+            memcpy(want, g_out, sizeof g_out);
+            snprintf(a, sizeof a,
+                     "score %s '%s' %s %s%s%s --prompt '%s' --response-ids '%s' --json --device "
+                     "cpu-ref",
+                     forms[f], f == 0 ? base : arm1, guided, f == 0 ? "'" : "", arm,
+                     f == 0 ? ":0.5'" : "", prompt, ids);
+            CHECK(run(a) == 0 && !strcmp(g_out, want) && strstr(want, "\"tokens\""),
+                  "%s: --response-ids output == --response output (%s)", forms[f], g_errtxt);
+        }
+        /* legacy reward JSON: its shape is unchanged */
+        json_error_t je;
+        json_t *root = json_loads(want, 0, &je);
+        static const char *const top_keys[5] = {"arm", "n_prompt_tokens", "n_tokens", "tokens",
+                                                "total"};
+        static const char *const tok_keys[3] = {"id", "piece", "logp"};
+        json_t *toks = root ? json_object_get(root, "tokens") : NULL;
+        CHECK(has_keys(root, top_keys, 5) && json_is_array(toks) && (int)json_array_size(toks) == nr &&
+                  has_keys(json_array_get(toks, 0), tok_keys, 3),
+              "legacy score JSON keeps its fields: %s", want);
+        /* with --add-eos the ids form gets the EOS too */
+        snprintf(a, sizeof a, "score --arm '%s' --prompt '%s' --response-ids '%s' --add-eos --json",
+                 arm1, prompt, ids);
+        json_t *r2 = run(a) == 0 ? json_loads(g_out, 0, &je) : NULL;
+        CHECK(r2 && json_integer_value(json_object_get(r2, "n_tokens")) == nr + 1,
+              "--response-ids --add-eos: %s", g_errtxt);
+        json_decref(r2);
+
+        /* guided without ARMs is the base model's own log-probs: its reward */
+        double legacy_total = 0.0;
+        snprintf(a, sizeof a, "score --arm '%s' --prompt '%s' --response '%s' --json", base, prompt,
+                 resp);
+        json_t *r3 = run(a) == 0 ? json_loads(g_out, 0, &je) : NULL;
+        legacy_total = r3 ? json_real_value(json_object_get(r3, "total")) : NAN;
+        snprintf(a, sizeof a, "score --model '%s' --prompt '%s' --response '%s' --json", base,
+                 prompt, resp);
+        json_t *r4 = run(a) == 0 ? json_loads(g_out, 0, &je) : NULL;
+        CHECK(r3 && r4 &&
+                  fabs(json_real_value(json_object_get(r4, "total")) - legacy_total) < 1e-4 &&
+                  json_array_size(json_object_get(r4, "arms")) == 0,
+              "score --model BASE alone == the base's reward (%g): %s", legacy_total, g_errtxt);
+        json_decref(r3);
+        json_decref(r4);
+        json_decref(root);
+    } else {
+        CHECK(0, "tokenizing the response: %s", err.msg);
+    }
+    gn_free(back);
+    gn_free(r_ids);
+
+    /* bad inputs fail with a message */
+    struct {
+        const char *ids;
+        const char *msg;
+    } bad[] = {{"1,x,3", "entry 2 'x'"},
+               {"", "empty list"},
+               {"4,,5", "entry 2 is empty"},
+               {"7,-2", "entry 2 '-2'"},
+               {"3,99999999", "entry 2 (99999999) is outside the vocabulary"},
+               {"1.5", "entry 1 '1.5'"},
+               {"12345678901234567890", "not a token id"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (int f = 0; f < 2; f++) {
+            snprintf(a, sizeof a, "score %s '%s' --prompt hi --response-ids '%s'",
+                     f ? "--arm" : "--model", f ? arm1 : base, bad[i].ids);
+            int rc = run(a);
+            CHECK(rc == 2 && strstr(g_errtxt, "--response-ids") && strstr(g_errtxt, bad[i].msg),
+                  "--response-ids '%s' (%s): exit %d: %s", bad[i].ids, f ? "reward" : "guided", rc,
+                  g_errtxt);
+        }
+    }
+    snprintf(a, sizeof a, "score --arm '%s' --prompt hi --response x --response-ids 1", arm1);
+    CHECK(run(a) == 2 && strstr(g_errtxt, "exactly one of"), "two responses: %s", g_errtxt);
+    snprintf(a, sizeof a, "score --model '%s' --prompt hi --response x --top-logprobs 21", base);
+    CHECK(run(a) == 2 && strstr(g_errtxt, "--top-logprobs"), "--top-logprobs 21: %s", g_errtxt);
+    snprintf(a, sizeof a, "score --arm '%s' --prompt hi --response x --top-logprobs 3", arm1);
+    CHECK(run(a) == 2 && strstr(g_errtxt, "needs --model"), "--top-logprobs without --model: %s",
+          g_errtxt);
+    snprintf(a, sizeof a, "score --arm '%s' --prompt hi --response x --beta 2", arm1);
+    CHECK(run(a) == 2 && strstr(g_errtxt, "needs --model"), "--beta without --model: %s", g_errtxt);
+    snprintf(a, sizeof a, "score --arm '%s' --arm '%s' --prompt hi --response x", arm1, arm2);
+    CHECK(run(a) == 2 && strstr(g_errtxt, "--model"), "two ARMs without --model: %s", g_errtxt);
+    snprintf(a, sizeof a, "score --model '%s' --arm '%s' --prompt hi --response x --device cpu-ref",
+             base, other);
+    CHECK(run(a) == 1 && strstr(g_errtxt, "tokenizer") && strstr(g_errtxt, other),
+          "guided score with a mismatched tokenizer: %s", g_errtxt);
+    snprintf(a, sizeof a, "score --model '%s' --arm /nonexistent/arm:0.5 --prompt hi --response x",
+             base);
+    CHECK(run(a) == 1 && strstr(g_errtxt, "/nonexistent/arm"), "missing ARM dir: %s", g_errtxt);
+    CHECK(run("--help") == 0 && strstr(g_out, "--response-ids") && strstr(g_out, "--top-logprobs") &&
+              strstr(g_out, "top_logprobs"),
+          "help documents guided scoring");
+
+    gn_free(p_ids);
+    gn_gen_result_free(&res);
+    gn_generator_free(g);
+    for (int i = 0; i < 3; i++)
+        gn_model_free(m[i]);
+    gn_backend_free(be);
 }
 
 static void test_generate_matches_library(const char *base, const char *arm1, const char *arm2) {
@@ -279,6 +638,21 @@ static void test_device(const char *dev, const char *base, const char *arm1, con
         json_decref(root);
     }
     CHECK(fabs(totals[1] - totals[0]) < 0.02, "score total on %s %g vs cpu %g", dev, totals[1], totals[0]);
+    double guided[2] = {0, 0};
+    for (int i = 0; i < 2; i++) { /* guided scoring on the device */
+        snprintf(a, sizeof a,
+                 "score --model '%s' --arm '%s:0.5' --arm '%s:-0.25' --beta 0.5 --prompt '%s' "
+                 "--response ' fast under the old stone bridge.' --top-logprobs 3 --json --device %s",
+                 base, arm1, arm2, prompt, devs[i]);
+        int rc = run(a);
+        CHECK(rc == 0, "score --model --device %s: exit %d: %s", devs[i], rc, g_errtxt);
+        json_error_t je;
+        json_t *root = json_loads(g_out, 0, &je);
+        guided[i] = root ? json_real_value(json_object_get(root, "total")) : 0.0;
+        json_decref(root);
+    }
+    CHECK(fabs(guided[1] - guided[0]) < 0.03, "guided score total on %s %g vs cpu %g", dev,
+          guided[1], guided[0]);
     printf("--device %s: text equal to cpu; score total %.6f vs %.6f on cpu\n", dev, totals[1], totals[0]);
 }
 
@@ -310,6 +684,7 @@ int main(int argc, char **argv) {
         } else {
             test_usage(base, other);
             test_generate_matches_library(base, arm1, arm2);
+            test_guided_score(base, arm1, arm2, other);
         }
     }
     nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
