@@ -45,6 +45,7 @@
 #define GN_CTL_PROFILE_MAX_ARMS 16
 #define GN_CTL_WORKER_MAX_ARMS 64
 #define GN_CTL_STREAM_ID_MAX 48     /* "<ms>-<seq>" + NUL */
+#define GN_CTL_HOST_MAX 256         /* a hostname + NUL */
 
 typedef struct gn_ctl gn_ctl;
 
@@ -269,10 +270,16 @@ typedef struct gn_ctl_worker {
     int capacity;                               /* sequences it can hold */
     int load;                                   /* sequences it holds now */
     int64_t updated_ms;                         /* last heartbeat, unix ms (set by heartbeat) */
+    char host[GN_CTL_HOST_MAX];                 /* the worker's hostname, "" = not given (records
+                                                   written before the field existed read as "") */
+    char ipc[GN_CTL_PATH_MAX];                  /* its ipc:// endpoint ("ipc:///run/x.sock"), "" = none:
+                                                   a coordinator on the same host may connect to it
+                                                   instead of endpoint */
 } gn_ctl_worker;
 
 /* Writes the worker's record and gives it a TTL of ttl_ms: a worker that
- * stops heartbeating disappears from the registry after ttl_ms. */
+ * stops heartbeating disappears from the registry after ttl_ms. host may be
+ * "" (no whitespace or control characters); ipc "" or an "ipc://" endpoint. */
 int gn_ctl_worker_heartbeat(gn_ctl *c, const gn_ctl_worker *w, int ttl_ms, gn_err *err);
 
 /* Removes a worker at once (graceful shutdown). */

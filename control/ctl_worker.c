@@ -24,10 +24,23 @@ static int endpoint_valid(const char *e) {
     return 1;
 }
 
+/* A hostname: printable, no spaces, may be empty. */
+static int host_valid(const char *h) {
+    if (strlen(h) >= GN_CTL_HOST_MAX) return 0;
+    for (; *h; h++)
+        if ((unsigned char)*h <= 0x20 || (unsigned char)*h == 0x7f) return 0;
+    return 1;
+}
+
+/* "" or an ipc:// endpoint. */
+static int ipc_valid(const char *e) {
+    return !*e || (strncmp(e, "ipc://", 6) == 0 && e[6] && endpoint_valid(e));
+}
+
 static const char LUA_HEARTBEAT[] =
     "redis.call('DEL', KEYS[2])\n"
     "redis.call('HSET', KEYS[2], 'kind', ARGV[2], 'endpoint', ARGV[3], 'arms', ARGV[4],\n"
-    "  'capacity', ARGV[5], 'load', ARGV[6], 'updated_ms', ARGV[7])\n"
+    "  'capacity', ARGV[5], 'load', ARGV[6], 'updated_ms', ARGV[7], 'host', ARGV[9], 'ipc', ARGV[10])\n"
     "redis.call('PEXPIRE', KEYS[2], ARGV[8])\n"
     "redis.call('SADD', KEYS[1], ARGV[1])\n"
     "return 1\n";
@@ -42,6 +55,10 @@ int gn_ctl_worker_heartbeat(gn_ctl *c, const gn_ctl_worker *w, int ttl_ms, gn_er
         return gn_errf(err, GN_EINVAL, "worker %s: n_arms %d out of range", w->id, w->n_arms);
     if (w->capacity < 0 || w->load < 0) return gn_errf(err, GN_EINVAL, "worker %s: negative capacity/load", w->id);
     if (ttl_ms <= 0) return gn_errf(err, GN_EINVAL, "worker %s: ttl_ms must be > 0", w->id);
+    if (!memchr(w->host, 0, sizeof w->host) || !host_valid(w->host))
+        return gn_errf(err, GN_EINVAL, "worker %s: bad host name", w->id);
+    if (!memchr(w->ipc, 0, sizeof w->ipc) || !ipc_valid(w->ipc))
+        return gn_errf(err, GN_EINVAL, "worker %s: ipc endpoint \"%.100s\" is not ipc://...", w->id, w->ipc);
     char arms[GN_CTL_WORKER_MAX_ARMS * GN_CTL_REF_MAX];
     size_t off = 0;
     arms[0] = 0;
@@ -58,7 +75,7 @@ int gn_ctl_worker_heartbeat(gn_ctl *c, const gn_ctl_worker *w, int ttl_ms, gn_er
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     redisReply *r = ctl_cmd(c, err, "EVAL", LUA_HEARTBEAT, "2", "genarm:workers", key, w->id,
                             w->kind == GN_CTL_WORKER_BASE ? "base" : "reward", w->endpoint, arms, cap,
-                            load, ms, ttl, NULL);
+                            load, ms, ttl, w->host, w->ipc, NULL);
     if (!r) return CTL_RC(c);
     long long one;
     rc = ctl_want_int(r, &one, "worker heartbeat", err);
@@ -138,6 +155,11 @@ static int parse_worker(redisReply *h, const char *id, gn_ctl_worker *w, gn_err 
     w->capacity = (int)cap;
     w->load = (int)load;
     w->updated_ms = ms;
+    /* host and ipc came later: a record without them reads as "" (none). */
+    if (field(h, "host") && (rc = want_field_str(h, "host", w->host, sizeof w->host, id, err))) return rc;
+    if (field(h, "ipc") && (rc = want_field_str(h, "ipc", w->ipc, sizeof w->ipc, id, err))) return rc;
+    if (!host_valid(w->host)) return gn_errf(err, GN_EFORMAT, "worker %s: malformed host", id);
+    if (!ipc_valid(w->ipc)) return gn_errf(err, GN_EFORMAT, "worker %s: malformed ipc endpoint", id);
     char *p = arms;
     while (*p) {
         char *comma = strchr(p, ',');

@@ -354,14 +354,16 @@ static int cmd_workers(gn_ctl *c) {
     size_t n = 0;
     int rc = gn_ctl_worker_list(c, &w, &n, &e);
     if (rc) return fail(&e, rc);
-    printf("%-20s %-6s %-28s %-9s %s\n", "WORKER", "KIND", "ENDPOINT", "LOAD/CAP", "ARMS");
+    printf("%-20s %-6s %-28s %-16s %-9s %s\n", "WORKER", "KIND", "ENDPOINT", "HOST", "LOAD/CAP", "ARMS");
     for (size_t i = 0; i < n; i++) {
         char lc[32];
         snprintf(lc, sizeof lc, "%d/%d", w[i].load, w[i].capacity);
-        printf("%-20s %-6s %-28s %-9s ", w[i].id, w[i].kind == GN_CTL_WORKER_BASE ? "base" : "reward",
-               w[i].endpoint, lc);
+        printf("%-20s %-6s %-28s %-16s %-9s ", w[i].id, w[i].kind == GN_CTL_WORKER_BASE ? "base" : "reward",
+               w[i].endpoint, w[i].host[0] ? w[i].host : "-", lc);
         for (int j = 0; j < w[i].n_arms; j++) printf("%s%s", j ? "," : "", w[i].arms[j]);
-        printf("%s\n", w[i].n_arms ? "" : "-");
+        printf("%s", w[i].n_arms ? "" : "-");
+        if (w[i].ipc[0]) printf(" (same host: %s)", w[i].ipc);
+        printf("\n");
     }
     gn_free(w);
     return 0;

@@ -161,8 +161,11 @@ int main(int argc, char **argv) {
     snprintf(w.arms[0], sizeof w.arms[0], "hh@2");
     w.capacity = 8;
     w.load = 3;
+    snprintf(w.host, sizeof w.host, "node-a");
+    snprintf(w.ipc, sizeof w.ipc, "ipc:///tmp/rw-0.sock");
     CHECK(gn_ctl_worker_heartbeat(c, &w, 10000, &e) == 0, "heartbeat");
-    CHECK(admin("workers", NULL) == 0 && strstr(g_out, "rw-0") && strstr(g_out, "hh@2") && strstr(g_out, "3/8"),
+    CHECK(admin("workers", NULL) == 0 && strstr(g_out, "rw-0") && strstr(g_out, "hh@2") && strstr(g_out, "3/8") &&
+              strstr(g_out, "node-a") && strstr(g_out, "ipc:///tmp/rw-0.sock"),
           "workers: %s", g_out);
     CHECK(gn_ctl_queue_init(c, &e) == 0 && gn_ctl_queue_push(c, "r", 1, NULL, &e) == 0 &&
           gn_ctl_wait_push(c, "hh", "3", "w", 1, &e) == 0, "queue setup");

@@ -371,7 +371,18 @@ static void test_workers(gn_ctl *c) {
     snprintf(w.arms[1], sizeof w.arms[1], "harmless@a");
     w.capacity = 10;
     w.load = 1;
+    snprintf(w.host, sizeof w.host, "gpu-node-7.example");
+    snprintf(w.ipc, sizeof w.ipc, "tcp://127.0.0.1:5601");
+    CHECK(gn_ctl_worker_heartbeat(c, &w, 300, &e) == GN_EINVAL, "an ipc field that is not ipc:// refused");
+    snprintf(w.ipc, sizeof w.ipc, "ipc:///tmp/rw short.sock");
+    CHECK(gn_ctl_worker_heartbeat(c, &w, 300, &e) == GN_EINVAL, "an ipc endpoint with a space refused");
+    snprintf(w.host, sizeof w.host, "two words");
+    snprintf(w.ipc, sizeof w.ipc, "ipc:///tmp/rw-short.sock");
+    CHECK(gn_ctl_worker_heartbeat(c, &w, 300, &e) == GN_EINVAL, "a host with a space refused");
+    snprintf(w.host, sizeof w.host, "gpu-node-7.example");
     CHECK(gn_ctl_worker_heartbeat(c, &w, 300, &e) == 0, "heartbeat short: %s", e.msg);
+    w.host[0] = 0;
+    w.ipc[0] = 0;
     snprintf(w.id, sizeof w.id, "rw-long");
     w.n_arms = 1;
     w.load = 5;
@@ -396,6 +407,9 @@ static void test_workers(gn_ctl *c) {
         CHECK(strcmp(list[0].id, "base-0") == 0 && list[0].kind == GN_CTL_WORKER_BASE && list[0].n_arms == 0, "base listed");
         CHECK(strcmp(list[2].id, "rw-short") == 0 && list[2].n_arms == 2 && strcmp(list[2].arms[1], "harmless@a") == 0 &&
               list[2].capacity == 10 && list[2].load == 1 && list[2].updated_ms > 0, "reward worker fields");
+        CHECK(!strcmp(list[2].host, "gpu-node-7.example") && !strcmp(list[2].ipc, "ipc:///tmp/rw-short.sock"),
+              "host and ipc endpoint: %s %s", list[2].host, list[2].ipc);
+        CHECK(list[1].host[0] == 0 && list[1].ipc[0] == 0, "none given: empty");
     }
     gn_free(list);
     gn_ctl_worker f;
@@ -692,6 +706,19 @@ static void test_malformed(gn_ctl *c, redisContext *raw) {
     CHECK(gn_ctl_worker_list(c, &w, &n, &e) == GN_EFORMAT && strstr(e.msg, "kind"), "worker kind: %s", e.msg);
     raw_ok(raw, "HSET genarm:worker:evil kind reward arms hh");
     CHECK(gn_ctl_worker_list(c, &w, &n, &e) == GN_EFORMAT && strstr(e.msg, "name@version"), "worker arms: %s", e.msg);
+    /* A record written before host and ipc existed still parses (as ""); a
+     * malformed ipc field does not. */
+    raw_ok(raw, "DEL genarm:worker:evil");
+    raw_ok(raw, "HSET genarm:worker:evil kind reward endpoint tcp://127.0.0.1:1 arms hh@2 capacity 4 load 0 updated_ms 1");
+    CHECK(gn_ctl_worker_list(c, &w, &n, &e) == 0, "an old record without host/ipc: %s", e.msg);
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(w[i].id, "evil")) found = w[i].host[0] == 0 && w[i].ipc[0] == 0 && w[i].capacity == 4;
+    CHECK(found, "old record read with empty host and ipc");
+    gn_free(w);
+    w = NULL;
+    raw_ok(raw, "HSET genarm:worker:evil host h1 ipc tcp://nope");
+    CHECK(gn_ctl_worker_list(c, &w, &n, &e) == GN_EFORMAT && strstr(e.msg, "ipc"), "malformed ipc: %s", e.msg);
     raw_ok(raw, "DEL genarm:worker:evil");
     raw_ok(raw, "SET genarm:worker:evil2 x");
     raw_ok(raw, "SADD genarm:workers evil2");
