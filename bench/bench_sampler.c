@@ -2,8 +2,11 @@
  * Llama-2 (32000) and Qwen (152064) vocabularies, for the common decoding
  * settings: the plain-C reference kernels ("ref"), the AVX2 kernels and the
  * kernels this CPU picks ("fast": AVX-512 where it has it), side by side, with
- * their ratios; "same" says the ref and fast kernels drew the same tokens; and
- * gn_guidance_combine against a plain C loop. Not a test: run it by hand,
+ * their ratios; "same" says the ref and fast kernels drew the same tokens;
+ * gn_guidance_combine against a plain C loop; and gn_draw (draw.h) per row at
+ * 32000 and 128256 columns with one ARM: dense rows (combine + sample) against
+ * sparse rows of 64 and 256 listed tokens per model, on rows where the sparse
+ * draw certifies at once. Not a test: run it by hand,
  *
  *     build/bench/bench_sampler [iterations-scale]
  *
@@ -15,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "draw.h"
 #include "gn_alloc.h"
 #include "guidance.h"
 #include "sampler.h"
@@ -86,6 +90,152 @@ static void plain_combine(const gn_guidance *g, const float *base, const float *
     for (int i = 0; i < g->n_arms; i++) {
         float a = g->weights[i] / g->beta;
         for (int v = 0; v < n; v++) score[v] += a * arm[i][v];
+    }
+}
+
+/* A peaked LM-like row for the sparse draw: a Zipf background over a random
+ * ranking with a few boosted tokens; with base_z set, an ARM over the same
+ * background plus noise (ARMs are tuned from related models). z: n doubles
+ * of scratch, kept for the ARM when base_z is NULL. */
+static void peaked_row(float *row, int n, double *z, const double *base_z, const int *head, int nh) {
+    if (!base_z) {
+        int *perm = malloc(sizeof(int) * (size_t)n);
+        for (int v = 0; v < n; v++)
+            perm[v] = v;
+        for (int v = n - 1; v > 0; v--) {
+            int j = (int)(urand() * (v + 1)), t = perm[v];
+            perm[v] = perm[j];
+            perm[j] = t;
+        }
+        for (int r = 0; r < n; r++)
+            z[perm[r]] = -1.1 * log(1.0 + r) + 0.3 * gauss();
+        free(perm);
+    }
+    double *x = malloc(sizeof(double) * (size_t)n), m = -INFINITY, s = 0.0;
+    for (int v = 0; v < n; v++)
+        x[v] = base_z ? base_z[v] + gauss() : z[v];
+    for (int i = 0; i < nh; i++)
+        x[head[i]] += 8.0 + 4.0 * urand();
+    for (int v = 0; v < n; v++)
+        m = x[v] > m ? x[v] : m;
+    for (int v = 0; v < n; v++)
+        s += exp(x[v] - m);
+    double lse = m + log(s);
+    for (int v = 0; v < n; v++)
+        row[v] = (float)(x[v] - lse);
+    free(x);
+}
+
+static const float *g_sel_row;
+static int cmp_desc(const void *pa, const void *pb) {
+    int a = *(const int *)pa, b = *(const int *)pb;
+    float x = g_sel_row[a], y = g_sel_row[b];
+    return x > y ? -1 : x < y ? 1 : (a > b) - (a < b);
+}
+
+/* The sparse view of row (its k largest values; a full sort: setup only). */
+static void sparse_view(const float *row, int n, int k, int32_t *ids, float *vals, gn_row_view *v) {
+    int *ord = malloc(sizeof(int) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        ord[i] = i;
+    g_sel_row = row;
+    qsort(ord, (size_t)n, sizeof *ord, cmp_desc);
+    for (int i = 0; i < k; i++) {
+        ids[i] = ord[i];
+        vals[i] = row[ord[i]];
+    }
+    double mx = row[ord[k]], s = 0.0;
+    for (int i = k; i < n; i++)
+        s += exp((double)row[ord[i]] - mx);
+    memset(v, 0, sizeof *v);
+    v->ids = ids;
+    v->vals = vals;
+    v->n = k;
+    v->tail.floor = row[ord[k]];
+    v->tail.row_min = row[ord[n - 1]];
+    v->tail.tail_lse = nextafterf((float)(mx + log(s)), INFINITY);
+    free(ord);
+}
+
+/* gn_draw per row, dense against sparse (K = 64, 256), one ARM. */
+static void bench_draw(void) {
+    const int sizes[2] = {32000, 128256}, ks[2] = {64, 256};
+    struct {
+        const char *name;
+        float t, p;
+    } dc[2] = {{"T 0.7 top-p 0.9", 0.7f, 0.9f}, {"greedy", 0.0f, 1.0f}};
+    gn_err err = {0};
+    printf("\ngn_draw, ns per row, one ARM (weight 1, beta 1): dense = combine + sample over n columns;\n"
+           "sparse = K listed tokens per model (certified: rows of the %d where the draw is DONE at once)\n",
+           NROWS);
+    printf("%-18s %7s %10s %10s %10s %11s %11s\n", "case", "n", "dense", "sparse 64", "sparse 256",
+           "certified", "dense/256");
+    for (int si = 0; si < 2; si++) {
+        const int n = sizes[si];
+        gn_drawer *d = gn_drawer_create(n, &err);
+        float *rows = malloc(sizeof(float) * (size_t)n * 2 * NROWS);
+        double *z = malloc(sizeof(double) * (size_t)n);
+        int32_t *ids = malloc(sizeof(int32_t) * 256 * 2 * NROWS * 2);
+        float *vals = malloc(sizeof(float) * 256 * 2 * NROWS * 2);
+        gn_row_view dv[NROWS][2], sv[2][NROWS][2];
+        if (!d || !rows || !z || !ids || !vals) {
+            fprintf(stderr, "bench_sampler: %s\n", err.msg);
+            exit(1);
+        }
+        for (int r = 0; r < NROWS; r++) {
+            int head[3] = {(int)(urand() * n), (int)(urand() * n), (int)(urand() * n)};
+            float *b = rows + (size_t)(2 * r) * n, *a = b + n;
+            peaked_row(b, n, z, NULL, head, 1 + r % 3);
+            peaked_row(a, n, z, z, head, 1 + r % 3);
+            memset(dv[r], 0, sizeof dv[r]);
+            dv[r][0].dense = b;
+            dv[r][1].dense = a;
+            for (int ki = 0; ki < 2; ki++)
+                for (int m = 0; m < 2; m++) {
+                    size_t off = (((size_t)ki * NROWS + (size_t)r) * 2 + (size_t)m) * 256;
+                    sparse_view(m ? a : b, n, ks[ki], ids + off, vals + off, &sv[ki][r][m]);
+                }
+        }
+        for (int ci = 0; ci < 2; ci++) {
+            gn_draw_params p = gn_draw_default_params();
+            p.guidance.n_arms = 1;
+            p.guidance.weights[0] = 1.0f;
+            p.sampling.temperature = dc[ci].t;
+            p.sampling.top_p = dc[ci].p;
+            gn_rng rng;
+            gn_rng_seed(&rng, 3);
+            gn_draw_result res;
+            int ok[2][NROWS], nok[2] = {0, 0};
+            for (int ki = 0; ki < 2; ki++)
+                for (int r = 0; r < NROWS; r++) {
+                    gn_rng t = rng;
+                    ok[ki][r] = gn_draw(d, &p, sv[ki][r], &t, &res, &err) == 0 &&
+                                res.status == GN_DRAW_DONE;
+                    nok[ki] += ok[ki][r];
+                }
+            /* time only certified rows (all rows when none certifies) */
+            int pick[2][NROWS], np[2];
+            for (int ki = 0; ki < 2; ki++) {
+                np[ki] = 0;
+                for (int r = 0; r < NROWS; r++)
+                    if (ok[ki][r] || nok[ki] == 0)
+                        pick[ki][np[ki]++] = r;
+            }
+            double t_dense, t_s[2];
+            TIME_NS(t_dense, gn_draw(d, &p, dv[it_ % NROWS], &rng, &res, &err));
+            for (int ki = 0; ki < 2; ki++)
+                TIME_NS(t_s[ki], gn_draw(d, &p, sv[ki][pick[ki][it_ % np[ki]]], &rng, &res, &err));
+            char cert[32];
+            snprintf(cert, sizeof cert, "%d/%d, %d/%d", nok[0], NROWS, nok[1], NROWS);
+            printf("%-18s %7d %10.0f %10.0f %10.0f %11s %10.0fx\n", dc[ci].name, n, t_dense, t_s[0],
+                   t_s[1], cert, t_dense / t_s[1]);
+            fflush(stdout);
+        }
+        gn_drawer_free(d);
+        free(rows);
+        free(z);
+        free(ids);
+        free(vals);
     }
 }
 
@@ -196,5 +346,6 @@ int main(int argc, char **argv) {
         free(arm[0]);
         free(arm[1]);
     }
+    bench_draw();
     return 0;
 }

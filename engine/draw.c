@@ -434,9 +434,10 @@ static inline int in_play(const play *pl, const sctx *x, double ub, double T) {
     return !pl->none && ub >= pl->ub_min && (ub - x->S) / T >= pl->lw_min;
 }
 
-/* Upper bound of the weight Σ exp((s - S) / T) of the unknown tokens in play. */
+/* Upper bound of the weight Σ exp((s - S) / T) of the unknown tokens in play.
+ * cached: each partial token's exp((ub - S) / T) is in d->w already. */
 static double unknown_mass(const gn_drawer *d, const sctx *x, const play *pl, double T,
-                           double tail_lm) {
+                           double tail_lm, int cached) {
     if (pl->none)
         return 0.0;
     double m = 0.0;
@@ -446,7 +447,7 @@ static double unknown_mass(const gn_drawer *d, const sctx *x, const play *pl, do
         if (ub != ub)
             ub = INFINITY;
         if (in_play(pl, x, ub, T))
-            m += exp((ub - x->S) / T);
+            m += cached ? d->w[d->part[i]] : exp((ub - x->S) / T);
     }
     if (x->nR > 0 && in_play(pl, x, x->ubR, T))
         m += exp(tail_lm);
@@ -487,6 +488,11 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
         w[kn[i]] = exp((c[kn[i]].s - x->S) / T);
         keep[kn[i]] = 1;
     }
+    for (int i = 0; i < x->np; i++) { /* the partial tokens' bounds, once */
+        const cand *cp = &c[d->part[i]];
+        double ub = cp->s + cp->hi;
+        w[d->part[i]] = ub != ub ? INFINITY : exp((ub - x->S) / T);
+    }
     if (sp->top_k > 0 && sp->top_k < d->n_vocab) {
         if (nk < sp->top_k)
             return 0;
@@ -519,7 +525,7 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
                 break;
             }
         }
-        double mall = unknown_mass(d, x, &pl, T, tail_lm);
+        double mall = unknown_mass(d, x, &pl, T, tail_lm, 1);
         if (!(p * zk - prev > (1.0 - p) * mall) || !(cum >= p * (zk + mall)))
             return 0;
         for (int i = b + 1; i < m; i++)
@@ -538,7 +544,7 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
     for (int i = 0; i < nk; i++)
         if (keep[kn[i]])
             z += w[kn[i]];
-    double mm = unknown_mass(d, x, &pl, T, tail_lm);
+    double mm = unknown_mass(d, x, &pl, T, tail_lm, 1);
     double bd = mm > 0.0 ? mm / (z + mm) : 0.0;
     if (!(z > 0.0) || !(bd <= eps))
         return 0;
@@ -596,7 +602,7 @@ static int certify_logprobs(gn_drawer *d, const sctx *x, const gn_draw_params *p
     for (int i = 0; i < x->nk; i++)
         z += exp(d->c[d->known[i]].s - x->S);
     play all = {0, -INFINITY, -INFINITY};
-    double m1 = unknown_mass(d, x, &all, 1.0, tail_log_mass(x, 1.0));
+    double m1 = unknown_mass(d, x, &all, 1.0, tail_log_mass(x, 1.0), 0);
     if (!(z > 0.0) || !(log1p(m1 / z) <= p->logprob_tol))
         return 0;
     const double lse = x->S + log(z);

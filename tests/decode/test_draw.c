@@ -386,7 +386,10 @@ static int nslot(int n) { return n <= 1000 ? 0 : n <= 32000 ? 1 : 2; }
 
 static int same_rng(const gn_rng *a, const gn_rng *b) { return memcmp(a, b, sizeof *a) == 0; }
 
-/* Dense: gn_draw == combine + sample (token, rng) and the old log-probs. */
+static long g_n_dense, g_bad_dense;
+
+/* Dense: gn_draw == combine + sample (token, rng) and the old log-probs;
+ * gn_draw_dist == gn_sampler_dist (small rows). */
 static void check_dense(gn_drawer *d, gn_sampler *smp, rowset *r, const gn_draw_params *p,
                         uint64_t seed, int32_t *tok_out) {
     gn_err err = {0};
@@ -401,7 +404,6 @@ static void check_dense(gn_drawer *d, gn_sampler *smp, rowset *r, const gn_draw_
         arm[m - 1] = r->x[m];
     gn_guidance_combine(&p->guidance, r->x[0], arm, r->score, r->n);
     int tok = gn_sampler_sample(smp, &p->sampling, &r2, r->score, r->n, &err);
-    static long n_dense_bad;
     int ok = rc == 0 && res.status == GN_DRAW_DONE && res.token == tok && same_rng(&r1, &r2) &&
              res.bound == 0.0;
     if (ok && (p->want_logprob || p->n_top)) {
@@ -413,7 +415,19 @@ static void check_dense(gn_drawer *d, gn_sampler *smp, rowset *r, const gn_draw_
              memcmp(top, res.top_ids, sizeof(int32_t) * (size_t)nt) == 0 &&
              memcmp(toplp, res.top_logprobs, sizeof(float) * (size_t)nt) == 0;
     }
-    if (!ok && n_dense_bad++ < 5)
+    if (ok && r->n <= 1000) { /* gn_draw_dist on dense rows is gn_sampler_dist's */
+        const int32_t *i1, *i2;
+        const double *p1, *p2;
+        int n1, n2;
+        gn_draw_result rd;
+        int rc1 = gn_draw_dist(d, p, r->dv, &i1, &p1, &n1, &rd, &err);
+        int rc2 = gn_sampler_dist(smp, &p->sampling, r->score, r->n, &i2, &p2, &n2, &err);
+        ok = rc1 == 0 && rc2 == 0 && rd.status == GN_DRAW_DONE && n1 == n2 &&
+             memcmp(i1, i2, sizeof(int32_t) * (size_t)n1) == 0 &&
+             memcmp(p1, p2, sizeof(double) * (size_t)n1) == 0;
+    }
+    g_n_dense++;
+    if (!ok && g_bad_dense++ < 5)
         CHECK(0, "dense draw != combine + sample (rc %d status %d token %d vs %d): %s", rc,
               res.status, res.token, tok, err.msg);
     *tok_out = tok;
@@ -762,6 +776,64 @@ static void test_errors(void) {
     gn_drawer_free(d);
 }
 
+/* min-p needs the exact maximum: a token listed only by the ARM could top
+ * every known token (ub above S) while its mass is small next to many known
+ * tokens, so the bound alone (epsilon 0.1 here) would pass; the threshold
+ * would then sit too low and keep known tokens that P cuts. */
+static void test_minp_unknown_max(void) {
+    gn_err err = {0};
+    const int n = 1000;
+    gn_drawer *d = gn_drawer_create(n, &err);
+    gn_sampler *smp = gn_sampler_create(n, &err);
+    rowset *r = rowset_new(n, 2);
+    for (int v = 0; v < n; v++) {
+        r->x[0][v] = v < 50 ? -5.0f : v < 100 ? -5.5f : v == 100 ? -8.0f : -30.0f;
+        r->x[1][v] = v < 100 ? -5.0f : v == 100 ? -1.5f : -30.0f;
+    }
+    /* scores: 0..49 -10, 50..99 -10.5, token 100 -9.5 (above every listed-by-all one) */
+    for (int m = 0; m < 2; m++)
+        order_row(r, m);
+    make_view(r, 0, 100); /* the base lacks token 100: its floor is -8 */
+    make_view(r, 1, 101);
+    r->g = gn_guidance_default();
+    r->g.n_arms = 1;
+    ref_scores(r);
+    gn_draw_params p = gn_draw_default_params();
+    p.guidance = r->g;
+    p.epsilon = 0.1;
+    p.sampling.min_p = 0.5f;
+    gn_rng rng;
+    gn_rng_seed(&rng, 1);
+    gn_draw_result res;
+    int rc = gn_draw(d, &p, r->sv, &rng, &res, &err);
+    CHECK(rc == 0 && res.status == GN_DRAW_NEED_VALUES && res.n_missing[0] == 1 &&
+              res.missing[0][0] == 100 && res.n_missing[1] == 0,
+          "min-p with an unknown maximum: status %d, base misses %d", res.status, res.n_missing[0]);
+    supply_values(r, &res);
+    const int32_t *ids;
+    const double *probs;
+    int nq;
+    rc = gn_draw_dist(d, &p, r->sv, &ids, &probs, &nq, &res, &err);
+    CHECK(rc == 0 && res.status == GN_DRAW_DONE, "min-p after the values: status %d", res.status);
+    if (rc == 0 && res.status == GN_DRAW_DONE) {
+        ref_dist(r, &p.sampling);
+        memset(r->q, 0, sizeof(double) * (size_t)n);
+        for (int i = 0; i < nq; i++)
+            r->q[ids[i]] = probs[i];
+        double tv = 0.0;
+        for (int v = 0; v < n; v++)
+            tv += fabs(r->q[v] - r->pref[v]);
+        CHECK(tv / 2 <= res.bound + 1e-12 && nq == 51, "min-p: TV %g, %d tokens kept (want 51)",
+              tv / 2, nq);
+    }
+    /* the same rows dense: token for token as combine + sample */
+    int32_t tok;
+    check_dense(d, smp, r, &p, 3, &tok);
+    rowset_free(r);
+    gn_sampler_free(smp);
+    gn_drawer_free(d);
+}
+
 /* Allocation failures: create fails cleanly on every allocation. */
 static void test_alloc_failures(void) {
     int ok = 1;
@@ -834,6 +906,7 @@ int main(int argc, char **argv) {
     double t0 = (double)clock() / CLOCKS_PER_SEC;
     test_errors();
     test_alloc_failures();
+    test_minp_unknown_max();
 
     const int big = argc > 1; /* any argument: more seeds */
     gn_err err = {0};
@@ -874,6 +947,8 @@ int main(int argc, char **argv) {
     /* 128256 columns: a few */
     run_family(d128, s128, FAM_LM, 128256, one, 3, K_lm, 3, 6 * sc, 1);
 
+    CHECK(g_n_dense > 1000 && g_bad_dense == 0, "%ld of %ld dense draws differ from combine + sample",
+          g_bad_dense, g_n_dense);
     CHECK(g_bad_tv == 0, "%ld sparse draws outside their TV bound", g_bad_tv);
     CHECK(g_bad_greedy == 0, "%ld greedy sparse tokens differ from dense", g_bad_greedy);
     CHECK(g_bad_loop == 0, "%ld fetch-loop violations", g_bad_loop);
