@@ -1,5 +1,5 @@
 /* job_share.h — coordinators sharing requests through the Redis request
- * queue (DESIGN.md §2: "several coordinators can run side by side").
+ * queue (ARCHITECTURE.md §8: several coordinators run side by side).
  *
  * A coordinator whose batch is full does not make a new request wait behind
  * its own work: it puts it on the stream genarm:requests (consumer group

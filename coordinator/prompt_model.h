@@ -1,5 +1,5 @@
 /* prompt_model.h — a model as the coordinator sees it when it builds
- * prompts: its tokenizer and chat template (DESIGN.md §1: each model renders
+ * prompts: its tokenizer and chat template (ARCHITECTURE.md §1: each model renders
  * a conversation with its own template; all share the continuation). A PEFT
  * adapter directory without a tokenizer of its own has its backbone's.
  *

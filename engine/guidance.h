@@ -1,4 +1,4 @@
-/* guidance.h — the GenARM combination rule (DESIGN.md §1): how the base
+/* guidance.h — the GenARM combination rule (ARCHITECTURE.md §1): how the base
  * model's and the autoregressive reward models' next-token log-probs become
  * one score row that the sampler draws from.
  *

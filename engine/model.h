@@ -61,7 +61,7 @@ gn_backend *gn_model_backend(const gn_model *m);
 const struct gn_tokenizer *gn_model_tokenizer(const gn_model *m);
 /* Number of output columns the model's log-probs have: the tokenizer's
  * vocabulary size when a tokenizer is loaded and smaller than n_vocab (extra
- * padding rows are dropped, DESIGN.md §1), else n_vocab. */
+ * padding rows are dropped, ARCHITECTURE.md §1), else n_vocab. */
 int gn_model_n_out(const gn_model *m);
 /* Total bytes of weights (as stored), for bandwidth accounting. */
 size_t gn_model_weight_bytes(const gn_model *m);

@@ -117,7 +117,7 @@ int gn_train_lora_save(const gn_train_model *m, const char *base_dir, const char
 double gn_train_loss_lm(const gn_train_batch *b, const float *logp, float scale, float *dlogp,
                         int *n_tokens);
 
-/* The GenARM ARM loss (DESIGN.md §1). Sequences come in pairs: 2i is the
+/* The GenARM ARM loss (ARCHITECTURE.md §1). Sequences come in pairs: 2i is the
  * chosen response y_w, 2i+1 the rejected y_l, each counting only its response
  * tokens. r(y) = Σ_t logp; loss = mean over pairs of
  * -log σ(beta_r · (r(y_w) - r(y_l))), no length normalisation, no reference
