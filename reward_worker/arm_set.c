@@ -1104,3 +1104,21 @@ int gn_arms_backbones(const gn_arms *a) {
     for (int i = 0; i < a->p.max_models; i++) n += a->bb[i].used;
     return n;
 }
+
+void gn_arms_kv_usage(const gn_arms *a, int *used_blocks, int *total_blocks) {
+    int used = 0, total = 0, u, t;
+    for (int i = 0; i < a->p.max_models; i++) {
+        if (a->e[i].used && a->e[i].bb < 0) { /* a full model's own host */
+            gn_host_kv_usage(a->e[i].h, &u, &t);
+            used += u;
+            total += t;
+        }
+        if (a->bb[i].used) { /* a backbone's host, shared by its adapters */
+            gn_host_kv_usage(a->bb[i].h, &u, &t);
+            used += u;
+            total += t;
+        }
+    }
+    *used_blocks = used;
+    *total_blocks = total;
+}

@@ -184,6 +184,9 @@ uint32_t gn_arms_current(const gn_arms *a, const char *name);
 /* Sequences held over every version. */
 int gn_arms_load_total(const gn_arms *a);
 
+/* KV blocks in use / in all, over every host held (own and backbones). */
+void gn_arms_kv_usage(const gn_arms *a, int *used_blocks, int *total_blocks);
+
 /* Backbones held for LoRA-adapter ARMs (each loaded once, freed with its
  * last adapter). */
 int gn_arms_backbones(const gn_arms *a);

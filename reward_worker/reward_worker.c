@@ -1,12 +1,15 @@
 /* reward_worker — holds autoregressive reward models (ARMs), answers the step
  * protocol addressed by ARM name and version, registers itself in Redis and
- * hot-swaps ARM versions without dropping or mixing sequences (DESIGN.md §2).
+ * hot-swaps ARM versions without dropping or mixing sequences. StepRequests
+ * that arrive together (several coordinators, several ARMs) are served with
+ * one forward pass per model host; sparse rows are kept for RowFetch.
  *
- *   reward_worker --bind tcp://127.0.0.1:PORT|* --redis HOST:PORT --worker-id ID
+ *   reward_worker --bind ENDPOINT[,ENDPOINT...] --redis HOST:PORT --worker-id ID
  *                 [--arm NAME[@VERSION]]... [--device cpu|cuda:N] [--threads N]
  *                 [--capacity N] [--ready-file F] [--idle-timeout-s S]
  *                 [--heartbeat-ms MS] [--advertise ENDPOINT] [--max-arms N]
- *                 [--no-load-waiting]
+ *                 [--no-load-waiting] [--gather-us N] [--max-batch N]
+ *                 [--metrics-listen HOST:PORT]
  *
  * The routing/hot-swap rule lives in arm_set.{h,c}; this file is the process:
  * options, the Redis side (ARM registry lookups, the worker record with its
@@ -27,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "arm_set.h"
 #include "backend.h"
@@ -36,6 +40,7 @@
 #include "lora_dir.h"
 #include "step_server.h"
 #include "wire.h"
+#include "worker_metrics.h"
 
 #define COMP "reward_worker"
 #define MAX_CLI_ARMS 32
@@ -49,9 +54,9 @@ static void on_signal(int sig) {
 }
 
 typedef struct opts {
-    const char *bind, *redis, *worker_id, *device, *ready_file, *advertise;
+    const char *bind, *redis, *worker_id, *device, *ready_file, *advertise, *metrics_listen;
     const char *arms[MAX_CLI_ARMS];
-    int n_arms, threads, capacity, heartbeat_ms, max_arms, load_waiting;
+    int n_arms, threads, capacity, heartbeat_ms, max_arms, load_waiting, gather_us, max_batch;
     double idle_timeout_s;
 } opts;
 
@@ -68,7 +73,10 @@ typedef struct worker {
     gn_ctl *sub; /* subscriber: genarm:swaps, genarm:load (NULL when it failed) */
     gn_arms *arms;
     gn_step_server *srv;
-    char endpoint[GN_CTL_PATH_MAX];
+    gn_worker_metrics *wm;
+    char endpoint[GN_CTL_PATH_MAX]; /* the record's endpoint: --advertise, else the first TCP one bound */
+    char ipc[GN_CTL_PATH_MAX];      /* the first ipc:// endpoint bound, "" when none */
+    char host[GN_CTL_HOST_MAX];
     int64_t next_hb_ms;
     int reconcile_now;
     uint64_t published_gen;
@@ -80,8 +88,7 @@ typedef struct worker {
         int64_t until_ms;
     } backoff[16];       /* name@version whose load failed recently: not retried before until_ms */
     int64_t sub_retry_ms; /* subscriber failed: next poll not before this */
-    Genarm__V1__ModelRef hb_refs[GN_CTL_WORKER_MAX_ARMS];
-    Genarm__V1__ModelRef *hb_ptrs[GN_CTL_WORKER_MAX_ARMS];
+    gn_step_load load; /* what Heartbeat replies report (5 KB: here, not on the stack) */
     char cmd_msg[GN_ERR_MSG_MAX];
 } worker;
 
@@ -89,11 +96,12 @@ typedef struct worker {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: reward_worker --bind ENDPOINT --redis HOST:PORT --worker-id ID\n"
+            "usage: reward_worker --bind ENDPOINT[,ENDPOINT...] --redis HOST:PORT --worker-id ID\n"
             "                     [--arm NAME[@VERSION]]... [--device cpu|cuda:N] [--threads N]\n"
             "                     [--capacity N] [--ready-file F] [--idle-timeout-s S]\n"
             "                     [--heartbeat-ms MS] [--advertise ENDPOINT] [--max-arms N]\n"
-            "                     [--no-load-waiting]\n");
+            "                     [--no-load-waiting] [--gather-us N] [--max-batch N]\n"
+            "                     [--metrics-listen HOST:PORT]\n");
 }
 
 /* A registry version string as the protocol's uint32 (>= 1). */
@@ -134,6 +142,8 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->heartbeat_ms = 2000;
     o->max_arms = 16;
     o->load_waiting = 1;
+    o->gather_us = 2000;
+    o->max_batch = 256;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -155,6 +165,9 @@ static int parse_opts(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--ready-file")) o->ready_file = v;
         else if (!strcmp(a, "--advertise")) o->advertise = v;
+        else if (!strcmp(a, "--metrics-listen")) o->metrics_listen = v;
+        else if (!strcmp(a, "--gather-us")) { if (gn_cli_int("reward_worker", a, v, 0, 10000000, &o->gather_us)) return -1; }
+        else if (!strcmp(a, "--max-batch")) { if (gn_cli_int("reward_worker", a, v, 1, 65536, &o->max_batch)) return -1; }
         else if (!strcmp(a, "--arm")) {
             char name[GN_ARM_NAME_MAX];
             uint32_t ver;
@@ -291,6 +304,8 @@ static void publish(worker *w, int64_t now_ms) {
     snprintf(rec.id, sizeof rec.id, "%s", w->o.worker_id);
     rec.kind = GN_CTL_WORKER_REWARD;
     snprintf(rec.endpoint, sizeof rec.endpoint, "%s", w->endpoint);
+    snprintf(rec.host, sizeof rec.host, "%s", w->host);
+    snprintf(rec.ipc, sizeof rec.ipc, "%s", w->ipc);
     int n = gn_arms_count(w->arms);
     for (int i = 0; i < n && rec.n_arms < GN_CTL_WORKER_MAX_ARMS; i++) {
         gn_arm_info ai;
@@ -395,21 +410,26 @@ static void serve_waiting(worker *w, int64_t now_ms) {
 
 /* ---- step-server callbacks ------------------------------------------------------ */
 
-/* What Heartbeat replies report: published after every change. */
+/* What Heartbeat replies report: published after every batch, command and tick. */
 static void publish_load(worker *w) {
     if (!w->srv) return;
-    static gn_step_load ld;
-    memset(&ld, 0, sizeof ld);
+    gn_step_load *ld = &w->load;
+    memset(ld, 0, sizeof *ld);
     int n = gn_arms_count(w->arms);
-    for (int i = 0; i < n && ld.n_models < GN_STEP_LOAD_MAX_MODELS; i++) {
+    for (int i = 0; i < n && ld->n_models < GN_STEP_LOAD_MAX_MODELS; i++) {
         gn_arm_info ai;
         if (gn_arms_get(w->arms, i, &ai)) continue;
-        snprintf(ld.models[ld.n_models].name, sizeof ld.models[0].name, "%s", ai.name);
-        ld.models[ld.n_models++].version = ai.version;
+        snprintf(ld->models[ld->n_models].name, sizeof ld->models[0].name, "%s", ai.name);
+        ld->models[ld->n_models++].version = ai.version;
     }
-    ld.active_seqs = (uint32_t)gn_arms_load_total(w->arms);
-    ld.max_seqs = (uint32_t)w->o.capacity;
-    gn_step_server_publish_load(w->srv, &ld);
+    ld->active_seqs = (uint32_t)gn_arms_load_total(w->arms);
+    ld->max_seqs = (uint32_t)w->o.capacity;
+    int used, total;
+    gn_arms_kv_usage(w->arms, &used, &total);
+    ld->kv_used_blocks = (uint32_t)used;
+    ld->kv_total_blocks = (uint32_t)total;
+    gn_arms_counters(w->arms, &ld->forward_passes, &ld->pass_seqs_total);
+    gn_step_server_publish_load(w->srv, ld);
 }
 
 static void after_change(worker *w) {
@@ -418,22 +438,27 @@ static void after_change(worker *w) {
         publish(w, gn_wire_now_ms());
 }
 
-static int step_one(void *ud, const gn_wire_step_req *req, gn_wire_step_resp *resp, gn_err *err) {
-    worker *w = ud;
-    uint64_t gen = gn_arms_generation(w->arms);
-    int code = gn_arms_step(w->arms, req, gn_wire_now_ms(), resp, err);
-    /* A load on demand changed the set: the registry must say so (publishing
-     * does not touch the hosts, so resp stays valid). */
-    if (gn_arms_generation(w->arms) != gen)
-        after_change(w);
-    return code;
-}
-
-/* Interim: one request per batch (max_batch_seqs 1). */
 static void on_step(void *ud, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
                     int *codes, gn_err *errs) {
-    for (int i = 0; i < n; i++) codes[i] = step_one(ud, reqs[i], resps[i], &errs[i]);
-    publish_load(ud);
+    worker *w = ud;
+    gn_step_server_stats st;
+    gn_step_server_stats_get(w->srv, &st); /* the gather wait before this batch */
+    uint64_t gen = gn_arms_generation(w->arms);
+    gn_arms_step_batch(w->arms, reqs, n, resps, codes, errs, gn_wire_now_ms());
+    const int *ps = NULL;
+    int np = gn_arms_last_passes(w->arms, &ps);
+    gn_worker_metrics_batch(w->wm, n, resps, codes, ps, np, (double)st.last_gather_us / 1e6);
+    /* A load on demand changed the set: the registry must say so (publishing
+     * does not touch the hosts, so the responses stay valid). */
+    if (gn_arms_generation(w->arms) != gen) after_change(w);
+    else publish_load(w);
+}
+
+static int on_fetch(void *ud, const Genarm__V1__RowFetch *req, Genarm__V1__RowFetchResult *res, gn_err *err) {
+    worker *w = ud;
+    int code = gn_arms_fetch(w->arms, req, res, err);
+    gn_worker_metrics_fetch(w->wm, code ? NULL : res);
+    return code;
 }
 
 static int on_release(void *ud, const Genarm__V1__Release *rel, uint32_t *released, gn_err *err) {
@@ -556,6 +581,32 @@ static void on_tick(void *ud, int64_t now_ms) {
 
 /* ---- main ------------------------------------------------------------------------- */
 
+/* The record's endpoints from what was bound (comma-separated): endpoint =
+ * --advertise, else the first non-ipc one (else the first); ipc = the first
+ * ipc:// one. */
+static void pick_endpoints(worker *w, const char *bound) {
+    char first[GN_CTL_PATH_MAX] = "", tcp[GN_CTL_PATH_MAX] = "";
+    const char *p = bound;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n && n < GN_CTL_PATH_MAX) {
+            char ep[GN_CTL_PATH_MAX];
+            memcpy(ep, p, n);
+            ep[n] = 0;
+            if (!first[0]) memcpy(first, ep, n + 1);
+            if (!strncmp(ep, "ipc://", 6)) {
+                if (!w->ipc[0]) memcpy(w->ipc, ep, n + 1);
+            } else if (!tcp[0]) {
+                memcpy(tcp, ep, n + 1);
+            }
+        }
+        p += n;
+        if (*p == ',') p++;
+    }
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", w->o.advertise ? w->o.advertise : tcp[0] ? tcp : first);
+}
+
 static int write_ready_file(const char *path, const char *endpoint) {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -614,6 +665,17 @@ int main(int argc, char **argv) {
     ap.max_req_seqs = w->o.capacity > 256 ? w->o.capacity : 256; /* new sequences beyond the
                                        capacity get per-sequence ERROR_CAPACITY, not a refused request */
     ap.host.max_req_seqs = ap.max_req_seqs;
+    ap.max_batch_seqs = w->o.max_batch;
+    ap.host.max_batch_seqs = w->o.max_batch;
+    if (!(w->wm = gn_worker_metrics_create(w->o.worker_id, &err))) {
+        gn_wire_log("error", COMP, "event=start_failed stage=metrics msg=\"%s\"", err.msg);
+        goto out;
+    }
+    if (w->o.metrics_listen && gn_worker_metrics_serve(w->wm, w->o.metrics_listen, &err) != 0) {
+        gn_wire_log("error", COMP, "event=start_failed stage=metrics listen=%s msg=\"%s\"", w->o.metrics_listen,
+                    err.msg);
+        goto out;
+    }
     if (!(w->arms = gn_arms_create(be, &ap, resolve, w, &err))) {
         gn_wire_log("error", COMP, "event=start_failed stage=arms msg=\"%s\"", err.msg);
         goto out;
@@ -636,25 +698,30 @@ int main(int argc, char **argv) {
     sp.tick_ms = 50; /* registry notifications and idle sweeps stay prompt */
     if (ap.host.idle_timeout_ms > 0 && ap.host.idle_timeout_ms < 200)
         sp.tick_ms = (int)(ap.host.idle_timeout_ms / 4 + 1);
-    sp.max_batch_seqs = 1;
-    sp.gather_us = 0;
-    gn_step_handlers hd = {.ud = w, .step = on_step, .release = on_release, .command = on_command,
-                           .tick = on_tick};
+    sp.max_batch_seqs = w->o.max_batch;
+    sp.gather_us = w->o.gather_us;
+    gn_step_handlers hd = {.ud = w, .step = on_step, .fetch = on_fetch, .release = on_release,
+                           .command = on_command, .tick = on_tick};
     if (!(w->srv = gn_step_server_create(&sp, &hd, &err))) {
         gn_wire_log("error", COMP, "event=start_failed stage=bind endpoint=%s msg=\"%s\"",
                     w->o.bind, err.msg);
         goto out;
     }
-    snprintf(w->endpoint, sizeof w->endpoint, "%s",
-             w->o.advertise ? w->o.advertise : gn_step_server_endpoint(w->srv));
+    pick_endpoints(w, gn_step_server_endpoints(w->srv));
+    if (gethostname(w->host, sizeof w->host) != 0 || !w->host[0]) w->host[0] = 0;
+    w->host[sizeof w->host - 1] = 0;
+    for (char *c = w->host; *c; c++) /* the registry takes no spaces or control characters */
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c == 0x7f) *c = '_';
     publish(w, gn_wire_now_ms());
     publish_load(w);
     registered = 1;
     gn_wire_log("info", COMP,
-                "event=ready endpoint=%s redis=%s device=%s n_arms=%d capacity=%d "
-                "heartbeat_ms=%d idle_timeout_ms=%lld",
-                w->endpoint, w->o.redis, w->o.device, gn_arms_count(w->arms), w->o.capacity,
-                w->o.heartbeat_ms, (long long)ap.host.idle_timeout_ms);
+                "event=ready endpoint=%s endpoints=%s ipc=%s host=%s metrics=%s redis=%s device=%s n_arms=%d "
+                "capacity=%d heartbeat_ms=%d idle_timeout_ms=%lld gather_us=%d max_batch=%d",
+                w->endpoint, gn_step_server_endpoints(w->srv), w->ipc[0] ? w->ipc : "-", w->host[0] ? w->host : "-",
+                gn_worker_metrics_address(w->wm)[0] ? gn_worker_metrics_address(w->wm) : "-", w->o.redis,
+                w->o.device, gn_arms_count(w->arms), w->o.capacity, w->o.heartbeat_ms,
+                (long long)ap.host.idle_timeout_ms, w->o.gather_us, w->o.max_batch);
     if (w->o.ready_file && write_ready_file(w->o.ready_file, gn_step_server_endpoint(w->srv))) {
         gn_wire_log("error", COMP, "event=start_failed stage=ready_file path=%s msg=\"%s\"",
                     w->o.ready_file, strerror(errno));
@@ -672,6 +739,7 @@ out:
             gn_wire_log("warn", COMP, "event=deregister_failed msg=\"%s\"", e2.msg);
     }
     gn_step_server_free(w->srv);
+    gn_worker_metrics_free(w->wm);
     gn_arms_free(w->arms);
     gn_ctl_free(w->sub);
     gn_ctl_free(w->ctl);
