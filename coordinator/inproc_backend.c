@@ -1,7 +1,6 @@
 /* inproc_backend.c — gn_coord_backend over engine/generate.h (inproc_backend.h). */
 #include "inproc_backend.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>

@@ -273,9 +273,12 @@ typedef struct sctx {
 } sctx;
 
 /* acc + a · x with the product and the sum rounded separately, as
- * gn_guidance_combine does (guidance.c's combine_ref: no FMA). */
+ * gn_guidance_combine does (guidance.c's combine_ref: no FMA). Not inlined,
+ * so that no caller's contraction setting can fuse it. */
 #if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("fp-contract=off")))
+__attribute__((optimize("fp-contract=off"), noinline))
+#elif defined(__clang__)
+__attribute__((noinline))
 #endif
 static float combine_step(float acc, float a, float x) {
 #ifdef __clang__
