@@ -413,7 +413,8 @@ static double tail_log_mass(const sctx *x, double T) {
         if (!(mj->c > 0.0) || tl == INFINITY)
             continue;
         int p = npos - (mj->hi == INFINITY), q = nneg - (mj->hi == -INFINITY);
-        double rest = p && q ? NAN : p ? INFINITY : q ? -INFINITY : fin - (isfinite(mj->hi) ? mj->hi : 0.0);
+        double own = isfinite(mj->hi) ? mj->hi : 0.0;
+        double rest = p && q ? NAN : p ? INFINITY : q ? -INFINITY : fin - own;
         double e = mj->c / T, fl = mj->r->tail.floor, ls;
         if (e >= 1.0)
             ls = tl + (e == 1.0 ? 0.0 : (e - 1.0) * fl);
@@ -639,7 +640,8 @@ static int certify_logprobs(gn_drawer *d, const sctx *x, const gn_draw_params *p
 static int check_tail(const gn_row_view *r, int m, int n_vocab, gn_err *err) {
     const gn_row_tail *t = &r->tail;
     if (r->n < 0 || r->n > n_vocab)
-        return gn_errf(err, GN_ERANGE, "draw: model %d lists %d tokens (n_vocab %d)", m, r->n, n_vocab);
+        return gn_errf(err, GN_ERANGE, "draw: model %d lists %d tokens (n_vocab %d)", m, r->n,
+                       n_vocab);
     if (r->n > 0 && (!r->ids || !r->vals))
         return gn_errf(err, GN_EINVAL, "draw: model %d: sparse row without ids or values", m);
     if (t->floor != t->floor || t->row_min != t->row_min || t->tail_lse != t->tail_lse)
