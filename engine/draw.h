@@ -40,8 +40,10 @@
  *     p·Z_K - c_{b-1} > (1 - p)·M_all and c_b >= p·(Z_K + M_all) make the
  *     exact nucleus {k_1..k_b} plus unknown tokens ranked before k_b
  *     (M counts those: ub >= s(k_b));
- *   - min-p: the largest known score must be >= every ub (the max is then
- *     exact), unknown tokens below the threshold are dropped from M;
+ *   - min-p: the largest known score must be >= every ub still in play
+ *     after top-k / top-p (the max is then exact: the tokens those cut rank
+ *     below a kept known one), unknown tokens below the threshold are
+ *     dropped from M;
  *   - greedy (T = 0): the largest known score, combined in float exactly as
  *     gn_guidance_combine does, must exceed every ub by a rounding margin; the
  *     token is then the one exact mode picks.
