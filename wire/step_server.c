@@ -745,8 +745,8 @@ static void run_batch(gn_step_server *s, int n) {
         out.step_result = &s->resps[i];
         set_reply(s, j, &out);
     }
-    post(s, s->batch, n);
-    /* The peers to wait for before the next batch: this batch's. */
+    /* The peers to wait for before the next batch: this batch's (recorded
+     * before the jobs go to the I/O thread, which frees them). */
     s->n_peers = 0;
     for (int i = 0; i < n; i++) {
         int seen = 0;
@@ -757,6 +757,7 @@ static void run_batch(gn_step_server *s, int n) {
             s->peer_len[s->n_peers++] = s->batch[i]->ident_len;
         }
     }
+    post(s, s->batch, n);
 }
 
 /* One round: takes steps into a batch in arrival order (RowFetch and Release

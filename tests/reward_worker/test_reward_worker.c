@@ -13,7 +13,13 @@
  *      registry shows both versions while draining and only v2 after the old
  *      sequences are released;
  *  (e) Unload/Load/Promote commands over ZeroMQ; SIGTERM drains, exits 0 and
- *      deregisters; a SIGKILLed worker's registry entry expires (short TTL).
+ *      deregisters; a SIGKILLed worker's registry entry expires (short TTL);
+ *  (f) batching: three clients stepping help@1, help@2 and help@1 at the same
+ *      time get one forward pass per version (pass_seqs 2, 1, 2), two clients
+ *      stepping two LoRA adapters of one backbone share one pass; every row
+ *      == the in-process reference; sparse rows on both versions and fetches
+ *      routed to the version that served them; the record carries host and
+ *      ipc endpoint; GET /metrics serves the worker families.
  * Children (workers, redis-server) are killed on every exit path (atexit,
  * fatal signals) and get PR_SET_PDEATHSIG. */
 #include <errno.h>
@@ -32,8 +38,11 @@
 #include "backend.h"
 #include "control.h"
 #include "control/redis_harness.h"
+#include <jansson.h>
+
 #include "gn_alloc.h"
 #include "gn_test.h"
+#include "lora.h"
 #include "worker_proc.h"
 #include "model.h"
 #include "model_maker.h"
@@ -417,7 +426,7 @@ static void test_logprobs_two_arms(gn_step_client *c) {
     /* Prefill of 3 sequences on "help" (held since start, current = 1). */
     gn_step_seq q[3];
     for (int s = 0; s < 3; s++) {
-        gn_step_seq x = {10 + (uint64_t)s, 0, toks[s], 4 + s, s == 1, 0};
+        gn_step_seq x = {10 + (uint64_t)s, 0, toks[s], 4 + s, s == 1, 0, 0};
         q[s] = x;
     }
     int rows;
@@ -431,7 +440,7 @@ static void test_logprobs_two_arms(gn_step_client *c) {
     /* Decode. */
     gn_step_seq d[3];
     for (int s = 0; s < 3; s++) {
-        gn_step_seq x = {10 + (uint64_t)s, (uint32_t)(4 + s), &toks[s][4 + s], 1, 0, 0};
+        gn_step_seq x = {10 + (uint64_t)s, (uint32_t)(4 + s), &toks[s][4 + s], 1, 0, 0, 0};
         d[s] = x;
     }
     want = ref_step(&A1, ra, d, 3, &rows);
@@ -462,7 +471,7 @@ static void test_logprobs_two_arms(gn_step_client *c) {
     CHECK(alive(c, NULL, models, sizeof models) && arms_equal(models, "help@1,harm@1"),
           "heartbeat lists both ARMs: %s", models);
     /* help's sequences are untouched by harm's. */
-    gn_step_seq d2 = {11, 6, &toks[1][6], 1, 0, 0};
+    gn_step_seq d2 = {11, 6, &toks[1][6], 1, 0, 0, 0};
     want = ref_step(&A1, &ra[1], &d2, 1, &rows);
     float *w1[1] = {want};
     rep = step(c, "help", 0, &d2, 1);
@@ -481,7 +490,7 @@ static void test_logprobs_two_arms(gn_step_client *c) {
 /* (c) */
 static void test_refusals(gn_step_client *c, const char *endpoint) {
     int32_t toks[3] = {5, 6, 7};
-    gn_step_seq one = {500, 0, toks, 3, 0, 0};
+    gn_step_seq one = {500, 0, toks, 3, 0, 0, 0};
     gn_wire_env *rep = step(c, "bad", 0, &one, 1);
     CHECK(is_error(rep, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL) &&
               strstr(rep->error->message, "tokenizer mismatch"),
@@ -504,14 +513,14 @@ static void test_refusals(gn_step_client *c, const char *endpoint) {
     CHECK(is_error(rep, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL), "no ARM name: %s", describe(rep));
     gn_wire_env_free(rep);
     int32_t big = 100000;
-    gn_step_seq tr = {501, 0, &big, 1, 0, 0};
+    gn_step_seq tr = {501, 0, &big, 1, 0, 0, 0};
     rep = step(c, "help", 0, &tr, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
               rep->step_result->n_errors == 1 &&
               rep->step_result->errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE,
           "token out of range: %s", describe(rep));
     gn_wire_env_free(rep);
-    gn_step_seq unk = {502, 7, toks, 1, 0, 0};
+    gn_step_seq unk = {502, 7, toks, 1, 0, 0, 0};
     rep = step(c, "help", 0, &unk, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
               rep->step_result->n_errors == 1 &&
@@ -553,7 +562,7 @@ static void test_hot_swap(gn_step_client *c) {
     /* 4 sequences start on v1 (version 0 = current = 1). */
     gn_step_seq q[OLD];
     for (int s = 0; s < OLD; s++) {
-        gn_step_seq x = {1000 + (uint64_t)s, 0, toks[s], 3, 0, 0};
+        gn_step_seq x = {1000 + (uint64_t)s, 0, toks[s], 3, 0, 0, 0};
         q[s] = x;
     }
     int rows;
@@ -576,11 +585,11 @@ static void test_hot_swap(gn_step_client *c) {
     /* One mixed request: the 4 old sequences continue (v1), 2 new ones start (v2). */
     gn_step_seq m[OLD + NEW];
     for (int s = 0; s < OLD; s++) {
-        gn_step_seq x = {1000 + (uint64_t)s, 3, &toks[s][3], 1 + (s & 1), s == 3, 0};
+        gn_step_seq x = {1000 + (uint64_t)s, 3, &toks[s][3], 1 + (s & 1), s == 3, 0, 0};
         m[s] = x;
     }
     for (int s = 0; s < NEW; s++) {
-        gn_step_seq x = {2000 + (uint64_t)s, 0, toks[OLD + s], 4, 0, 0};
+        gn_step_seq x = {2000 + (uint64_t)s, 0, toks[OLD + s], 4, 0, 0, 0};
         m[OLD + s] = x;
     }
     float *want1 = ref_step(&A1, r1, m, OLD, &rows);
@@ -606,7 +615,7 @@ static void test_hot_swap(gn_step_client *c) {
     {
         /* Sanity: v2 would have given other rows for an old sequence's step. */
         gn_seq *probe = gn_seq_create(A2.r, &e);
-        gn_step_seq pq[2] = {{0, 0, toks[0], 3, 0, 0}, {0, 3, &toks[0][3], 1, 0, 0}};
+        gn_step_seq pq[2] = {{0, 0, toks[0], 3, 0, 0, 0}, {0, 3, &toks[0][3], 1, 0, 0, 0}};
         gn_step_item it = {probe, pq[0].tokens, 3, 0};
         float *tmp = malloc((size_t)g_nout * sizeof(float));
         gn_runner_step(A2.r, &it, 1, tmp, &e);
@@ -626,7 +635,7 @@ static void test_hot_swap(gn_step_client *c) {
     gn_step_seq o[OLD];
     for (int s = 0; s < OLD; s++) {
         uint32_t len = 3 + (uint32_t)(1 + (s & 1));
-        gn_step_seq x = {1000 + (uint64_t)s, len, &toks[s][len], 1, 0, 0};
+        gn_step_seq x = {1000 + (uint64_t)s, len, &toks[s][len], 1, 0, 0, 0};
         o[s] = x;
     }
     want = ref_step(&A1, r1, o, OLD, &rows);
@@ -636,7 +645,7 @@ static void test_hot_swap(gn_step_client *c) {
     gn_wire_env_free(rep);
     free(want);
     /* A new sequence addressed explicitly to the draining v1 is refused. */
-    gn_step_seq nv1 = {3000, 0, toks[0], 2, 0, 0};
+    gn_step_seq nv1 = {3000, 0, toks[0], 2, 0, 0, 0};
     rep = step(c, "help", 1, &nv1, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
               rep->step_result->n_errors == 1 &&
@@ -659,7 +668,7 @@ static void test_hot_swap(gn_step_client *c) {
     /* The new sequences continue on v2. */
     gn_step_seq n2[NEW];
     for (int s = 0; s < NEW; s++) {
-        gn_step_seq x = {2000 + (uint64_t)s, 4, &toks[OLD + s][4], 1, 0, 1};
+        gn_step_seq x = {2000 + (uint64_t)s, 4, &toks[OLD + s][4], 1, 0, 1, 0};
         n2[s] = x;
     }
     want = ref_step(&A2, r2, n2, NEW, &rows);
@@ -669,7 +678,7 @@ static void test_hot_swap(gn_step_client *c) {
     gn_wire_env_free(rep);
     free(want);
     /* A released old sequence cannot continue anywhere (never re-pinned to v2). */
-    gn_step_seq gone = {1000, 6, toks[0], 1, 0, 0};
+    gn_step_seq gone = {1000, 6, toks[0], 1, 0, 0, 0};
     rep = step(c, "help", 0, &gone, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
               rep->step_result->n_errors == 1 &&
@@ -705,7 +714,7 @@ static void test_commands(gn_step_client *c) {
     gn_wire_env_free(rep);
     CHECK(wait_registry("rw1", "help@1,harm@1", 3000, last, sizeof last), "v2 drained at once: %s", last);
     int32_t toks[2] = {3, 4};
-    gn_step_seq s = {4000, 0, toks, 2, 0, 1};
+    gn_step_seq s = {4000, 0, toks, 2, 0, 1, 0};
     rep = step(c, "help", 0, &s, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT && rep->step_result->n_results == 1 &&
               rep->step_result->model->version == 1,
@@ -735,7 +744,7 @@ static void test_idle_drain(void) {
         return;
     }
     int32_t toks[3] = {7, 8, 9};
-    gn_step_seq s = {1, 0, toks, 3, 0, 0};
+    gn_step_seq s = {1, 0, toks, 3, 0, 0, 0};
     gn_wire_env *rep = step(c, "help", 0, &s, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT && rep->step_result->n_results == 1 &&
               rep->step_result->results[0]->model_version == 1,
@@ -750,7 +759,7 @@ static void test_idle_drain(void) {
           "rw3: both versions while the v1 sequence lives: %s", last);
     CHECK(wait_registry("rw3", "help@2", 6000, last, sizeof last),
           "rw3: v1 unloaded once its sequence idled out: %s", last);
-    gn_step_seq d = {1, 3, toks, 1, 0, 0};
+    gn_step_seq d = {1, 3, toks, 1, 0, 0, 0};
     rep = step(c, "help", 0, &d, 1);
     CHECK(rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT && rep->step_result->n_errors == 1 &&
               rep->step_result->errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
@@ -816,6 +825,263 @@ static void test_cli(void) {
           "--arm of an unregistered ARM: exit 1, not registered (%d)", st);
 }
 
+/* ---- batching across ARM versions and adapters ---------------------------------- */
+
+/* The first-step row of toks on the backbone bb with the adapter ad (in
+ * process). */
+static int lora_row(const char *bb, const char *ad, const int32_t *toks, int n, float *out) {
+    gn_err e = {0};
+    gn_model_params lp = gn_model_default_params();
+    lp.load_tokenizer = 1;
+    gn_model *m = gn_model_load(bb, g_be, &lp, &e);
+    gn_lora_adapter *a = m ? gn_lora_adapter_load(m, ad, &e) : NULL;
+    gn_runner *r = a ? gn_runner_create(m, NULL, &e) : NULL;
+    gn_seq *q = r ? gn_seq_create(r, &e) : NULL;
+    int rc = -1;
+    if (q && gn_seq_set_adapter(q, a, &e) == 0) {
+        gn_step_item it = {q, toks, n, 0};
+        rc = gn_runner_step(r, &it, 1, out, &e);
+    }
+    if (rc) CHECK(0, "LoRA reference row: %s", e.msg);
+    gn_seq_free(q);
+    gn_runner_free(r);
+    gn_lora_adapter_free(a);
+    gn_model_free(m);
+    return rc;
+}
+
+static uint64_t send_step(gn_step_client *c, const char *arm, uint32_t ver, const gn_step_seq *q, int n) {
+    gn_err e = {0};
+    uint64_t id = 0;
+    CHECK(gn_step_client_step_send(c, arm, ver, q, n, GN_F32, &id, &e) == 0, "send: %s", e.msg);
+    return id;
+}
+
+static gn_wire_env *recv_id(gn_step_client *c, uint64_t id) {
+    gn_err e = {0};
+    gn_wire_env *rep = NULL;
+    if (gn_step_client_recv(c, id, TIMEOUT_MS, &rep, &e) != 0) CHECK(0, "recv: %s", e.msg);
+    return rep;
+}
+
+static int step_ok(const gn_wire_env *rep) {
+    return rep && rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT && rep->step_result->n_errors == 0 &&
+           rep->step_result->n_results >= 1;
+}
+
+/* The value after key in the worker's log (e.g. its metrics address). */
+static int log_field(const char *id, const char *key, char *out, size_t cap) {
+    char path[600], line[4096];
+    snprintf(path, sizeof path, "%s/%s.log", g_root, id);
+    FILE *f = fopen(path, "r");
+    int found = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strstr(line, key);
+        if (!p) continue;
+        p += strlen(key);
+        size_t n = strcspn(p, " \n");
+        if (n < cap) {
+            memcpy(out, p, n);
+            out[n] = 0;
+            found = 1;
+        }
+    }
+    if (f) fclose(f);
+    return found ? 0 : -1;
+}
+
+static void test_batching(void) {
+    gn_err e = {0};
+    /* Two LoRA adapters on one backbone, registered as ARMs p and q. */
+    char bb[300], ad1[300], ad2[300];
+    snprintf(bb, sizeof bb, "%s/backbone", g_root);
+    snprintf(ad1, sizeof ad1, "%s/adapter_p", g_root);
+    snprintf(ad2, sizeof ad2, "%s/adapter_q", g_root);
+    gn_make_model_params mp = gn_make_model_default_params();
+    mp.arch = "llama";
+    mp.init_std = 0.15f;
+    mp.seed = 11; /* help_v1's tokenizer */
+    mp.lora_out = ad1;
+    CHECK(gn_make_model(&mp, bb, &e) == 0, "backbone + adapter: %s", e.msg);
+    char cmd[1000];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s'/* '%s'/", ad2, ad1, ad2);
+    CHECK(system(cmd) == 0, "copy adapter");
+    char cfgp[400];
+    snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", ad2);
+    json_t *cfg = json_load_file(cfgp, 0, NULL);
+    CHECK(cfg && json_object_set_new(cfg, "lora_alpha", json_integer(40)) == 0 && json_dump_file(cfg, cfgp, 0) == 0,
+          "adapter q config");
+    json_decref(cfg);
+    CHECK(gn_ctl_arm_register(g_ctl, "p", "1", ad1, A1.hash, &e) == 0 &&
+              gn_ctl_arm_register(g_ctl, "q", "1", ad2, A1.hash, &e) == 0,
+          "register the adapters: %s", e.msg);
+
+    worker w;
+    char ipc[300], bind[400];
+    snprintf(ipc, sizeof ipc, "ipc://%s/rwb.sock", g_root);
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:*,%s", ipc);
+    const char *extra[] = {"--arm",       "help@1",    "--arm",      "help@2", "--arm",          "p",
+                           "--arm",       "q",         "--bind",     bind,     "--gather-us",    "100000",
+                           "--capacity",  "16",        "--metrics-listen", "127.0.0.1:0", NULL};
+    if (start_worker(&w, "rwb", extra) != 0) {
+        CHECK(0, "start rwb");
+        return;
+    }
+    gn_ctl_worker rec;
+    CHECK(gn_ctl_worker_find_arm(g_ctl, "p", "1", &rec, &e) == 0 && !strcmp(rec.id, "rwb") &&
+              !strcmp(rec.ipc, ipc) && rec.host[0] && !strncmp(rec.endpoint, "tcp://", 6),
+          "record: endpoint %s, host %s, ipc %s", rec.endpoint, rec.host, rec.ipc);
+    enum { NC = 3 };
+    gn_step_client *cl[NC + 1];
+    for (int i = 0; i <= NC; i++) cl[i] = gn_step_client_create(i == 1 ? ipc : w.endpoint, NULL, &e);
+    for (int i = 0; i <= NC; i++)
+        if (!cl[i]) {
+            CHECK(0, "client: %s", e.msg);
+            return;
+        }
+    for (int i = 0; i <= NC; i++) CHECK(alive(cl[i], NULL, NULL, 0), "client %d connected (1 over ipc)", i);
+    int32_t toks[NC][8];
+    for (int c = 0; c < NC; c++)
+        for (int t = 0; t < 8; t++) toks[c][t] = rand_tok();
+    static int32_t longp[1500];
+    for (int t = 0; t < 1500; t++) longp[t] = rand_tok();
+    /* Client 3 holds the compute thread (a long prefill on harm) while the
+     * three send: help@1, help@2, help@1. */
+    const char *arm[NC] = {"help", "help", "help"};
+    uint32_t ver[NC] = {1, 2, 1};
+    ref_model *ref[NC] = {&A1, &A2, &A1};
+    gn_step_seq blk = {800, 0, longp, 1500, 0, 1, 0};
+    uint64_t bid = send_step(cl[NC], "help", 1, &blk, 1);
+    usleep(20000);
+    uint64_t ids[NC];
+    gn_step_seq q[NC];
+    for (int c = 0; c < NC; c++) {
+        gn_step_seq x = {600 + (uint64_t)c, 0, toks[c], 3 + c, 0, 0, 0};
+        q[c] = x;
+        ids[c] = send_step(cl[c], arm[c], ver[c], &q[c], 1);
+    }
+    gn_wire_env *b = recv_id(cl[NC], bid);
+    CHECK(step_ok(b), "the long prefill: %s", describe(b));
+    gn_wire_env_free(b);
+    uint32_t ps[NC] = {0};
+    for (int c = 0; c < NC; c++) {
+        gn_wire_env *rep = recv_id(cl[c], ids[c]);
+        if (!step_ok(rep)) {
+            CHECK(0, "client %d: %s", c, describe(rep));
+            gn_wire_env_free(rep);
+            continue;
+        }
+        ps[c] = rep->step_result->pass_seqs;
+        gn_seq *rs = gn_seq_create(ref[c]->r, &e);
+        int rows;
+        float *want = ref_step(ref[c], &rs, &q[c], 1, &rows);
+        CHECK(rep->step_result->results[0]->model_version == ver[c] &&
+                  !memcmp(rep->step_result->logprobs->data.data, want, (size_t)g_nout * sizeof(float)),
+              "client %d: help@%u's row == in process (bit for bit)", c, ver[c]);
+        free(want);
+        gn_seq_free(rs);
+        gn_wire_env_free(rep);
+    }
+    fprintf(stderr, "batching: pass_seqs of help@1, help@2, help@1: %u %u %u\n", ps[0], ps[1], ps[2]);
+    CHECK(ps[0] == 2 && ps[1] == 1 && ps[2] == 2, "one pass per version: pass_seqs %u %u %u", ps[0], ps[1], ps[2]);
+
+    /* Two adapters of one backbone, at the same time: one pass of two. The
+     * peers of the last batch were 0, 1 and 2: 2 does not come back, so the
+     * first round waits for it once; the second goes straight through. */
+    float *wp = malloc((size_t)g_nout * sizeof(float)), *wq = malloc((size_t)g_nout * sizeof(float));
+    CHECK(lora_row(bb, ad1, toks[0], 4, wp) == 0 && lora_row(bb, ad2, toks[0], 4, wq) == 0, "LoRA references");
+    for (int round = 0; round < 2; round++) {
+        gn_step_seq x = {700 + (uint64_t)round, 0, toks[0], 4, 0, 1, 0};
+        uint64_t i0 = send_step(cl[0], "p", 0, &x, 1), i1 = send_step(cl[1], "q", 0, &x, 1);
+        gn_wire_env *r0 = recv_id(cl[0], i0), *r1 = recv_id(cl[1], i1);
+        CHECK(step_ok(r0) && step_ok(r1) && r0->step_result->pass_seqs == 2 && r1->step_result->pass_seqs == 2,
+              "round %d: p and q in one pass (%u, %u): %s", round, step_ok(r0) ? r0->step_result->pass_seqs : 0,
+              step_ok(r1) ? r1->step_result->pass_seqs : 0, describe(step_ok(r0) ? r1 : r0));
+        CHECK(step_ok(r0) && step_ok(r1) &&
+                  !memcmp(r0->step_result->logprobs->data.data, wp, (size_t)g_nout * sizeof(float)) &&
+                  !memcmp(r1->step_result->logprobs->data.data, wq, (size_t)g_nout * sizeof(float)),
+              "round %d: each adapter's row == backbone + adapter in process", round);
+        gn_wire_env_free(r0);
+        gn_wire_env_free(r1);
+    }
+    free(wp);
+    free(wq);
+
+    /* Sparse rows on both versions (the same seq id on each), fetched back
+     * from the version that served them. */
+    gn_step_seq sp = {650, 0, toks[2], 5, 0, 0, 6};
+    uint64_t s1 = send_step(cl[0], "help", 1, &sp, 1), s2 = send_step(cl[1], "help", 2, &sp, 1);
+    gn_wire_env *r1 = recv_id(cl[0], s1), *r2 = recv_id(cl[1], s2);
+    CHECK(step_ok(r1) && step_ok(r2) && r1->step_result->results[0]->n_cand == 6 &&
+              r2->step_result->results[0]->n_cand == 6 && r1->step_result->results[0]->model_version == 1 &&
+              r2->step_result->results[0]->model_version == 2,
+          "sparse on help@1 and help@2: %s", describe(step_ok(r1) ? r2 : r1));
+    gn_wire_env_free(r1);
+    gn_wire_env_free(r2);
+    for (int v = 1; v <= 2; v++) {
+        ref_model *rm = v == 1 ? &A1 : &A2;
+        gn_seq *rs = gn_seq_create(rm->r, &e);
+        int rows;
+        float *want = ref_step(rm, &rs, &sp, 1, &rows);
+        gn_fetch_seq fs = {650, 5, NULL, 0, 1};
+        uint64_t fid;
+        gn_wire_env *fr = NULL;
+        CHECK(gn_step_client_fetch_send(cl[2], "help", (uint32_t)v, &fs, 1, &fid, &e) == 0 &&
+                  gn_step_client_recv(cl[2], fid, TIMEOUT_MS, &fr, &e) == 0 && fr &&
+                  fr->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT && fr->fetch_result->n_results == 1 &&
+                  fr->fetch_result->values.len == (size_t)g_nout * 4 &&
+                  !memcmp(fr->fetch_result->values.data, want, (size_t)g_nout * 4),
+              "fetch from help@%d == its own row: %s", v, describe(fr));
+        gn_wire_env_free(fr);
+        free(want);
+        gn_seq_free(rs);
+    }
+    {
+        gn_fetch_seq fs = {650, 5, NULL, 0, 1};
+        uint64_t fid;
+        gn_wire_env *fr = NULL;
+        CHECK(gn_step_client_fetch_send(cl[2], "help", 7, &fs, 1, &fid, &e) == 0 &&
+                  gn_step_client_recv(cl[2], fid, TIMEOUT_MS, &fr, &e) == 0 &&
+                  is_error(fr, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL),
+              "fetch from a version not held: %s", describe(fr));
+        gn_wire_env_free(fr);
+    }
+    /* Heartbeats count the passes; /metrics serves the worker families. */
+    gn_wire_env env;
+    gn_wire_env_init(&env, 0);
+    Genarm__V1__Heartbeat hq = GENARM__V1__HEARTBEAT__INIT;
+    env.body_case = GENARM__V1__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hq;
+    gn_wire_env *hb = NULL;
+    CHECK(gn_step_client_call(cl[0], &env, TIMEOUT_MS, &hb, &e) == 0 && hb &&
+              hb->body_case == GENARM__V1__ENVELOPE__BODY_HEARTBEAT && hb->heartbeat->forward_passes >= 6 &&
+              hb->heartbeat->pass_seqs_total > hb->heartbeat->forward_passes && hb->heartbeat->kv_total_blocks > 0,
+          "heartbeat load: %llu passes, %llu sequences",
+          hb ? (unsigned long long)hb->heartbeat->forward_passes : 0ull,
+          hb ? (unsigned long long)hb->heartbeat->pass_seqs_total : 0ull);
+    gn_wire_env_free(hb);
+    char addr[128];
+    CHECK(log_field("rwb", "metrics=", addr, sizeof addr) == 0, "metrics address in the ready line");
+    char url[800];
+    snprintf(url, sizeof url, "curl -sf http://%s/metrics > '%s/rwb.metrics'", addr, g_root);
+    if (access("/usr/bin/curl", X_OK) == 0) {
+        CHECK(system(url) == 0, "GET /metrics");
+        char path[400], *text = malloc(1 << 20);
+        snprintf(path, sizeof path, "%s/rwb.metrics", g_root);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(text, 1, (1 << 20) - 1, f) : 0;
+        if (f) fclose(f);
+        text[n] = 0;
+        CHECK(strstr(text, "genarm:worker_forward_passes_total{worker=\"rwb\"}") &&
+                  strstr(text, "genarm:worker_pass_sequences_bucket{worker=\"rwb\"") &&
+                  strstr(text, "genarm:worker_fetches_total{worker=\"rwb\"} 3"),
+              "reward worker metrics");
+        free(text);
+    }
+    for (int i = 0; i <= NC; i++) gn_step_client_free(cl[i]);
+    CHECK(stop_worker(&w, SIGTERM, 10000) == 0, "rwb exits 0");
+}
+
 int main(void) {
     const char *bdir = getenv("GN_BUILD_DIR");
     snprintf(g_bin, sizeof g_bin, "%s/reward_worker/reward_worker", bdir ? bdir : ".");
@@ -875,6 +1141,7 @@ int main(void) {
     } else {
         CHECK(0, "start reward_worker rw1");
     }
+    test_batching();
     test_idle_drain();
     test_ttl_expiry();
     test_cli();
