@@ -10,7 +10,21 @@
  *               [--max-batch N] [--drain-timeout-s S] [--id NAME]
  *               [--ready-file PATH] [--threads N] [--sample-threads N]
  *               [--no-share] [--peer-listen tcp://HOST:PORT] [--peer-advertise tcp://HOST:PORT]
- *               [--peer-timeout-ms MS] [--capacity-wait-ms MS]
+ *               [--peer-timeout-ms MS] [--capacity-wait-ms MS] [--liveness-ms MS]
+ *               [--rows sparse|f32|f16|bf16] [--epsilon E] [--sparse-k K] [--sparse-k-max K]
+ *               [--no-ipc]
+ *
+ * --rows: how the workers send log-prob rows. "sparse" (default): their top
+ * candidates and bounds on the rest; a draw goes ahead only when proved within
+ * --epsilon (total variation, default 1e-6) of the exact distribution, else
+ * the missing values or whole rows are fetched first (--sparse-k candidates to
+ * start with, adapted per sequence up to --sparse-k-max). "f32": whole rows,
+ * exact. "f16"/"bf16": whole rows in 16 bits, with their rounding.
+ * --liveness-ms: a worker that answers neither a pending request nor a
+ * heartbeat for this long is declared stalled (default 1000); a worker whose
+ * connection drops fails its requests at once. Reward workers on this host
+ * that offer an ipc:// endpoint are reached through it (no TCP copy), unless
+ * --no-ipc; the base worker is reached at --base, which may be ipc:// too.
  *
  * Several coordinators share one Redis: a request that finds this one's
  * batch full goes to the shared queue and whichever coordinator has room
@@ -36,6 +50,8 @@
 #include "auth_redis.h"
 #include "control.h"
 #include "dist_backend.h"
+#include "gn_cli.h"
+#include "step_exchange.h"
 #include "gn_alloc.h"
 #include "http_server.h"
 #include "inproc_backend.h"
@@ -54,7 +70,9 @@ static void usage(FILE *f) {
                "                   [--inproc] [--model-id ID] [--step-timeout-ms MS] [--arm-wait-ms MS]\n"
                "                   [--max-batch N] [--drain-timeout-s S] [--id NAME] [--ready-file PATH]\n"
                "                   [--threads N] [--sample-threads N] [--no-share] [--peer-listen ENDPOINT]\n"
-               "                   [--peer-advertise ENDPOINT] [--peer-timeout-ms MS] [--capacity-wait-ms MS]\n");
+               "                   [--peer-advertise ENDPOINT] [--peer-timeout-ms MS] [--capacity-wait-ms MS]\n"
+               "                   [--liveness-ms MS] [--rows sparse|f32|f16|bf16] [--epsilon E]\n"
+               "                   [--sparse-k K] [--sparse-k-max K] [--no-ipc]\n");
 }
 
 static int split_hostport(const char *s, char *host, size_t cap, int *port) {
@@ -71,8 +89,10 @@ static int split_hostport(const char *s, char *host, size_t cap, int *port) {
 
 typedef struct opts {
     const char *listen, *redis, *base, *base_model, *model_id, *id, *ready_file, *peer_listen, *peer_advertise;
-    int inproc, no_share, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
-    int peer_timeout_ms, capacity_wait_ms;
+    const char *rows;
+    int inproc, no_share, no_ipc, step_timeout_ms, arm_wait_ms, max_batch, drain_timeout_s, threads, sample_threads;
+    int peer_timeout_ms, capacity_wait_ms, liveness_ms, sparse_k, sparse_k_max;
+    double epsilon;
 } opts;
 
 static int parse_args(int argc, char **argv, opts *o) {
@@ -90,6 +110,10 @@ static int parse_args(int argc, char **argv, opts *o) {
         }
         if (!strcmp(a, "--no-share")) {
             o->no_share = 1;
+            continue;
+        }
+        if (!strcmp(a, "--no-ipc")) {
+            o->no_ipc = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -114,7 +138,24 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--drain-timeout-s")) o->drain_timeout_s = atoi(v);
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--sample-threads")) o->sample_threads = atoi(v);
-        else {
+        else if (!strcmp(a, "--liveness-ms")) { if (gn_cli_int("coordinator", a, v, 10, 3600000, &o->liveness_ms)) return -1; }
+        else if (!strcmp(a, "--sparse-k")) { if (gn_cli_int("coordinator", a, v, 1, 1 << 20, &o->sparse_k)) return -1; }
+        else if (!strcmp(a, "--sparse-k-max")) { if (gn_cli_int("coordinator", a, v, 1, 1 << 20, &o->sparse_k_max)) return -1; }
+        else if (!strcmp(a, "--rows")) {
+            gn_rows_policy rp;
+            if (gn_rows_policy_parse(v, &rp)) {
+                fprintf(stderr, "coordinator: --rows %s: expected sparse, f32, f16 or bf16\n", v);
+                return -1;
+            }
+            o->rows = v;
+        } else if (!strcmp(a, "--epsilon")) {
+            char *end;
+            o->epsilon = strtod(v, &end);
+            if (*end || end == v || !(o->epsilon > 0) || o->epsilon > 0.5) {
+                fprintf(stderr, "coordinator: --epsilon %s: expected a number in (0, 0.5]\n", v);
+                return -1;
+            }
+        } else {
             fprintf(stderr, "coordinator: unknown option %s\n", a);
             return -1;
         }
@@ -200,10 +241,16 @@ int main(int argc, char **argv) {
         dp.coordinator_id = o.id;
         dp.metrics = metrics;
         dp.no_share = o.no_share;
+        dp.no_ipc = o.no_ipc;
         dp.peer_bind = o.peer_listen;
         dp.peer_advertise = o.peer_advertise;
         dp.peer_timeout_ms = o.peer_timeout_ms;
         dp.capacity_wait_ms = o.capacity_wait_ms;
+        dp.liveness_ms = o.liveness_ms;
+        if (o.rows) dp.rows = o.rows;
+        if (o.epsilon > 0) dp.epsilon = o.epsilon;
+        dp.sparse_k = (uint32_t)o.sparse_k;
+        dp.sparse_k_max = (uint32_t)o.sparse_k_max;
         if (!(dist = gn_dist_create(&dp, &e))) goto out;
         be = gn_dist_backend(dist);
     }
