@@ -75,7 +75,8 @@ static void on_step(void *ud, const gn_gen_step_info *info) {
     run_ctx *rc = ud;
     if (info->seq >= 0 && info->seq < GN_OAI_MAX_N) rc->jb->n_tokens[info->seq]++;
     if (rc->jb->j.req->logprobs >= 0 && rc->jb->sink->token && !atomic_load(&rc->jb->cancelled))
-        gn_token_report(rc->jb->sink, info->seq, gn_generator_tokenizer(rc->x->gen), info->draw);
+        gn_token_report(rc->jb->sink, info->seq, gn_generator_tokenizer(rc->x->gen), rc->jb->j.req->token_ids,
+                        info->draw);
 }
 
 static void run_job(gn_inproc *x, job *jb) {

@@ -2,6 +2,8 @@
 #include "token_report.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "gn_alloc.h"
 #include "tokenizer.h"
@@ -9,7 +11,17 @@
 /* JSON has no -Infinity: a probability-0 token gets a very negative number. */
 static float finite_lp(float v) { return isfinite(v) ? v : -9999.0f; }
 
-void gn_token_report(gn_coord_sink *sink, int index, const struct gn_tokenizer *tok,
+/* "token_id:<id>" (return_tokens_as_token_ids), gn_malloc'd. */
+static int id_text(int32_t id, char **text, size_t *len) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "token_id:%d", (int)id);
+    if (!(*text = gn_malloc((size_t)n + 1))) return GN_ENOMEM;
+    memcpy(*text, buf, (size_t)n + 1);
+    *len = (size_t)n;
+    return 0;
+}
+
+void gn_token_report(gn_coord_sink *sink, int index, const struct gn_tokenizer *tok, int as_ids,
                      const gn_draw_result *r) {
     if (!sink || !sink->token || !r || r->status != GN_DRAW_DONE || r->token < 0)
         return;
@@ -26,7 +38,7 @@ void gn_token_report(gn_coord_sink *sink, int index, const struct gn_tokenizer *
     gn_err err;
     for (int i = 0; i <= nt; i++) {
         int32_t id = i == 0 ? r->token : r->top_ids[i - 1];
-        if (gn_tok_decode(tok, &id, 1, 0, &texts[i], &lens[i], &err)) {
+        if (as_ids ? id_text(id, &texts[i], &lens[i]) : gn_tok_decode(tok, &id, 1, 0, &texts[i], &lens[i], &err)) {
             texts[i] = NULL;
             lens[i] = 0;
         }

@@ -18,10 +18,11 @@ struct gn_tokenizer;
 
 /* Calls sink->token(sink, index, lp) with r's token and its n_top
  * alternatives decoded by tok (special tokens included, as the model emits
- * them; an id that does not decode gives ""). Log-probs that are not finite
+ * them; an id that does not decode gives ""), or with as_ids written
+ * "token_id:<id>" (the request's return_tokens_as_token_ids). Log-probs that are not finite
  * (a token of probability 0) are reported as -9999, which JSON can carry.
  * Does nothing when sink->token is NULL or r is not a DONE draw. */
-void gn_token_report(gn_coord_sink *sink, int index, const struct gn_tokenizer *tok,
+void gn_token_report(gn_coord_sink *sink, int index, const struct gn_tokenizer *tok, int as_ids,
                      const gn_draw_result *r);
 
 #endif
