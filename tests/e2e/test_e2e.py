@@ -167,7 +167,7 @@ class Service:
         self.arm_a2 = self.make_model("arm_a2", 4, 0.15)
         self.arm_b1 = self.make_model("arm_b1", 3, 0.15)
         # different chat templates for the base and ARM alpha v1 (same tokenizer): chat
-        # prompts then differ per model, as DESIGN.md §1 wants
+        # prompts then differ per model, as ARCHITECTURE.md §1 says they may
         set_template(self.base, "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                                 "{% if add_generation_prompt %}[assistant] {% endif %}")
         set_template(self.arm_a1, "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -192,8 +192,10 @@ class Service:
         self.key2 = self.adm("key", "create", "t2")
         self.adm("profile", "set", "t1", "pa", "--arm", "alpha:1.0", "--beta", "0.5")
         self.adm("profile", "set", "t2", "pb", "--arm", "beta:1.5", "--beta", "1.0")
+        self.base_metrics = free_port()
         spawn("base_worker", [os.path.join(self.b, "base_worker/base_worker"), "--model", self.base, "--bind",
                               "tcp://127.0.0.1:*", "--threads", "1", "--device", DEVICE,
+                              "--metrics-listen", "127.0.0.1:%d" % self.base_metrics,
                               "--ready-file", os.path.join(WORK, "base.ep")])
         for i, arm in ((1, "alpha"), (2, "beta")):
             spawn("reward_worker%d" % i,
