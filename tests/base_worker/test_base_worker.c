@@ -642,10 +642,21 @@ static void test_idle_timeout(void) {
         CHECK(gn_step_client_step_send(c, NULL, 0, &x, 1, GN_F32, &ids[i], &e) == 0, "queue %d", i);
     }
     kill(w.pid, SIGTERM);
-    int answered = 0, shut = 0;
-    for (int i = 0; i < NQ; i++) {
+    /* Replies come in any order: those the I/O thread answers itself
+     * (SHUTTING_DOWN once draining) may overtake those of the compute thread. */
+    int answered = 0, shut = 0, seen[NQ] = {0};
+    for (int got = 0; got < NQ; got++) {
         rep = NULL;
-        if (gn_step_client_recv(c, ids[i], TIMEOUT_MS, &rep, &e) == 0 && rep) {
+        uint64_t rid = 0;
+        if (gn_step_client_recv_any(c, TIMEOUT_MS, &rep, &rid, &e) != 0 || !rep) {
+            gn_wire_env_free(rep);
+            break;
+        }
+        int k = -1;
+        for (int i = 0; i < NQ; i++)
+            if (ids[i] == rid && !seen[i]) k = i;
+        if (k >= 0) {
+            seen[k] = 1;
             if (rep->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT)
                 answered++;
             else if (is_error(rep, GENARM__V1__ERROR_CODE__ERROR_SHUTTING_DOWN))
@@ -790,7 +801,7 @@ static void test_batching(const char *endpoint, const char *name, int *nout_big)
      * the previous batch, so they share a pass again. */
     gn_step_seq blk = {900, 0, longp, 1024, 0, 0, 0};
     uint64_t bid = send_step(cl[NC], &blk, 1);
-    usleep(20000);
+    usleep(50000); /* the long pass (~0.5 s here) has started: the three queue behind it */
     for (int r = 0; r < ROUNDS; r++) {
         uint64_t ids[NC];
         gn_step_seq q[NC];

@@ -943,16 +943,16 @@ static void test_batching(void) {
     int32_t toks[NC][8];
     for (int c = 0; c < NC; c++)
         for (int t = 0; t < 8; t++) toks[c][t] = rand_tok();
-    static int32_t longp[1500];
-    for (int t = 0; t < 1500; t++) longp[t] = rand_tok();
+    static int32_t longp[4000];
+    for (int t = 0; t < 4000; t++) longp[t] = rand_tok();
     /* Client 3 holds the compute thread (a long prefill on harm) while the
      * three send: help@1, help@2, help@1. */
     const char *arm[NC] = {"help", "help", "help"};
     uint32_t ver[NC] = {1, 2, 1};
     ref_model *ref[NC] = {&A1, &A2, &A1};
-    gn_step_seq blk = {800, 0, longp, 1500, 0, 1, 0};
+    gn_step_seq blk = {800, 0, longp, 4000, 0, 1, 0};
     uint64_t bid = send_step(cl[NC], "help", 1, &blk, 1);
-    usleep(20000);
+    usleep(40000); /* the long pass has started: the three queue behind it */
     uint64_t ids[NC];
     gn_step_seq q[NC];
     for (int c = 0; c < NC; c++) {
@@ -962,6 +962,8 @@ static void test_batching(void) {
     }
     gn_wire_env *b = recv_id(cl[NC], bid);
     CHECK(step_ok(b), "the long prefill: %s", describe(b));
+    if (step_ok(b))
+        fprintf(stderr, "batching: the long prefill took %.0f ms\n", (double)b->step_result->compute_us / 1e3);
     gn_wire_env_free(b);
     uint32_t ps[NC] = {0};
     for (int c = 0; c < NC; c++) {
