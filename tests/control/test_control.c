@@ -289,8 +289,10 @@ static void test_arms_and_profiles(gn_ctl *c, int port) {
     CHECK(gn_ctl_swap_report_push(c, "rw1", "hh", "2", 49, &e) == 0, "report: %s", e.msg);
     CHECK(gn_ctl_swap_report_push(c, "rw1", "bad arm", "2", 49, &e) == GN_EINVAL, "bad ARM name refused");
     CHECK(gn_ctl_swap_report_push(c, "rw1", "hh", "2", -1, &e) == GN_EINVAL, "negative duration refused");
-    redisReply *junk = redisCommand(gn_redis_raw(), "XADD genarm:swap_reports * worker rw2 arm hh");
+    redisContext *raw = gn_redis_raw();
+    redisReply *junk = redisCommand(raw, "XADD genarm:swap_reports * worker rw2 arm hh");
     freeReplyObject(junk);
+    redisFree(raw);
     CHECK(gn_ctl_swap_report_push(c, "rw2", "hh", "2", 120, &e) == 0, "second report");
     CHECK(gn_ctl_swap_report_next(c, "0", &rep, &e) == 1 && strcmp(rep.worker, "rw1") == 0 &&
               strcmp(rep.arm, "hh") == 0 && strcmp(rep.version, "2") == 0 && rep.swap_ms == 49,
