@@ -11,6 +11,7 @@
 #include "fsutil.h"
 #include "gn_alloc.h"
 #include "gn_half.h"
+#include "gn_threadpool.h"
 #include "safetensors.h"
 
 typedef struct arch_info {
@@ -75,16 +76,48 @@ static double normal(uint64_t *s) {
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
-/* Fills n values mean + std * N(0,1) of tensor `name` in dtype dt. */
-static void fill_tensor(void *dst, gn_dtype dt, size_t n, const char *name, uint64_t seed,
-                        double mean, double std) {
-    uint64_t s = seed ^ fnv1a64(name);
-    for (size_t i = 0; i < n; i++) {
+/* Fills values [lo, hi) of a tensor: mean + std * N(0,1) in dtype dt, from
+ * the tensor's stream seeded with s0. splitmix64 is a counter (the state
+ * after k draws is s0 + k * gamma) and each value takes two draws, so any
+ * range can be filled on its own: the bytes do not depend on how the tensor
+ * is split between threads. */
+static void fill_range(void *dst, gn_dtype dt, size_t lo, size_t hi, uint64_t s0, double mean, double std) {
+    uint64_t s = s0 + 2u * (uint64_t)lo * 0x9e3779b97f4a7c15ull;
+    for (size_t i = lo; i < hi; i++) {
         float v = (float)(mean + std * normal(&s));
         if (dt == GN_F32) ((float *)dst)[i] = v;
         else if (dt == GN_F16) ((uint16_t *)dst)[i] = gn_f32_to_f16(v);
         else ((uint16_t *)dst)[i] = gn_f32_to_bf16(v);
     }
+}
+
+typedef struct fill_job {
+    void *dst;
+    gn_dtype dt;
+    size_t n;
+    uint64_t s0;
+    double mean, std;
+} fill_job;
+
+#define FILL_CHUNK ((size_t)1 << 20)
+
+static void fill_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const fill_job *f = ctx;
+    size_t lo = (size_t)task * FILL_CHUNK, hi = lo + FILL_CHUNK < f->n ? lo + FILL_CHUNK : f->n;
+    fill_range(f->dst, f->dt, lo, hi, f->s0, f->mean, f->std);
+}
+
+/* Fills n values mean + std * N(0,1) of tensor `name` in dtype dt (in
+ * parallel on pool when there is one and the tensor is large). */
+static void fill_tensor(gn_pool *pool, void *dst, gn_dtype dt, size_t n, const char *name, uint64_t seed,
+                        double mean, double std) {
+    fill_job f = {dst, dt, n, seed ^ fnv1a64(name), mean, std};
+    size_t chunks = (n + FILL_CHUNK - 1) / FILL_CHUNK;
+    if (pool && chunks > 1 && chunks < (size_t)1 << 30)
+        gn_pool_run(pool, fill_task, &f, (int)chunks);
+    else
+        fill_range(dst, dt, 0, n, f.s0, mean, std);
 }
 
 /* ---- the tensor list ------------------------------------------------------ */
@@ -157,7 +190,7 @@ static size_t spec_numel(const spec *s) {
 }
 
 /* Generates and writes specs[lo, hi) into one safetensors file. */
-static int write_specs(const char *path, const spec *specs, int lo, int hi, gn_dtype dt,
+static int write_specs(gn_pool *pool, const char *path, const spec *specs, int lo, int hi, gn_dtype dt,
                        uint64_t seed, double std, double head_std, gn_err *err) {
     int n = hi - lo, rc = 0;
     gn_st_write_tensor *w = gn_calloc((size_t)(n ? n : 1), sizeof *w);
@@ -176,7 +209,7 @@ static int write_specs(const char *path, const spec *specs, int lo, int hi, gn_d
         }
         double mean = s->kind == K_NORM ? 1.0 : 0.0;
         double sd = s->kind == K_NORM ? 0.1 : strcmp(s->name, "lm_head.weight") == 0 ? head_std : std;
-        fill_tensor(bufs[i], dt, numel, s->name, seed, mean, sd);
+        fill_tensor(pool, bufs[i], dt, numel, s->name, seed, mean, sd);
         w[i].name = s->name;
         w[i].dtype = dt;
         w[i].n_dims = s->n_dims;
@@ -196,13 +229,13 @@ done:
 /* The output head's standard deviation: its own when set, else the weights'. */
 static double head_std(const gn_make_model_params *p) { return p->head_std > 0 ? p->head_std : p->init_std; }
 
-static int write_weights(const gn_make_model_params *p, const char *dir, const spec *specs, int n,
+static int write_weights(gn_pool *pool, const gn_make_model_params *p, const char *dir, const spec *specs, int n,
                          gn_err *err) {
     int rc = 0;
     if (p->shards <= 1) {
         char *path = gn_fs_join(dir, "model.safetensors");
         if (!path) return gn_errf(err, GN_ENOMEM, "out of memory");
-        rc = write_specs(path, specs, 0, n, p->dtype, p->seed, p->init_std, head_std(p), err);
+        rc = write_specs(pool, path, specs, 0, n, p->dtype, p->seed, p->init_std, head_std(p), err);
         gn_free(path);
         return rc;
     }
@@ -225,7 +258,7 @@ static int write_weights(const gn_make_model_params *p, const char *dir, const s
             rc = gn_errf(err, GN_ENOMEM, "out of memory");
             break;
         }
-        rc = write_specs(path, specs, lo, hi, p->dtype, p->seed, p->init_std, head_std(p), err);
+        rc = write_specs(pool, path, specs, lo, hi, p->dtype, p->seed, p->init_std, head_std(p), err);
         gn_free(path);
         for (int i = lo; i < hi; i++) {
             names[i] = specs[i].name;
@@ -464,7 +497,7 @@ static int write_lora(const gn_make_model_params *p, const char *model_dir, int 
                 }
                 /* A: Kaiming-like scale; B: random (PEFT starts it at zero, which
                  * would make the adapter a no-op). */
-                fill_tensor(bufs[i], p->dtype, numel, names[i], p->seed, 0.0,
+                fill_tensor(NULL, bufs[i], p->dtype, numel, names[i], p->seed, 0.0,
                             ab ? 0.02 : 1.0 / sqrt((double)p->dim));
                 w[i].data = bufs[i];
             }
@@ -531,7 +564,10 @@ int gn_make_model(const gn_make_model_params *p, const char *dir, gn_err *err) {
     int n_specs = 0;
     if (model_specs(p, arch, n_vocab, head_dim, tied, &specs, &n_specs) != 0)
         return gn_errf(err, GN_ENOMEM, "out of memory");
-    rc = write_weights(p, dir, specs, n_specs, err);
+    /* Large models: every core draws weights (bytes unchanged, see fill_range). */
+    gn_pool *pool = gn_pool_create(0);
+    rc = write_weights(pool, p, dir, specs, n_specs, err);
+    gn_pool_free(pool);
     gn_free(specs);
     if (rc) return rc;
     if (p->lora_out) rc = write_lora(p, dir, head_dim, err);
