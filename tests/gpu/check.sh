@@ -14,8 +14,12 @@
 # targets (and the service's programs), -j16; (3) ctest -L gpu (with the
 # service: test_cuda_service, the workers on cuda:0); (4) bench_gpu.
 # (3b) the GPU tests once more with PDL and the runner's graphs off (ops and
-# tiny models). Everything is printed; logs (check, configure, build, ctest,
-# fallback_*, bench) go to $OUT (when set) or build-gpu/logs.
+# tiny models); (5) with the service: the real base_worker, reward_worker and
+# coordinator on the GPU (bench/bench_service.py: a 7B-shape base and a
+# 1B-shape ARM, 128,256 columns), guided tokens/s through the service at
+# batch 1/8/32/64 beside bench_gpu's in-process two-stream guided figures.
+# Everything is printed; logs (check, configure, build, ctest, fallback_*,
+# bench, service_bench) go to $OUT (when set) or build-gpu/logs.
 # Each phase gets what is left of GN_CHECK_BUDGET (default 470 s, keeping
 # time in reserve for the later phases), so the script ends within ~8 minutes.
 # Exit status: 0 when everything built, ran and passed, 1 otherwise (a GPU
@@ -213,11 +217,39 @@ else
   note "bench_gpu: not built"
 fi
 
+# ---- (5) the service on the GPU: guided tokens/s through the real processes -----
+# bench_service.py makes the random models (a 7B-shape base, a 1B-shape ARM,
+# Llama-3 tokenizer), starts redis-server, the workers on cuda:0 and the
+# coordinators, and prints tokens/s per batch next to `genarm generate -n B`.
+# Compare its sparse rows with bench_gpu's "ARM on its own stream" line above
+# (goal: at least 0.9x at every batch). Shapes shrink (fewer layers) when
+# little time is left; the line printed says which ran.
+if [ "$SERVICE" = ON ] && [[ " ${BUILT[*]} " == *" coordinator "* ]]; then
+  SB_LIMIT=$(left 5 400)
+  LAYERS=32; ARM_LAYERS=22
+  if [ "$QUICK" = 1 ] || [ "$SB_LIMIT" -lt 240 ]; then LAYERS=8; ARM_LAYERS=6; fi
+  say "service on the GPU: bench_service.py (base 4096x$LAYERS, ARM 2048x$ARM_LAYERS, 128256 columns)"
+  echo "(time limit ${SB_LIMIT}s)"
+  TMPDIR="${TMPDIR:-/tmp}" timeout "$SB_LIMIT" python3 "$ROOT/bench/bench_service.py" --build "$BUILD" \
+    --device cuda:0 --vocab 128256 --dim 4096 --layers "$LAYERS" --ffn 11008 --heads 32 --kv-heads 8 \
+    --arm-shape "2048,$ARM_LAYERS,5632,32,4" --head-std 0.05 --batches 1,8,32,64 --rows sparse,f32 \
+    --tokens 32 --threads 4 --sample-threads 4 --transport-batch 0 2>&1 | tee "$LOGS/service_bench.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ]; then note "service bench on the GPU: done (service_bench.log)"
+  else note "service bench on the GPU: exit $rc"; STATUS=1; fi
+else
+  note "service bench on the GPU: not run (the service was not built)"
+fi
+
 # ---- summary (last, so the tail of the output carries it) ---------------------
 say "summary"
 if [ -s "$LOGS/bench.log" ]; then
   echo "bench_gpu (repeated from above):"
   grep -vE '^\s*$' "$LOGS/bench.log" | sed 's/^/  | /'
+fi
+if [ -s "$LOGS/service_bench.log" ]; then
+  echo "bench_service on the GPU (repeated from above):"
+  grep -E '^(GenARM|rows|sparse|f32) ' "$LOGS/service_bench.log" | sed 's/^/  | /'
 fi
 for s in "${SUMMARY[@]}"; do echo "  $s"; done
 if [ -f "$LOGS/ctest.log" ]; then
