@@ -69,7 +69,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->worker_id = "base_worker";
     o->max_seqs = 64;
     o->idle_timeout_s = 300;
-    o->gather_us = 2000;
+    o->gather_us = gn_step_server_default_params().gather_us;
     o->max_batch = 256;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

@@ -142,7 +142,7 @@ static int parse_opts(int argc, char **argv, opts *o) {
     o->heartbeat_ms = 2000;
     o->max_arms = 16;
     o->load_waiting = 1;
-    o->gather_us = 2000;
+    o->gather_us = gn_step_server_default_params().gather_us;
     o->max_batch = 256;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

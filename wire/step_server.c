@@ -41,7 +41,22 @@ typedef struct job {
     size_t frame_bytes;
     uint8_t *reply;   /* the encoded reply (gn_malloc'd), handed to ZeroMQ */
     size_t reply_len;
+    int64_t recv_us;  /* when the I/O thread received it (monotonic) */
 } job;
+
+/* How fast a peer comes back: the time from posting its step's reply to
+ * receiving its next step (its round trip plus its own work), smoothed. The
+ * gather window waits for a peer about twice that, not a fixed time: a
+ * coordinator on a busy machine is waited for longer, one on a quiet machine
+ * briefly, and one that left costs one short wait. */
+#define PEER_STATS 64
+typedef struct peer_stat {
+    uint8_t ident[IDENT_MAX];
+    size_t len;
+    int64_t reply_us;   /* its last step reply posted, 0 = none pending */
+    int64_t turn_us;    /* smoothed turnaround, 0 = not measured yet */
+    uint64_t stamp;     /* last use, for replacement */
+} peer_stat;
 
 typedef struct jobq {
     job *head, *tail;
@@ -88,6 +103,8 @@ struct gn_step_server {
     uint8_t (*peers)[IDENT_MAX]; /* peers served in the previous batch */
     size_t *peer_len;
     int n_peers;
+    peer_stat pstat[PEER_STATS];
+    uint64_t pstat_clock;
 };
 
 int64_t gn_wire_now_ms(void) {
@@ -116,7 +133,7 @@ gn_step_server_params gn_step_server_default_params(void) {
         .tick_ms = 100,
         .drain_ms = 500,
         .linger_ms = 1000,
-        .gather_us = 2000,
+        .gather_us = 10000,
         .max_batch_seqs = 256,
         .limits = gn_wire_default_limits(),
     };
@@ -496,6 +513,7 @@ static void io_route(gn_step_server *s, const zmq_msg_t *ident, int with_delim, 
     j->with_delim = with_delim;
     j->env = env;
     j->frame_bytes = frame_bytes;
+    j->recv_us = now_us();
     pthread_mutex_lock(&s->mu);
     /* Bounded: a flood of requests gets CAPACITY instead of unbounded memory
      * (one frame is always taken, however large). */
@@ -707,16 +725,51 @@ static int release_hits_batch(gn_step_server *s, int n_batch, const Genarm__V1__
     return 0;
 }
 
-/* Peers served in the previous batch with no request in this one yet. */
-static int peers_missing(gn_step_server *s, int n_batch) {
-    int missing = 0;
+/* The statistics of a peer (a slot replaced when it is new and the table is
+ * full: the least recently used). */
+static peer_stat *peer_stats(gn_step_server *s, const uint8_t *ident, size_t len) {
+    peer_stat *old = &s->pstat[0];
+    for (int i = 0; i < PEER_STATS; i++) {
+        peer_stat *p = &s->pstat[i];
+        if (p->stamp && same_peer(p->ident, p->len, ident, len)) {
+            p->stamp = ++s->pstat_clock;
+            return p;
+        }
+        if (p->stamp < old->stamp) old = p;
+    }
+    memset(old, 0, sizeof *old);
+    memcpy(old->ident, ident, len);
+    old->len = len;
+    old->stamp = ++s->pstat_clock;
+    return old;
+}
+
+/* A step of a peer joined the batch: its turnaround since its last reply. */
+static void peer_came_back(gn_step_server *s, const job *j) {
+    peer_stat *p = peer_stats(s, j->ident, j->ident_len);
+    if (p->reply_us > 0 && j->recv_us >= p->reply_us) {
+        int64_t t = j->recv_us - p->reply_us;
+        p->turn_us = p->turn_us ? (3 * p->turn_us + t) / 4 : t;
+    }
+    p->reply_us = 0;
+}
+
+/* How long to wait for the peers served in the previous batch that have no
+ * request in this one yet: twice the slowest one's turnaround plus 0.5 ms,
+ * at most gather_us (the whole window for a peer never measured). Returns 0
+ * when none is missing. */
+static int64_t missing_wait_us(gn_step_server *s, int n_batch) {
+    int64_t wait = 0;
     for (int p = 0; p < s->n_peers; p++) {
         int here = 0;
         for (int b = 0; b < n_batch && !here; b++)
             here = same_peer(s->peers[p], s->peer_len[p], s->batch[b]->ident, s->batch[b]->ident_len);
-        missing += !here;
+        if (here) continue;
+        const peer_stat *st = peer_stats(s, s->peers[p], s->peer_len[p]);
+        int64_t w = st->turn_us > 0 ? 2 * st->turn_us + 500 : s->p.gather_us;
+        if (w > wait) wait = w;
     }
-    return missing;
+    return wait < s->p.gather_us ? wait : s->p.gather_us;
 }
 
 /* Runs the handler over the batch and posts every reply. */
@@ -746,7 +799,10 @@ static void run_batch(gn_step_server *s, int n) {
         set_reply(s, j, &out);
     }
     /* The peers to wait for before the next batch: this batch's (recorded
-     * before the jobs go to the I/O thread, which frees them). */
+     * before the jobs go to the I/O thread, which frees them), and when their
+     * replies left. */
+    int64_t posted = now_us();
+    for (int i = 0; i < n; i++) peer_stats(s, s->batch[i]->ident, s->batch[i]->ident_len)->reply_us = posted;
     s->n_peers = 0;
     for (int i = 0; i < n; i++) {
         int seen = 0;
@@ -786,6 +842,7 @@ static void serve_round(gn_step_server *s, volatile sig_atomic_t *stop) {
                 s->in_bytes -= j->frame_bytes;
                 s->batch[n_batch++] = j;
                 n_seqs += k;
+                peer_came_back(s, j);
             } else if (bc == GENARM__V1__ENVELOPE__BODY_FETCH || bc == GENARM__V1__ENVELOPE__BODY_RELEASE) {
                 q_unlink(&s->in, prev, j);
                 s->in_bytes -= j->frame_bytes;
@@ -819,9 +876,10 @@ static void serve_round(gn_step_server *s, volatile sig_atomic_t *stop) {
             return;
         }
         if (n_batch == 0) break;
-        if (full || s->p.gather_us == 0 || *stop || peers_missing(s, n_batch) == 0) break;
-        int64_t t = now_us();
-        if (deadline < 0) deadline = t + s->p.gather_us;
+        if (full || s->p.gather_us == 0 || *stop) break;
+        int64_t t = now_us(), wait = missing_wait_us(s, n_batch);
+        if (wait == 0) break;
+        if (deadline < 0) deadline = t + wait;
         if (t >= deadline) break;
         /* Wait for a new request (or the end of the window). */
         struct timespec ts;

@@ -17,11 +17,13 @@
  * Batching: requests are taken in arrival order. Consecutive StepRequests go
  * into one batch (the step handler gets them all at once) up to
  * max_batch_seqs sequences. Before a batch starts, the compute thread waits
- * — at most gather_us — for the next request of every peer that was served in
- * the previous batch and has not sent one yet: coordinators in a steady decode
- * loop come back within a round trip, and their steps then share one forward
- * pass instead of running one after another. A peer that does not come back
- * within the window is not waited for again until it sends something. A
+ * for the next request of every peer that was served in the previous batch
+ * and has not sent one yet: coordinators in a steady decode loop come back
+ * within a round trip plus their own work, and their steps then share one
+ * forward pass instead of running one after another. The wait adapts to the
+ * peers: twice the slowest missing peer's recent turnaround (its reply sent to
+ * its next step received) plus 0.5 ms, at most gather_us. A peer that does not
+ * come back within it is not waited for again until it sends something. A
  * lone coordinator is never delayed (it is the only peer expected, and its
  * request is there). RowFetch and Release are served before the batch they
  * arrive with (a Release naming a sequence the batch steps is applied after
@@ -94,7 +96,8 @@ typedef struct gn_step_server_params {
     int tick_ms;           /* poll timeout and tick period, default 100 */
     int drain_ms;          /* time to answer queued requests after stop, default 500 */
     int linger_ms;         /* socket linger at close, default 1000 */
-    int gather_us;         /* longest wait for expected peers before a batch, default 2000; 0 = none */
+    int gather_us;         /* longest wait for expected peers before a batch (the wait itself
+                              follows their turnaround), default 10000; 0 = none */
     int max_batch_seqs;    /* sequences in one batch, default 256 */
     gn_wire_limits limits; /* frame and request limits (gn_wire_default_limits) */
 } gn_step_server_params;
