@@ -23,8 +23,11 @@ typedef struct slot {
     int used;
     int fresh;      /* created by the batch now running */
     uint64_t mark;  /* the batch that steps it (== h->batch_gen while that batch runs) */
-    float *row;     /* (n_out) the F32 row of its last sparse step, allocated on first use */
+    float *row;     /* (n_out) the F32 row of its last sparse step once moved out of the pass
+                       output (keep_rows), allocated on first use */
     int row_len;    /* the seq_len that row belongs to, -1 = none held */
+    int row_in_out; /* 1: the row is still row row_idx of the pass output h->out */
+    size_t row_idx;
 } slot;
 
 /* Per-sequence Error entries for several responses at once: each response
@@ -300,6 +303,35 @@ static void drop_slot(gn_host *h, int i) {
     h->n_live--;
 }
 
+/* The rows of sparse steps stay where the pass wrote them (h->out) until the
+ * next pass is about to write there. Then the row of every sequence this
+ * batch does not step is moved to its slot's own buffer (a sequence the
+ * batch steps loses its old row anyway: ROW_GONE once it steps on). In a
+ * steady decode loop every sequence steps every pass, so nothing is copied;
+ * only stragglers between two steps pay a row copy. */
+static void keep_rows(gn_host *h) {
+    for (int i = 0; i < h->p.max_seqs; i++) {
+        slot *sl = &h->slots[i];
+        if (!sl->used || !sl->row_in_out) continue;
+        sl->row_in_out = 0;
+        if (sl->row_len < 0) continue;
+        if (sl->mark == h->batch_gen) { /* stepped now */
+            sl->row_len = -1;
+            continue;
+        }
+        if (!sl->row && !(sl->row = gn_malloc((size_t)h->n_out * sizeof(float)))) {
+            sl->row_len = -1; /* out of memory: a fetch gets ROW_GONE */
+            continue;
+        }
+        memcpy(sl->row, h->out + sl->row_idx * (size_t)h->n_out, (size_t)h->n_out * sizeof(float));
+    }
+}
+
+/* The kept row of slot sl (see keep_rows). */
+static const float *kept_row(const gn_host *h, const slot *sl) {
+    return sl->row_in_out ? h->out + sl->row_idx * (size_t)h->n_out : sl->row;
+}
+
 void gn_host_free(gn_host *h) {
     if (!h) return;
     if (h->slots)
@@ -494,6 +526,9 @@ void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_
         ri->item_end = n_items;
     }
 
+    /* The previous pass's rows leave h->out before it is resized or written. */
+    keep_rows(h);
+
     /* 2. Size the outputs: runner rows, packed tensor bytes, candidates. */
     size_t row = 0, bytes = 0, cands = 0;
     int oom = 0, too_large = 0;
@@ -627,30 +662,27 @@ void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_
             sl->fresh = 0;
             sl->last_used_ms = now_ms;
             sl->row_len = -1; /* the row of its previous step is gone */
+            sl->row_in_out = 0;
             if (v->k > 0) {
                 const float *rowp = h->out + v->row * (size_t)h->n_out;
                 gn_err se = {0};
                 int32_t *ids = h->cand_ids + ri->cand_base + cand_off;
                 float *vals = h->cand_vals + ri->cand_base + cand_off;
                 gn_row_tail tail;
-                if (!sl->row && !(sl->row = gn_malloc((size_t)h->n_out * sizeof(float)))) {
+                int got = gn_row_select(h->sel, rowp, h->n_out, v->k, ids, vals, &tail, &se);
+                if (got < 0) {
                     pool_add(&h->errs, ri->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
-                             GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "kept row: out of memory");
-                } else {
-                    memcpy(sl->row, rowp, (size_t)h->n_out * sizeof(float));
-                    int got = gn_row_select(h->sel, sl->row, h->n_out, v->k, ids, vals, &tail, &se);
-                    if (got < 0) {
-                        pool_add(&h->errs, ri->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
-                                 GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "sparse row: %s", se.msg);
-                    } else {
-                        sl->row_len = (int)r.seq_len;
-                        r.n_cand = (uint32_t)got;
-                        r.cand_offset = cand_off;
-                        r.cand_floor = tail.floor;
-                        r.row_min = tail.row_min;
-                        r.tail_lse = tail.tail_lse;
-                        cand_off += (size_t)got;
-                    }
+                             GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "sparse row: %s", se.msg);
+                } else { /* the row stays in h->out for fetches (keep_rows) */
+                    sl->row_len = (int)r.seq_len;
+                    sl->row_in_out = 1;
+                    sl->row_idx = v->row;
+                    r.n_cand = (uint32_t)got;
+                    r.cand_offset = cand_off;
+                    r.cand_floor = tail.floor;
+                    r.row_min = tail.row_min;
+                    r.tail_lse = tail.tail_lse;
+                    cand_off += (size_t)got;
                 }
                 if (sl->row_len < 0) goto next; /* not served: no result */
             } else {
@@ -737,7 +769,7 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
                      fs->seq_len);
             continue;
         }
-        const float *row = h->slots[k].row;
+        const float *row = kept_row(h, &h->slots[k]);
         float *dst = h->f_vals + off;
         size_t cnt;
         if (fs->full_row) {

@@ -118,9 +118,10 @@ static uint32_t mode_k(const gn_exchange *x, const gn_row_mode *m) {
 
 /* After a step: the draw certified at once (ok), needed values (neutral), or
  * needed whole rows (the tail was too heavy for k candidates). A draw that
- * needed rows asks for the most candidates next (a second miss costs a whole
- * row again, a large k only a few kilobytes); one that still needs rows there
- * gets dense rows for a while. Certified draws shrink k step by step. */
+ * needed rows asks for four times the candidates next; one that still needs
+ * rows at k_max gets dense rows for a while. Certified draws shrink k step by
+ * step. (A kind of job whose rows are too flat pays the climb once: new
+ * sequences of that kind start where the last one got to.) */
 static void mode_adapt(const gn_exchange *x, gn_row_mode *m, int needed_rows, int at_once) {
     if (x->p.rows != GN_ROWS_SPARSE) return;
     if (m->dense_left > 0) {
@@ -132,7 +133,7 @@ static void mode_adapt(const gn_exchange *x, gn_row_mode *m, int needed_rows, in
         if (m->k >= x->p.k_max)
             m->dense_left = DENSE_AFTER_MAX; /* too flat to certify: dense rows for a while */
         else
-            m->k = x->p.k_max;
+            m->k = m->k * 4 < x->p.k_max ? m->k * 4 : x->p.k_max;
     } else if (at_once && ++m->streak >= SHRINK_AFTER) {
         m->streak = 0;
         if (m->k / 2 >= x->p.k_first) m->k /= 2;

@@ -1015,6 +1015,14 @@ static void test_sparse_fetch(gn_step_client *c) {
                   sr->cand_floor, dense[ord[K]], sr->row_min, mn);
             CHECK(sr->tail_lse >= log(tail) - 1e-6 && sr->tail_lse <= log(tail) + 1e-4, "tail_lse %.7f vs %.7f",
                   sr->tail_lse, log(tail));
+            /* Another sequence's pass writes the pass output where the row
+             * was: the row of 7101 (not stepped) must have been kept. */
+            int32_t other[5] = {toks[3], toks[2], toks[1], toks[0], toks[5]};
+            gn_step_seq o = {7102, 0, other, 5, 0, 0, 0};
+            gn_wire_env *orep = step(c, &o, 1, GN_F32);
+            CHECK(ok_step(orep) && orep->step_result->logprobs->rows == 1, "another sequence's pass: %s",
+                  describe(orep));
+            gn_wire_env_free(orep);
             /* listed and unlisted ids */
             int32_t want[4] = {ord[0], ord[K + 3], ord[g_nout - 1], 0};
             gn_fetch_seq some = {7101, 6, want, 4, 0};
@@ -1022,7 +1030,7 @@ static void test_sparse_fetch(gn_step_client *c) {
             int ok = f2 && f2->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT &&
                      f2->fetch_result->n_results == 1 && f2->fetch_result->values.len == 16;
             for (int j = 0; ok && j < 4; j++) ok = memcmp(f2->fetch_result->values.data + 4 * j, &dense[want[j]], 4) == 0;
-            CHECK(ok, "listed and unlisted ids == the dense row: %s", describe(f2));
+            CHECK(ok, "after another sequence's pass, listed and unlisted ids == the dense row: %s", describe(f2));
             gn_wire_env_free(f2);
             free(ord);
         }
@@ -1055,10 +1063,10 @@ static void test_sparse_fetch(gn_step_client *c) {
     CHECK(f3 && f3->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT && f3->fetch_result->n_results == 1,
           "the new row is held");
     gn_wire_env_free(f3);
-    uint64_t rel[2] = {7100, 7101}, rid;
+    uint64_t rel[3] = {7100, 7101, 7102}, rid;
     gn_err e = {0};
     gn_wire_env *rr = NULL;
-    CHECK(gn_step_client_release_send(c, NULL, 0, rel, 2, &rid, &e) == 0 &&
+    CHECK(gn_step_client_release_send(c, NULL, 0, rel, 3, &rid, &e) == 0 &&
               gn_step_client_recv(c, rid, TIMEOUT_MS, &rr, &e) == 0,
           "release");
     gn_wire_env_free(rr);
