@@ -15,7 +15,10 @@ coordinators' own counters give, per step:
             selection, packing and transfer are NOT compute.
   outside   1 - compute / step: everything the exchange adds (selection,
             packing, ZeroMQ, unpacking, fetches, combining, sampling,
-            scheduling, waiting for a CPU on a busy machine)
+            scheduling, waiting for a CPU on a busy machine), split into
+            workers (first send to last reply, less compute: selection,
+            packing, transfer) and coord (the rest of the step: drawing,
+            streaming, planning)
   B/seq     bytes of worker replies (steps and fetches) per sequence-step
   fetch     share of sparse draws that fetched missing values or rows
   tok/s     generated tokens per second through the service (whole
@@ -199,9 +202,11 @@ def row(label, n, d, ref):
     outside = max(0.0, 1.0 - comp_ms / step_ms) if step_ms > 0 else 0.0
     fetch = d["exchange_fetches_total"] / max(d["sparse_rows"] / 2.0, 1) if d["sparse_rows"] else 0.0
     tps = d["coordinator_sampled_tokens_total"] / d["wall"]
-    print("%-8s %5d %9.1f %9.2f %10.2f %8.1f%% %10.0f %7.1f%% %9.1f %8.2fx" % (
-        label, n, tps, step_ms, comp_ms, 100.0 * outside, d["exchange_received_bytes_total"] / toks,
-        100.0 * fetch, ref, tps / ref if ref else 0.0), flush=True)
+    wait_ms = 1000.0 * d["coordinator_step_wait_seconds_total"] / steps
+    print("%-8s %5d %9.1f %9.2f %10.2f %8.1f%% %7.1f%% %6.1f%% %10.0f %7.1f%% %9.1f %8.2fx" % (
+        label, n, tps, step_ms, comp_ms, 100.0 * outside, 100.0 * max(0.0, wait_ms - comp_ms) / step_ms,
+        100.0 * max(0.0, step_ms - wait_ms) / step_ms, d["exchange_received_bytes_total"] / toks, 100.0 * fetch,
+        ref, tps / ref if ref else 0.0), flush=True)
 
 
 def main():
@@ -239,8 +244,9 @@ def main():
               a.head_std if a.head_std > 0 else "0.02 (flat rows)", a.tokens, a.temperature, a.top_p, a.threads,
               a.sample_threads, "shape " + a.arm_shape if a.arm_shape else "a LoRA adapter of the base"))
     print()
-    print("%-8s %5s %9s %9s %10s %9s %10s %8s %9s %9s" % ("rows", "batch", "tok/s", "step ms", "compute ms",
-                                                         "outside", "B/seq", "fetch", "inproc", "vs inproc"))
+    print("%-8s %5s %9s %9s %10s %9s %8s %7s %10s %8s %9s %9s" % (
+        "rows", "batch", "tok/s", "step ms", "compute ms", "outside", "workers", "coord", "B/seq", "fetch", "inproc",
+        "vs inproc"))
     ref = {n: bench.inproc(n) for n in batches}
     for mode in modes:
         port = bench.coordinator(mode, mode, bench.base_tcp, ipc=False)

@@ -16,7 +16,8 @@
 #define MAX_LINKS 128
 #define MAX_PENDING 512 /* requests in flight at once: steps, fetches, heartbeats */
 #define DENSE_AFTER_MAX 64 /* dense steps after the largest sparse rows still did not certify */
-#define SHRINK_AFTER 16    /* certified-at-once steps before asking for fewer candidates */
+#define SHRINK_AFTER 32    /* certified-at-once steps before asking for fewer candidates */
+#define FORGET_AFTER 256   /* ... and before a k that needed a fetch may be tried again */
 #define MAX_HINTS 64       /* kinds of jobs whose last row mode is remembered */
 
 struct gn_xlink {
@@ -116,28 +117,34 @@ static uint32_t mode_k(const gn_exchange *x, const gn_row_mode *m) {
     return x->p.rows == GN_ROWS_SPARSE && m->dense_left == 0 ? m->k : 0;
 }
 
-/* After a step: the draw certified at once (ok), needed values (neutral), or
- * needed whole rows (the tail was too heavy for k candidates). A draw that
- * needed rows asks for four times the candidates next; one that still needs
- * rows at k_max gets dense rows for a while. Certified draws shrink k step by
- * step. (A kind of job whose rows are too flat pays the climb once: new
- * sequences of that kind start where the last one got to.) */
-static void mode_adapt(const gn_exchange *x, gn_row_mode *m, int needed_rows, int at_once) {
+/* How a sparse draw went, for mode_adapt. */
+enum { DRAW_AT_ONCE, DRAW_NEEDED_VALUES, DRAW_NEEDED_ROWS };
+
+/* After a step. A fetch costs a round trip, so a draw that needed one asks
+ * for more candidates next (x2 after missing values, x4 after whole rows, at
+ * most k_max; whole rows needed at k_max: dense rows for a while). After a
+ * run of draws certified at once k halves, but not down to a k that needed a
+ * fetch (k_fail), which is forgotten slowly as the sequence moves on. (A kind
+ * of job whose rows are too flat pays the climb once: new sequences of that
+ * kind start where the last one got to.) */
+static void mode_adapt(const gn_exchange *x, gn_row_mode *m, int how) {
     if (x->p.rows != GN_ROWS_SPARSE) return;
     if (m->dense_left > 0) {
         if (--m->dense_left == 0) m->k = x->p.k_max, m->streak = 0; /* try sparse again */
         return;
     }
-    if (needed_rows) {
+    if (how != DRAW_AT_ONCE) {
         m->streak = 0;
-        if (m->k >= x->p.k_max)
+        if (m->k > m->k_fail) m->k_fail = m->k;
+        if (how == DRAW_NEEDED_ROWS && m->k >= x->p.k_max)
             m->dense_left = DENSE_AFTER_MAX; /* too flat to certify: dense rows for a while */
         else
-            m->k = m->k * 4 < x->p.k_max ? m->k * 4 : x->p.k_max;
-    } else if (at_once && ++m->streak >= SHRINK_AFTER) {
-        m->streak = 0;
-        if (m->k / 2 >= x->p.k_first) m->k /= 2;
+            m->k = m->k * (how == DRAW_NEEDED_ROWS ? 4 : 2) < x->p.k_max ? m->k * (how == DRAW_NEEDED_ROWS ? 4 : 2)
+                                                                       : x->p.k_max;
+        return;
     }
+    if (++m->streak % FORGET_AFTER == 0) m->k_fail /= 2;
+    if (m->streak % SHRINK_AFTER == 0 && m->k / 2 >= x->p.k_first && m->k / 2 > m->k_fail) m->k /= 2;
 }
 
 /* The row mode sequences of one kind of job (same ARMs, same sampling) ended
@@ -157,7 +164,7 @@ static gn_row_mode *hint_slot(gn_exchange *x, uint64_t key, int create) {
 }
 
 gn_row_mode gn_exchange_first_mode(gn_exchange *x, uint64_t kind) {
-    gn_row_mode m = {x->p.rows == GN_ROWS_SPARSE ? x->p.k_first : 0, 0, 0};
+    gn_row_mode m = {x->p.rows == GN_ROWS_SPARSE ? x->p.k_first : 0, 0, 0, 0};
     const gn_row_mode *h = hint_slot(x, kind, 0);
     if (h) m = *h, m.streak = 0;
     return m;
@@ -762,7 +769,7 @@ int gn_exchange_fetch(gn_exchange *x) {
                 seqs++;
                 s->fetches++;
                 gn_metric_inc(x->m_fetches, s->draw.status == GN_DRAW_NEED_ROWS ? "rows" : "values", 1);
-                if (s->draw.status == GN_DRAW_NEED_ROWS) mode_adapt(x, &s->mode, 1, 0);
+                mode_adapt(x, &s->mode, s->draw.status == GN_DRAW_NEED_ROWS ? DRAW_NEEDED_ROWS : DRAW_NEEDED_VALUES);
             }
         }
     }
@@ -803,7 +810,7 @@ double gn_exchange_end(gn_exchange *x, double *wait_s) {
                 if (!s->done && !s->draw_rc && s->draw.status == GN_DRAW_DONE) {
                     if (s->draw.bound > 0 || (s->m[0].has_row && !s->m[0].row.dense))
                         gn_metric_observe(x->m_bound, NULL, s->draw.bound);
-                    if (s->fetches == 0) mode_adapt(x, &s->mode, 0, 1);
+                    if (s->fetches == 0) mode_adapt(x, &s->mode, DRAW_AT_ONCE);
                     gn_row_mode *h = hint_slot(x, s->jb->kind, 1);
                     *h = s->mode;
                 }

@@ -55,6 +55,7 @@ typedef struct gn_row_mode {
     uint32_t k;     /* candidates to ask for; 0 = a dense row */
     int streak;     /* sparse steps certified at once in a row at this k */
     int dense_left; /* dense steps to go before trying sparse rows again */
+    uint32_t k_fail; /* the largest k whose draw needed a fetch lately: k stays above it */
 } gn_row_mode;
 
 typedef struct gn_exchange_params {
