@@ -168,6 +168,7 @@ static void parse_ids(const char *flag, const char *s, int32_t **ids, int *n) {
         while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
             len--;
         if (len == 0) {
+            free(out); /* nothing is left allocated at the exit that follows */
             if (!end && k == 0)
                 die_usage("%s: empty list (give token ids, e.g. 1,2,3)", flag);
             die_usage("%s: entry %d is empty", flag, k + 1);
@@ -183,9 +184,12 @@ static void parse_ids(const char *flag, const char *s, int32_t **ids, int *n) {
             if (errno || *e || v > INT32_MAX)
                 v = -1;
         }
-        if (v < 0)
-            die_usage("%s: entry %d '%.*s' is not a token id (a non-negative integer)", flag, k + 1,
-                      (int)(len < 40 ? len : 40), p);
+        if (v < 0) {
+            char shown[41];
+            snprintf(shown, sizeof shown, "%.*s", (int)(len < 40 ? len : 40), p);
+            free(out);
+            die_usage("%s: entry %d '%s' is not a token id (a non-negative integer)", flag, k + 1, shown);
+        }
         out[k++] = (int32_t)v;
         if (!end)
             break;
