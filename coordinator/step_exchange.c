@@ -19,6 +19,7 @@
 #define SHRINK_AFTER 32    /* certified-at-once steps before asking for fewer candidates */
 #define FORGET_AFTER 256   /* ... and before a k that needed a fetch may be tried again */
 #define MAX_HINTS 64       /* kinds of jobs whose last row mode is remembered */
+#define MAX_FETCH_ROUNDS 4 /* fetch rounds in one step (the scheduler runs two at most) */
 
 struct gn_xlink {
     gn_step_client *c;
@@ -47,12 +48,21 @@ typedef struct group {
     int *fidx;        /* (max_batch) item of each fetched sequence */
     int nf;
     gn_wire_env *rep;  /* the step's reply, kept until the step ends */
-    gn_wire_env *frep; /* the fetch's reply */
+    gn_wire_env *frep[MAX_FETCH_ROUNDS]; /* each fetch round's reply: whole rows point into them */
+    int n_frep;
     float *conv;       /* dense rows converted from F16/BF16 */
     size_t conv_bytes;
     uint64_t compute_us;
     double sent_at, done_at;
 } group;
+
+/* Frees a group's replies (rows pointing into them become invalid). */
+static void drop_replies(group *g) {
+    gn_wire_env_free(g->rep);
+    g->rep = NULL;
+    for (int i = 0; i < g->n_frep; i++) gn_wire_env_free(g->frep[i]);
+    g->n_frep = 0;
+}
 
 typedef struct pending {
     uint64_t rid;
@@ -195,11 +205,10 @@ gn_xlink *gn_exchange_link(gn_exchange *x, const char *endpoint, gn_err *err) {
 gn_xlink *gn_exchange_base(gn_exchange *x) { return &x->links[0]; }
 
 int gn_xlink_down(gn_exchange *x, gn_xlink *l) {
+    (void)x;
     gn_step_link st;
     gn_step_client_link(l->c, &st);
-    /* lost and not back within the liveness window: a worker that restarts
-     * on the same endpoint reconnects well within it */
-    return !st.connected && st.disconnects > 0 && gn_wire_now_ms() - st.since_ms > x->p.liveness_ms;
+    return !st.connected && st.disconnects > 0; /* was up, dropped, not back */
 }
 
 /* ---- create / free ------------------------------------------------------------- */
@@ -277,8 +286,7 @@ void gn_exchange_free(gn_exchange *x) {
     if (!x) return;
     for (int i = 0; x->groups && i < x->max_groups; i++) {
         group *g = &x->groups[i];
-        gn_wire_env_free(g->rep);
-        gn_wire_env_free(g->frep);
+        drop_replies(g);
         gn_free(g->it);
         gn_free(g->ss);
         gn_free(g->fs);
@@ -554,8 +562,10 @@ static void dispatch(gn_exchange *x, gn_xlink *l, gn_wire_env *env, uint64_t rid
         return;
     } else if (p.fetch && env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT) {
         fetch_reply(x, g, env->fetch_result);
-        g->frep = env;
-        return;
+        if (g->n_frep < MAX_FETCH_ROUNDS) { /* else fetch sent nothing: see gn_exchange_fetch */
+            g->frep[g->n_frep++] = env;
+            return;
+        }
     } else {
         group_fail(x, g, p.fetch, "unexpected reply (body %d)", (int)env->body_case);
     }
@@ -577,7 +587,7 @@ static void drain_link(gn_exchange *x, gn_xlink *l) {
 
 /* Waits until every step or fetch request in flight is answered or failed:
  * replies are read from whichever worker has one; a link whose connection
- * dropped after a request was sent fails that request at once; a worker
+ * dropped (before or after a request was sent) fails that request at once; a worker
  * silent (no reply, no heartbeat answer) for liveness_ms with a request
  * pending is stalled or unreachable; the step deadline bounds the rest. */
 static void gather(gn_exchange *x) {
@@ -603,7 +613,9 @@ static void gather(gn_exchange *x) {
             gn_step_link st;
             gn_step_client_link(p->l->c, &st);
             double heard = p->l->last_heard > p->sent_at ? p->l->last_heard : p->sent_at;
-            if (st.disconnects > p->disconnects) {
+            /* lost after it was sent, or sent while a connection that had been up
+             * was down (the worker died between two steps) */
+            if (st.disconnects > p->disconnects || (!st.connected && st.disconnects > 0)) {
                 group *g = p->g;
                 int f = p->fetch;
                 pend_drop(x, i);
@@ -651,9 +663,7 @@ static void gather(gn_exchange *x) {
 void gn_exchange_begin(gn_exchange *x) {
     for (int i = 0; i < x->n_groups; i++) {
         group *g = &x->groups[i];
-        gn_wire_env_free(g->rep);
-        gn_wire_env_free(g->frep);
-        g->rep = g->frep = NULL;
+        drop_replies(g);
         g->n = g->nf = 0;
     }
     x->n_groups = 0;
@@ -759,6 +769,11 @@ int gn_exchange_fetch(gn_exchange *x) {
         total += g->nf;
     }
     if (!total) return 0;
+    for (int i = 0; i < x->n_groups; i++) /* where its reply would be kept */
+        if (x->groups[i].nf && x->groups[i].n_frep == MAX_FETCH_ROUNDS) {
+            group_fail(x, &x->groups[i], 1, "more than %d fetch rounds in one step", MAX_FETCH_ROUNDS);
+            x->groups[i].nf = 0;
+        }
     x->round++;
     for (int i = 0; i < x->n_groups; i++) { /* each sequence counts once per round */
         group *g = &x->groups[i];
@@ -815,9 +830,7 @@ double gn_exchange_end(gn_exchange *x, double *wait_s) {
                     *h = s->mode;
                 }
             }
-        gn_wire_env_free(g->rep);
-        gn_wire_env_free(g->frep);
-        g->rep = g->frep = NULL;
+        drop_replies(g);
     }
     return compute;
 }

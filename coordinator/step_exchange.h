@@ -84,8 +84,8 @@ void gn_exchange_free(gn_exchange *x); /* NULL is a no-op */
 gn_xlink *gn_exchange_base(gn_exchange *x);
 /* The link to endpoint, connected on first use (owned by x). NULL with err. */
 gn_xlink *gn_exchange_link(gn_exchange *x, const char *endpoint, gn_err *err);
-/* 1 when the link is known dead: its connection dropped and has not come back
- * for a while. Used to place jobs elsewhere. */
+/* 1 when the link is known dead: its connection was up, dropped and has not
+ * come back. Jobs are placed elsewhere (or wait for a worker). */
 int gn_xlink_down(gn_exchange *x, gn_xlink *l);
 
 /* The first row mode of a new sequence of a kind of job (a hash of its ARMs
