@@ -277,7 +277,7 @@ gn_generator *gn_generator_create(gn_model *base, gn_model *const *arms, int n_a
     if (gn_guidance_validate(&prof, err))
         return NULL;
 
-    /* Every model must share the base's vocabulary (DESIGN.md §1). */
+    /* Every model must share the base's vocabulary (ARCHITECTURE.md §1). */
     const gn_tokenizer *bt = gn_model_tokenizer(base);
     if (!bt) {
         gn_errf(err, GN_EINVAL, "base model %s: no tokenizer loaded", gn_model_dir(base));
