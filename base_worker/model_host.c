@@ -11,7 +11,6 @@
 #include "gn_alloc.h"
 #include "row_select.h"
 
-#define ERR_MSG_MAX 240
 
 typedef struct slot {
     uint64_t id;
@@ -29,16 +28,6 @@ typedef struct slot {
     int row_in_out; /* 1: the row is still row row_idx of the pass output h->out */
     size_t row_idx;
 } slot;
-
-/* Per-sequence Error entries for several responses at once: each response
- * owns a contiguous range of the pool. Sized before a batch adds anything
- * (growing moves the entries). */
-typedef struct err_pool {
-    size_t cap;
-    Genarm__V1__Error *e;
-    Genarm__V1__Error **p;
-    char (*msg)[ERR_MSG_MAX];
-} err_pool;
 
 /* One validated sequence of the batch (a runner item). */
 typedef struct item_info {
@@ -79,7 +68,7 @@ struct gn_host {
     int *seq_item;                    /* (seq_cap) item of each request sequence, -1 = refused */
     Genarm__V1__SeqResult *res;       /* (seq_cap) */
     Genarm__V1__SeqResult **res_ptr;  /* (seq_cap) */
-    err_pool errs;                    /* (seq_cap) */
+    gn_wire_err_pool errs;                    /* (seq_cap) */
     req_info *ri;                     /* (req_cap) */
     Genarm__V1__Tensor *tensor;       /* (req_cap) */
     Genarm__V1__ModelRef *model_ref;  /* (req_cap) */
@@ -95,7 +84,7 @@ struct gn_host {
     size_t f_cap;
     Genarm__V1__FetchResult *f_res;
     Genarm__V1__FetchResult **f_ptr;
-    err_pool f_errs;
+    gn_wire_err_pool f_errs;
     float *f_vals;
     size_t f_vals_cap;                /* bytes */
 };
@@ -104,53 +93,6 @@ gn_host_params gn_host_default_params(void) {
     gn_host_params p = {.max_seqs = 64, .max_req_seqs = 256, .max_batch_seqs = 256,
                         .idle_timeout_ms = 300000, .runner = gn_runner_default_params()};
     return p;
-}
-
-/* ---- error pools ------------------------------------------------------------ */
-
-static void pool_free(err_pool *ep) {
-    gn_free(ep->e);
-    gn_free(ep->p);
-    gn_free(ep->msg);
-    memset(ep, 0, sizeof *ep);
-}
-
-static int pool_reserve(err_pool *ep, size_t n) {
-    if (n <= ep->cap) return 0;
-    err_pool np = {0};
-    np.e = gn_calloc(n, sizeof *np.e);
-    np.p = gn_calloc(n, sizeof *np.p);
-    np.msg = gn_calloc(n, sizeof *np.msg);
-    if (!np.e || !np.p || !np.msg) {
-        pool_free(&np);
-        return GN_ENOMEM;
-    }
-    np.cap = n;
-    pool_free(ep);
-    *ep = np;
-    return 0;
-}
-
-/* Appends an error to the list *list / *n that starts at pool entry base. */
-static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
-                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));
-static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
-                     const char *fmt, ...) {
-    size_t k = base + *n;
-    if (k >= ep->cap) return; /* cannot happen: one per sequence, reserved */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ep->msg[k], ERR_MSG_MAX, fmt, ap);
-    va_end(ap);
-    Genarm__V1__Error er = GENARM__V1__ERROR__INIT;
-    er.code = (Genarm__V1__ErrorCode)code;
-    er.message = ep->msg[k];
-    er.seq_id = seq_id;
-    er.has_seq = 1;
-    ep->e[k] = er;
-    ep->p[k] = &ep->e[k];
-    *list = &ep->p[base];
-    (*n)++;
 }
 
 /* ---- create / free ------------------------------------------------------------ */
@@ -162,7 +104,7 @@ static void free_batch_scratch(gn_host *h) {
     gn_free(h->seq_item);
     gn_free(h->res);
     gn_free(h->res_ptr);
-    pool_free(&h->errs);
+    gn_wire_err_pool_free(&h->errs);
     gn_free(h->ri);
     gn_free(h->tensor);
     gn_free(h->model_ref);
@@ -188,7 +130,7 @@ static int reserve_batch(gn_host *h, size_t n_seqs, size_t n_reqs) {
         int *seq_item = gn_calloc(n_seqs, sizeof *seq_item);
         Genarm__V1__SeqResult *res = gn_calloc(n_seqs, sizeof *res);
         Genarm__V1__SeqResult **res_ptr = gn_calloc(n_seqs, sizeof *res_ptr);
-        if (!items || !info || !vtmp || !seq_item || !res || !res_ptr || pool_reserve(&h->errs, n_seqs)) {
+        if (!items || !info || !vtmp || !seq_item || !res || !res_ptr || gn_wire_err_pool_reserve(&h->errs, n_seqs)) {
             gn_free(items);
             gn_free(info);
             gn_free(vtmp);
@@ -347,7 +289,7 @@ void gn_host_free(gn_host *h) {
     gn_row_selector_free(h->sel);
     gn_free(h->f_res);
     gn_free(h->f_ptr);
-    pool_free(&h->f_errs);
+    gn_wire_err_pool_free(&h->f_errs);
     gn_free(h->f_vals);
     gn_free(h);
 }
@@ -367,12 +309,12 @@ static int admit(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__SeqSte
     const int C_RANGE = GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE;
     for (size_t t = 0; t < s->n_tokens; t++)
         if (s->tokens[t] < 0 || s->tokens[t] >= h->n_vocab) {
-            pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, C_RANGE,
+            gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, C_RANGE,
                      "token %zu: id %d out of range [0, %d)", t, s->tokens[t], h->n_vocab);
             return -1;
         }
     if (s->n_tokens == 0 || s->n_tokens > (size_t)h->max_ctx || s->start_pos > (uint32_t)h->max_ctx - s->n_tokens) {
-        pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
+        gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
                  GENARM__V1__ERROR_CODE__ERROR_CONTEXT_OVERFLOW,
                  "%u tokens held + %zu new exceed the context limit %d", s->start_pos, s->n_tokens, h->max_ctx);
         return -1;
@@ -380,14 +322,14 @@ static int admit(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__SeqSte
     int k = find_slot(h, s->seq_id, ad);
     if (k >= 0) {
         if (h->slots[k].mark == h->batch_gen) {
-            pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
+            gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
                      GENARM__V1__ERROR_CODE__ERROR_BAD_REQUEST,
                      "sequence already stepped by an earlier request of the same batch");
             return -1;
         }
         int len = gn_seq_len(h->slots[k].seq);
         if (s->start_pos > (uint32_t)len) {
-            pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
+            gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id,
                      GENARM__V1__ERROR_CODE__ERROR_POS_MISMATCH, "start_pos %u but the worker holds %d tokens",
                      s->start_pos, len);
             return -1;
@@ -396,7 +338,7 @@ static int admit(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__SeqSte
         return k;
     }
     if (s->start_pos != 0) {
-        pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
+        gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
                  "sequence not held (released, expired or never started) but start_pos is %u; resend from 0",
                  s->start_pos);
         return -1;
@@ -404,20 +346,20 @@ static int admit(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__SeqSte
     for (k = 0; k < h->p.max_seqs && h->slots[k].used; k++) {
     }
     if (k == h->p.max_seqs) {
-        pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
+        gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
                  "all %d sequence slots are in use", h->p.max_seqs);
         return -1;
     }
     gn_err e2 = {0};
     gn_seq *seq = gn_seq_create(h->r, &e2);
     if (!seq) {
-        pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
+        gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_CAPACITY,
                  "%s", e2.msg);
         return -1;
     }
     if (ad && gn_seq_set_adapter(seq, ad, &e2) != 0) {
         gn_seq_free(seq);
-        pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_INTERNAL,
+        gn_wire_err_pool_add(&h->errs, ebase, &resp->errors, &resp->n_errors, s->seq_id, GENARM__V1__ERROR_CODE__ERROR_INTERNAL,
                  "%s", e2.msg);
         return -1;
     }
@@ -671,7 +613,7 @@ void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_
                 gn_row_tail tail;
                 int got = gn_row_select(h->sel, rowp, h->n_out, v->k, ids, vals, &tail, &se);
                 if (got < 0) {
-                    pool_add(&h->errs, ri->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
+                    gn_wire_err_pool_add(&h->errs, ri->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
                              GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "sparse row: %s", se.msg);
                 } else { /* the row stays in h->out for fetches (keep_rows) */
                     sl->row_len = (int)r.seq_len;
@@ -737,7 +679,7 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
     if (ns > h->f_cap) {
         Genarm__V1__FetchResult *fr = gn_calloc(ns, sizeof *fr);
         Genarm__V1__FetchResult **fp = gn_calloc(ns, sizeof *fp);
-        if (!fr || !fp || pool_reserve(&h->f_errs, ns)) {
+        if (!fr || !fp || gn_wire_err_pool_reserve(&h->f_errs, ns)) {
             gn_free(fr);
             gn_free(fp);
             gn_errf(err, GN_ENOMEM, "row fetch: out of memory");
@@ -763,7 +705,7 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
         const Genarm__V1__FetchSeq *fs = req->seqs[i];
         int k = find_slot(h, fs->seq_id, ad);
         if (k < 0 || h->slots[k].row_len < 0 || (uint32_t)h->slots[k].row_len != fs->seq_len) {
-            pool_add(&h->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id, GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+            gn_wire_err_pool_add(&h->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id, GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
                      k < 0 ? "row at seq_len %u is gone: the sequence is not held (released or expired)"
                            : "row at seq_len %u is gone: the sequence stepped on (or its step was dense)",
                      fs->seq_len);
@@ -781,7 +723,7 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
             for (size_t j = 0; j < cnt && bad == cnt; j++)
                 if (fs->ids[j] < 0 || fs->ids[j] >= h->n_out) bad = j;
             if (bad < cnt) {
-                pool_add(&h->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
+                gn_wire_err_pool_add(&h->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
                          GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE, "id %zu: %d out of the row's range [0, %d)", bad,
                          fs->ids[bad], h->n_out);
                 continue;

@@ -12,7 +12,6 @@
 #include "step_server.h" /* gn_wire_now_ms */
 #include "tokenizer.h"
 
-#define ERR_MSG_MAX 240
 #define COMP "reward_worker"
 
 /* A backbone shared by the LoRA-adapter ARMs loaded on it: one model, one
@@ -40,15 +39,6 @@ typedef struct arm_entry {
     int batch_ref; /* a sequence of the batch now being routed goes to it: not collected */
     Genarm__V1__ModelRef ref;
 } arm_entry;
-
-/* Per-sequence Error entries of several responses: each response owns the
- * range of its sequences. Sized before a batch adds anything. */
-typedef struct err_pool {
-    size_t cap;
-    Genarm__V1__Error *e;
-    Genarm__V1__Error **p;
-    char (*msg)[ERR_MSG_MAX];
-} err_pool;
 
 /* One request of a batch. */
 typedef struct req_state {
@@ -88,7 +78,7 @@ struct gn_arms {
     gn_err *h_err;
     Genarm__V1__SeqResult *res;     /* (seq_cap) merged replies' results */
     Genarm__V1__SeqResult **res_ptr;
-    err_pool errs;                  /* (seq_cap) per-sequence errors of every request */
+    gn_wire_err_pool errs;                  /* (seq_cap) per-sequence errors of every request */
     Genarm__V1__Tensor *tensor;     /* (seq_cap) merged replies' tensors */
     uint8_t *bytes;                 /* merged rows, each merged request's slice */
     size_t bytes_cap;
@@ -102,7 +92,7 @@ struct gn_arms {
     size_t f_cap;
     Genarm__V1__FetchResult *f_res;
     Genarm__V1__FetchResult **f_ptr;
-    err_pool f_errs;
+    gn_wire_err_pool f_errs;
     uint8_t *f_vals;
     size_t f_vals_cap;
     /* Versions whose load on demand failed (tokenizer mismatch, broken files):
@@ -139,50 +129,6 @@ int gn_arms_name_valid(const char *s) {
 
 /* ---- scratch ------------------------------------------------------------------ */
 
-static void pool_free(err_pool *ep) {
-    gn_free(ep->e);
-    gn_free(ep->p);
-    gn_free(ep->msg);
-    memset(ep, 0, sizeof *ep);
-}
-
-static int pool_reserve(err_pool *ep, size_t n) {
-    if (n <= ep->cap) return 0;
-    err_pool np = {0};
-    np.e = gn_calloc(n, sizeof *np.e);
-    np.p = gn_calloc(n, sizeof *np.p);
-    np.msg = gn_calloc(n, sizeof *np.msg);
-    if (!np.e || !np.p || !np.msg) {
-        pool_free(&np);
-        return GN_ENOMEM;
-    }
-    np.cap = n;
-    pool_free(ep);
-    *ep = np;
-    return 0;
-}
-
-/* Appends an error to the list *list / *n that starts at pool entry base. */
-static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
-                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));
-static void pool_add(err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n, uint64_t seq_id, int code,
-                     const char *fmt, ...) {
-    size_t k = base + *n;
-    if (k >= ep->cap) return; /* cannot happen: at most one per sequence, reserved */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ep->msg[k], ERR_MSG_MAX, fmt, ap);
-    va_end(ap);
-    Genarm__V1__Error er = GENARM__V1__ERROR__INIT;
-    er.code = (Genarm__V1__ErrorCode)code;
-    er.message = ep->msg[k];
-    er.seq_id = seq_id;
-    er.has_seq = 1;
-    ep->e[k] = er;
-    ep->p[k] = &ep->e[k];
-    *list = &ep->p[base];
-    (*n)++;
-}
 
 static void free_batch(gn_arms *a) {
     gn_free(a->rq);
@@ -201,7 +147,7 @@ static void free_batch(gn_arms *a) {
     gn_free(a->h_err);
     gn_free(a->res);
     gn_free(a->res_ptr);
-    pool_free(&a->errs);
+    gn_wire_err_pool_free(&a->errs);
     gn_free(a->tensor);
     a->rq = NULL;
     a->seq_entry = a->sub_entry = a->sub_req = a->sub_pos = a->h_code = NULL;
@@ -243,7 +189,7 @@ static int reserve_batch(gn_arms *a, size_t n) {
     a->tensor = gn_calloc(n, sizeof *a->tensor);
     if (!a->rq || !a->seq_entry || !a->sub_seqs || !a->sub || !a->sub_entry || !a->sub_req || !a->sub_pos || !a->sub_cur ||
         !a->sub_resp || !a->h_req || !a->h_resp || !a->h_ad || !a->h_code || !a->h_err || !a->res ||
-        !a->res_ptr || !a->tensor || pool_reserve(&a->errs, n)) {
+        !a->res_ptr || !a->tensor || gn_wire_err_pool_reserve(&a->errs, n)) {
         free_batch(a);
         return GN_ENOMEM;
     }
@@ -321,7 +267,7 @@ void gn_arms_free(gn_arms *a) {
     gn_free(a->cand);
     gn_free(a->f_res);
     gn_free(a->f_ptr);
-    pool_free(&a->f_errs);
+    gn_wire_err_pool_free(&a->f_errs);
     gn_free(a->f_vals);
     gn_free(a);
 }
@@ -604,7 +550,7 @@ static int route(gn_arms *a, const char *name, const req_state *r, const Genarm_
     if (r->explicit_k >= 0) {
         arm_entry *e = &a->e[r->explicit_k];
         if (e->draining && gn_host_seq_len_for(e->h, e->ad, s->seq_id) < 0) {
-            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
+            gn_wire_err_pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
                      GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
                      "ARM %s@%u is draining (superseded or unloaded) and takes no new "
                      "sequences; start it on version 0 (current)",
@@ -617,7 +563,7 @@ static int route(gn_arms *a, const char *name, const req_state *r, const Genarm_
         if (a->e[i].used && !strcmp(a->e[i].name, name) && gn_host_seq_len_for(a->e[i].h, a->e[i].ad, s->seq_id) >= 0)
             return i;
     if (r->cur < 0) {
-        pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
+        gn_wire_err_pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, s->seq_id,
                  GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL, "ARM %s has no current version on this worker", name);
         return -1;
     }
@@ -694,7 +640,7 @@ static void merge_request(gn_arms *a, const gn_wire_step_req *req, const char *n
         const arm_entry *e = &a->e[a->sub_entry[j]];
         if (a->h_code[p]) continue;
         for (size_t x = 0; x < a->h_resp[p]->n_errors; x++)
-            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, a->h_resp[p]->errors[x]->seq_id,
+            gn_wire_err_pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, a->h_resp[p]->errors[x]->seq_id,
                      a->h_resp[p]->errors[x]->code, "ARM %s@%u: %s", name, e->version,
                      a->h_resp[p]->errors[x]->message);
     }
@@ -708,7 +654,7 @@ static void merge_request(gn_arms *a, const gn_wire_step_req *req, const char *n
         const gn_wire_step_resp *hr = a->h_resp[p];
         uint64_t sid = req->seqs[q]->seq_id;
         if (a->h_code[p]) {
-            pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, sid, a->h_code[p], "ARM %s@%u: %s", name,
+            gn_wire_err_pool_add(&a->errs, r->seq_base, &resp->errors, &resp->n_errors, sid, a->h_code[p], "ARM %s@%u: %s", name,
                      a->e[k].version, a->h_err[p].msg);
             continue;
         }
@@ -989,7 +935,7 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
     if (ns > a->f_cap) {
         Genarm__V1__FetchResult *fr = gn_calloc(ns, sizeof *fr);
         Genarm__V1__FetchResult **fp = gn_calloc(ns, sizeof *fp);
-        if (!fr || !fp || pool_reserve(&a->f_errs, ns)) {
+        if (!fr || !fp || gn_wire_err_pool_reserve(&a->f_errs, ns)) {
             gn_free(fr);
             gn_free(fp);
             gn_errf(err, GN_ENOMEM, "row fetch: out of memory");
@@ -1017,7 +963,7 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
             if (a->e[x].used && !strcmp(a->e[x].name, name) && gn_host_seq_len_for(a->e[x].h, a->e[x].ad, fs->seq_id) >= 0)
                 k = x;
         if (k < 0) {
-            pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id, GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
+            gn_wire_err_pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id, GENARM__V1__ERROR_CODE__ERROR_ROW_GONE,
                      "ARM %s: no version holds the sequence (released or expired)", name);
             continue;
         }
@@ -1028,7 +974,7 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
         gn_err e2 = {0};
         int code = gn_host_fetch(a->e[k].h, a->e[k].ad, &one, &hr, &e2);
         if (code || hr.n_errors) {
-            pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
+            gn_wire_err_pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
                      code ? code : (int)hr.errors[0]->code, "ARM %s@%u: %s", name, a->e[k].version,
                      code ? e2.msg : hr.errors[0]->message);
             continue;

@@ -247,7 +247,7 @@ static int entries4(const ProtobufCBinaryData *b, const char *what, size_t *n, g
 }
 
 int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
-    size_t n_ids, n_vals;
+    size_t n_ids = 0, n_vals = 0;
     if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
         entries4(&resp->cand_values, "cand_values", &n_vals, err))
         return GN_EFORMAT;
@@ -304,7 +304,7 @@ static int in_place(const uint8_t *p) {
 int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResult *r,
                        int32_t *ids_scratch, float *vals_scratch, size_t cap, const int32_t **ids,
                        const float **vals, gn_err *err) {
-    size_t n_ids, n_vals;
+    size_t n_ids = 0, n_vals = 0;
     if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
         entries4(&resp->cand_values, "cand_values", &n_vals, err))
         return GN_EFORMAT;
@@ -337,7 +337,7 @@ int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResul
 }
 
 int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *err) {
-    size_t n_vals;
+    size_t n_vals = 0;
     if (entries4(&res->values, "values", &n_vals, err))
         return GN_EFORMAT;
     for (size_t i = 0; i < res->n_results; i++) {
@@ -351,7 +351,7 @@ int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *er
 
 int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1__FetchResult *r,
                          float *scratch, size_t cap, const float **vals, gn_err *err) {
-    size_t n_vals;
+    size_t n_vals = 0;
     if (entries4(&res->values, "values", &n_vals, err))
         return GN_EFORMAT;
     if (r->offset > n_vals || r->n > n_vals - r->offset)
@@ -431,56 +431,44 @@ void gn_wire_log(const char *level, const char *comp, const char *fmt, ...) {
 
 /* ---- per-sequence errors -------------------------------------------------- */
 
-#define SEQ_ERR_MSG_MAX 240
-
-struct gn_wire_seq_errors {
-    int cap;
-    Genarm__V1__Error *errs;        /* (cap) */
-    Genarm__V1__Error **ptr;        /* (cap) */
-    char (*msg)[SEQ_ERR_MSG_MAX];   /* (cap) */
-};
-
-gn_wire_seq_errors *gn_wire_seq_errors_create(int max_seqs) {
-    gn_wire_seq_errors *e = gn_calloc(1, sizeof *e);
-    if (!e) return NULL;
-    size_t n = max_seqs > 0 ? (size_t)max_seqs : 1;
-    e->cap = (int)n;
-    e->errs = gn_calloc(n, sizeof *e->errs);
-    e->ptr = gn_calloc(n, sizeof *e->ptr);
-    e->msg = gn_calloc(n, sizeof *e->msg);
-    if (!e->errs || !e->ptr || !e->msg) {
-        gn_wire_seq_errors_free(e);
-        return NULL;
+int gn_wire_err_pool_reserve(gn_wire_err_pool *ep, size_t n) {
+    if (n <= ep->cap) return 0;
+    gn_wire_err_pool np = {0};
+    np.e = gn_calloc(n, sizeof *np.e);
+    np.p = gn_calloc(n, sizeof *np.p);
+    np.msg = gn_calloc(n, sizeof *np.msg);
+    if (!np.e || !np.p || !np.msg) {
+        gn_wire_err_pool_free(&np);
+        return GN_ENOMEM;
     }
-    return e;
+    np.cap = n;
+    gn_wire_err_pool_free(ep);
+    *ep = np;
+    return 0;
 }
 
-void gn_wire_seq_errors_free(gn_wire_seq_errors *e) {
-    if (!e) return;
-    gn_free(e->errs);
-    gn_free(e->ptr);
-    gn_free(e->msg);
-    gn_free(e);
+void gn_wire_err_pool_free(gn_wire_err_pool *ep) {
+    gn_free(ep->e);
+    gn_free(ep->p);
+    gn_free(ep->msg);
+    memset(ep, 0, sizeof *ep);
 }
 
-void gn_wire_seq_errors_attach(gn_wire_seq_errors *e, gn_wire_step_resp *resp) {
-    resp->n_errors = 0;
-    resp->errors = e->ptr;
-}
-
-void gn_wire_seq_errors_add(gn_wire_seq_errors *e, gn_wire_step_resp *resp, uint64_t seq_id,
-                            int wire_code, const char *fmt, ...) {
-    if (resp->n_errors >= (size_t)e->cap) return;
-    size_t k = resp->n_errors++;
+void gn_wire_err_pool_add(gn_wire_err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n,
+                          uint64_t seq_id, int wire_code, const char *fmt, ...) {
+    size_t k = base + *n;
+    if (k >= ep->cap) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->msg[k], SEQ_ERR_MSG_MAX, fmt, ap);
+    vsnprintf(ep->msg[k], GN_WIRE_ERR_MSG_MAX, fmt, ap);
     va_end(ap);
     Genarm__V1__Error er = GENARM__V1__ERROR__INIT;
     er.code = (Genarm__V1__ErrorCode)wire_code;
-    er.message = e->msg[k];
+    er.message = ep->msg[k];
     er.seq_id = seq_id;
     er.has_seq = 1;
-    e->errs[k] = er;
-    e->ptr[k] = &e->errs[k];
+    ep->e[k] = er;
+    ep->p[k] = &ep->e[k];
+    *list = &ep->p[base];
+    (*n)++;
 }

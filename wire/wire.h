@@ -133,20 +133,30 @@ int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *er
 int gn_wire_fetch_check(const Genarm__V1__RowFetch *req, const gn_wire_limits *lim, int *wire_code,
                         gn_err *err);
 
-/* Per-sequence error entries of step responses: scratch a worker sizes once
- * (create) and reuses every step. Not thread-safe; one per serving thread. */
-typedef struct gn_wire_seq_errors gn_wire_seq_errors;
+/* Per-sequence Error entries of the responses of a worker's batch: one pool,
+ * each response owning a contiguous range of it (at most one error per
+ * sequence, so a response of n sequences owns n entries). Reserve before a
+ * batch adds anything (growing moves the entries): adding never allocates.
+ * Zero-initialise; not thread-safe (one per serving thread). */
+#define GN_WIRE_ERR_MSG_MAX 240
+typedef struct gn_wire_err_pool {
+    size_t cap;
+    Genarm__V1__Error *e;                /* (cap) */
+    Genarm__V1__Error **p;               /* (cap) */
+    char (*msg)[GN_WIRE_ERR_MSG_MAX];    /* (cap) */
+} gn_wire_err_pool;
 
-/* Room for max_seqs errors per response. NULL on allocation failure. */
-gn_wire_seq_errors *gn_wire_seq_errors_create(int max_seqs);
-void gn_wire_seq_errors_free(gn_wire_seq_errors *e);
-/* Points resp->errors at e's storage and empties it (n_errors = 0). */
-void gn_wire_seq_errors_attach(gn_wire_seq_errors *e, gn_wire_step_resp *resp);
-/* Appends an error for sequence seq_id with a genarm.v1.ErrorCode and a
- * printf-style message (truncated to 240 bytes). resp must be attached to e;
- * entries beyond max_seqs are dropped (callers add at most one per sequence). */
-void gn_wire_seq_errors_add(gn_wire_seq_errors *e, gn_wire_step_resp *resp, uint64_t seq_id,
-                            int wire_code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Room for n entries in all. 0 or GN_ENOMEM (the pool is left as it was). */
+int gn_wire_err_pool_reserve(gn_wire_err_pool *ep, size_t n);
+/* Frees the entries and zeroes the pool (a zeroed pool is a no-op). */
+void gn_wire_err_pool_free(gn_wire_err_pool *ep);
+/* Appends an Error (seq_id, a genarm.v1.ErrorCode, a printf-style message cut
+ * at GN_WIRE_ERR_MSG_MAX - 1 bytes) to the list *list / *n whose entries start
+ * at pool entry base (pointing *list there). An entry beyond the reserved
+ * room is dropped. */
+void gn_wire_err_pool_add(gn_wire_err_pool *ep, size_t base, Genarm__V1__Error ***list, size_t *n,
+                          uint64_t seq_id, int wire_code, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 
 /* Name of a genarm.v1.ErrorCode ("BAD_FRAME"...), never NULL. */
 const char *gn_wire_code_name(int wire_code);

@@ -544,26 +544,38 @@ static void test_alloc_failures(void) {
     gn_free(buf);
 }
 
-static void test_seq_errors(void) {
-    gn_wire_seq_errors *e = gn_wire_seq_errors_create(2);
-    CHECK(e != NULL, "create");
-    if (!e) return;
-    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
-    gn_wire_seq_errors_attach(e, &resp);
-    CHECK(resp.n_errors == 0 && resp.errors != NULL, "attach empties the list");
-    gn_wire_seq_errors_add(e, &resp, 7, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ, "seq %d unknown", 7);
-    gn_wire_seq_errors_add(e, &resp, 9, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", "full");
-    gn_wire_seq_errors_add(e, &resp, 11, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "dropped");
-    CHECK(resp.n_errors == 2, "a third error beyond max_seqs 2 is dropped (n %zu)", resp.n_errors);
-    CHECK(resp.errors[0]->seq_id == 7 && resp.errors[0]->has_seq &&
-              resp.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ &&
-              !strcmp(resp.errors[0]->message, "seq 7 unknown"),
-          "first error");
-    CHECK(resp.errors[1]->seq_id == 9 && !strcmp(resp.errors[1]->message, "full"), "second error");
-    gn_wire_seq_errors_attach(e, &resp);
-    CHECK(resp.n_errors == 0, "attach again starts a new response");
-    gn_wire_seq_errors_free(e);
-    gn_wire_seq_errors_free(NULL);
+/* The error pool of a batch: two responses owning ranges [0, 2) and [2, 3). */
+static void test_err_pool(void) {
+    gn_wire_err_pool ep = {0};
+    CHECK(gn_wire_err_pool_reserve(&ep, 3) == 0 && ep.cap == 3, "reserve");
+    gn_wire_step_resp r1 = GENARM__V1__STEP_RESPONSE__INIT, r2 = GENARM__V1__STEP_RESPONSE__INIT;
+    gn_wire_err_pool_add(&ep, 0, &r1.errors, &r1.n_errors, 7, GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ,
+                         "seq %d unknown", 7);
+    gn_wire_err_pool_add(&ep, 2, &r2.errors, &r2.n_errors, 11, GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE, "%s",
+                         "range");
+    gn_wire_err_pool_add(&ep, 0, &r1.errors, &r1.n_errors, 9, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "%s", "full");
+    gn_wire_err_pool_add(&ep, 2, &r2.errors, &r2.n_errors, 12, GENARM__V1__ERROR_CODE__ERROR_CAPACITY, "dropped");
+    CHECK(r1.n_errors == 2 && r2.n_errors == 1, "an entry beyond the reserved room is dropped (%zu, %zu)",
+          r1.n_errors, r2.n_errors);
+    CHECK(r1.errors[0]->seq_id == 7 && r1.errors[0]->has_seq &&
+              r1.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_SEQ &&
+              !strcmp(r1.errors[0]->message, "seq 7 unknown") && r1.errors[1]->seq_id == 9 &&
+              !strcmp(r1.errors[1]->message, "full"),
+          "the first response's errors");
+    CHECK(r2.errors[0]->seq_id == 11 && r2.errors[0]->code == GENARM__V1__ERROR_CODE__ERROR_TOKEN_RANGE,
+          "the second response's range");
+    char big[400];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    gn_wire_step_resp r3 = GENARM__V1__STEP_RESPONSE__INIT;
+    gn_wire_err_pool_add(&ep, 2, &r3.errors, &r3.n_errors, 1, GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "%s", big);
+    CHECK(r3.n_errors == 1 && strlen(r3.errors[0]->message) == GN_WIRE_ERR_MSG_MAX - 1, "long message cut");
+    gn_alloc_fail_after(1);
+    CHECK(gn_wire_err_pool_reserve(&ep, 100) == GN_ENOMEM && ep.cap == 3, "a failed reserve keeps the pool");
+    gn_alloc_fail_after(-1);
+    gn_wire_err_pool_free(&ep);
+    CHECK(ep.cap == 0 && !ep.e, "free zeroes");
+    gn_wire_err_pool_free(&ep);
 }
 
 int main(void) {
@@ -575,6 +587,6 @@ int main(void) {
     test_sparse();
     test_fetch();
     test_alloc_failures();
-    test_seq_errors();
+    test_err_pool();
     GN_TEST_MAIN_END();
 }
