@@ -72,6 +72,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "exp_neg.h"
 #include "gn_alloc.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -313,37 +314,8 @@ static const kernels kern_ref = {scan_ref, collect_ref, tail_ref};
 
 #ifdef GN_RS_X86
 
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_SHIFT 0x1.8p23f /* adding it rounds to an integer in the low bits */
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO (-2.12194440e-4f)
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
-/* exp(x) for x in [EXP_MIN, 0]: sampler.c's E(x) (Cody-Waite reduction,
- * Cephes' degree-6 polynomial). k = round(x log2 e) >= -126: 2^k is a
- * normal float. */
-static inline GN_T256 __m256 exp8(__m256 x) {
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), _mm256_set1_ps(EXP_SHIFT));
-    __m256 k = _mm256_sub_ps(t, _mm256_set1_ps(EXP_SHIFT));
-    __m256i ki = _mm256_sub_epi32(_mm256_castps_si256(t),
-                                  _mm256_castps_si256(_mm256_set1_ps(EXP_SHIFT)));
-    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-EXP_LN2_HI), x);
-    r = _mm256_fmadd_ps(k, _mm256_set1_ps(-EXP_LN2_LO), r);
-    __m256 p = _mm256_set1_ps(EXP_P0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
-    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+/* exp(x) for x in [EXP_MIN, 0]: exp_neg.h's E(x), the sampler's. */
+#define exp8 gn_exp_neg8
 
 static GN_T256 void scan_avx2(const float *x, int n, float *bm, int nb, float *vmin, int *bad) {
     const __m256 pinf = _mm256_set1_ps(INFINITY);

@@ -46,6 +46,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "exp_neg.h"
 #include "gn_alloc.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -167,49 +168,9 @@ uint64_t gn_rng_next(gn_rng *r) {
 
 double gn_rng_uniform(gn_rng *r) { return (double)(gn_rng_next(r) >> 11) * 0x1.0p-53; }
 
-/* ---- E(x) = exp(x) on [-87, 0] ----------------------------------------- */
+/* ---- E(x) = exp(x) on [-87, 0]: exp_neg.h ---------------------------------- */
 
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_SHIFT 0x1.8p23f /* adding it rounds to an integer in the low bits */
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO (-2.12194440e-4f)
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* x in [EXP_MIN, 0]: k = round(x log2 e) >= -126, so 2^k is a normal float
- * and E(x) = p(r) 2^k is exact scaling. E(0) = 1 exactly. The AVX2 version
- * (exp_neg8) performs the same operations lane by lane. */
-static inline float exp_neg(float x) {
-    float t = fmaf(x, EXP_LOG2E, EXP_SHIFT);
-    float k = t - EXP_SHIFT;
-    int32_t ki = (int32_t)(f2u(t) - f2u(EXP_SHIFT));
-    float r = fmaf(k, -EXP_LN2_HI, x);
-    r = fmaf(k, -EXP_LN2_LO, r);
-    float p = EXP_P0;
-    p = fmaf(p, r, EXP_P1);
-    p = fmaf(p, r, EXP_P2);
-    p = fmaf(p, r, EXP_P3);
-    p = fmaf(p, r, EXP_P4);
-    p = fmaf(p, r, EXP_P5);
-    float y = fmaf(p, r * r, r) + 1.0f;
-    return y * u2f((uint32_t)(ki + 127) << 23);
-}
+#define exp_neg gn_exp_neg
 
 /* The top-p bucket of d: floor(-d * bscale), at most NB_ROW - 1. */
 static inline int bucket_of_d(float d, float bscale) {
@@ -374,23 +335,7 @@ static const kernels kern_ref = {scan_ref, weights_ref, collect_ref, kth_ref};
 
 #ifdef GN_SMP_X86
 
-static inline GN_T256 __m256 exp_neg8(__m256 x) {
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), _mm256_set1_ps(EXP_SHIFT));
-    __m256 k = _mm256_sub_ps(t, _mm256_set1_ps(EXP_SHIFT));
-    __m256i ki = _mm256_sub_epi32(_mm256_castps_si256(t),
-                                  _mm256_castps_si256(_mm256_set1_ps(EXP_SHIFT)));
-    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-EXP_LN2_HI), x);
-    r = _mm256_fmadd_ps(k, _mm256_set1_ps(-EXP_LN2_LO), r);
-    __m256 p = _mm256_set1_ps(EXP_P0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
-    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+#define exp_neg8 gn_exp_neg8
 
 /* d = (s - smax) * invT and w = E(d), 0 where d < EXP_MIN. */
 static inline GN_T256 __m256 weight8(__m256 s, __m256 smax, __m256 invT, __m256 *dout) {
@@ -561,23 +506,7 @@ static GN_T256 float kth_avx2(float *heap, const float *x, int n, int k) {
 
 /* ---- AVX-512: the weights pass, 16 lanes (one block) at a time ----------- */
 
-static inline GN_T512 __m512 exp_neg16(__m512 x) {
-    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(EXP_LOG2E), _mm512_set1_ps(EXP_SHIFT));
-    __m512 k = _mm512_sub_ps(t, _mm512_set1_ps(EXP_SHIFT));
-    __m512i ki = _mm512_sub_epi32(_mm512_castps_si512(t),
-                                  _mm512_castps_si512(_mm512_set1_ps(EXP_SHIFT)));
-    __m512 r = _mm512_fmadd_ps(k, _mm512_set1_ps(-EXP_LN2_HI), x);
-    r = _mm512_fmadd_ps(k, _mm512_set1_ps(-EXP_LN2_LO), r);
-    __m512 p = _mm512_set1_ps(EXP_P0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
-    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(ki, _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
+#define exp_neg16 gn_exp_neg16
 
 static GN_T512 void weights_avx512(const row *r, const wpass *o, float *w, double *bs,
                                    double *gs) {
