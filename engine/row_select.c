@@ -314,8 +314,6 @@ static const kernels kern_ref = {scan_ref, collect_ref, tail_ref};
 
 #ifdef GN_RS_X86
 
-/* exp(x) for x in [EXP_MIN, 0]: exp_neg.h's E(x), the sampler's. */
-#define exp8 gn_exp_neg8
 
 static GN_T256 void scan_avx2(const float *x, int n, float *bm, int nb, float *vmin, int *bad) {
     const __m256 pinf = _mm256_set1_ps(INFINITY);
@@ -388,7 +386,7 @@ static inline GN_T256 __m256 tail8(__m256 a, __m256 vk, __m256 ref) {
     const __m256 dmin = _mm256_set1_ps(EXP_MIN);
     __m256 d = _mm256_sub_ps(a, ref);
     __m256 ok = _mm256_and_ps(_mm256_cmp_ps(a, vk, _CMP_LT_OQ), _mm256_cmp_ps(d, dmin, _CMP_GE_OQ));
-    return _mm256_and_ps(exp8(_mm256_max_ps(d, dmin)), ok);
+    return _mm256_and_ps(gn_exp_neg8(_mm256_max_ps(d, dmin)), ok);
 }
 
 /* Two vectors' terms are added in float (one more rounding: 2^-24 relative,

@@ -168,10 +168,6 @@ uint64_t gn_rng_next(gn_rng *r) {
 
 double gn_rng_uniform(gn_rng *r) { return (double)(gn_rng_next(r) >> 11) * 0x1.0p-53; }
 
-/* ---- E(x) = exp(x) on [-87, 0]: exp_neg.h ---------------------------------- */
-
-#define exp_neg gn_exp_neg
-
 /* The top-p bucket of d: floor(-d * bscale), at most NB_ROW - 1. */
 static inline int bucket_of_d(float d, float bscale) {
     float t = (0.0f - d) * bscale;
@@ -286,7 +282,7 @@ static void weights_ref(const row *r, const wpass *o, float *w, double *bs, doub
             int v = b * BLK + j;
             float s = v < r->n ? r->score[v] : -INFINITY;
             float d = (s - r->smax) * r->invT;
-            float x = o->reuse ? wb[j] : d >= EXP_MIN ? exp_neg(d) : 0.0f;
+            float x = o->reuse ? wb[j] : d >= EXP_MIN ? gn_exp_neg(d) : 0.0f;
             if (!(s >= o->sthr) || !(x >= o->minp))
                 x = 0.0f;
             wb[j] = x;
@@ -311,7 +307,7 @@ static int collect_ref(const row *r, float thr, float dmin, const float *w, cand
         if (!(d >= dmin))
             continue;
         out[m].s = s;
-        out[m].w = w ? w[v] : exp_neg(d);
+        out[m].w = w ? w[v] : gn_exp_neg(d);
         out[m].id = v;
         m++;
     }
@@ -335,7 +331,6 @@ static const kernels kern_ref = {scan_ref, weights_ref, collect_ref, kth_ref};
 
 #ifdef GN_SMP_X86
 
-#define exp_neg8 gn_exp_neg8
 
 /* d = (s - smax) * invT and w = E(d), 0 where d < EXP_MIN. */
 static inline GN_T256 __m256 weight8(__m256 s, __m256 smax, __m256 invT, __m256 *dout) {
@@ -343,7 +338,7 @@ static inline GN_T256 __m256 weight8(__m256 s, __m256 smax, __m256 invT, __m256 
     __m256 d = _mm256_mul_ps(_mm256_sub_ps(s, smax), invT);
     *dout = d;
     __m256 ok = _mm256_cmp_ps(d, lo, _CMP_GE_OQ);
-    return _mm256_and_ps(exp_neg8(_mm256_max_ps(d, lo)), ok);
+    return _mm256_and_ps(gn_exp_neg8(_mm256_max_ps(d, lo)), ok);
 }
 
 static GN_T256 void scan_avx2(const float *x, int n, float *vmax, int *imax, float *vmin,
@@ -465,7 +460,7 @@ static GN_T256 int collect_avx2(const row *r, float thr, float dmin, const float
         if (w)
             _mm256_storeu_ps(wv, _mm256_loadu_ps(w + v));
         else
-            _mm256_storeu_ps(wv, exp_neg8(_mm256_max_ps(d, _mm256_set1_ps(EXP_MIN))));
+            _mm256_storeu_ps(wv, gn_exp_neg8(_mm256_max_ps(d, _mm256_set1_ps(EXP_MIN))));
         while (mask) {
             int l = __builtin_ctz(mask);
             mask &= mask - 1;
@@ -506,7 +501,6 @@ static GN_T256 float kth_avx2(float *heap, const float *x, int n, int k) {
 
 /* ---- AVX-512: the weights pass, 16 lanes (one block) at a time ----------- */
 
-#define exp_neg16 gn_exp_neg16
 
 static GN_T512 void weights_avx512(const row *r, const wpass *o, float *w, double *bs,
                                    double *gs) {
@@ -526,7 +520,7 @@ static GN_T512 void weights_avx512(const row *r, const wpass *o, float *w, doubl
             wv = _mm512_loadu_ps(w + (size_t)b * BLK);
         else
             wv = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d, lo, _CMP_GE_OQ),
-                                     exp_neg16(_mm512_max_ps(d, lo)));
+                                     gn_exp_neg16(_mm512_max_ps(d, lo)));
         __mmask16 keep = _mm512_cmp_ps_mask(sv, vthr, _CMP_GE_OQ) &
                          _mm512_cmp_ps_mask(wv, vmin, _CMP_GE_OQ);
         wv = _mm512_maskz_mov_ps(keep, wv);
