@@ -17,7 +17,7 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer):
      base, as trained ARMs are close to their base): greedy output is
      token-identical in sparse and exact (f32) modes, most draws certify
      from the candidates alone, and the replies are a small fraction of
-     dense rows.
+     dense rows; f16 and bf16 rows run and weigh half of f32 ones.
 
 usage: test_exchange.py --build BUILD_DIR   (exit 77 = skipped: no redis-server)
 """
@@ -276,6 +276,16 @@ def test_p(s):
     r = s.stream({"model": "tiny", "prompt": "Sampling", "max_tokens": 24, "temperature": 0.8, "seed": 3,
                   "profile": "pclose", "ignore_eos": True}, s.key1, port=sparse)
     check(r[0] == 200 and r[4] is None and r[2] == "length", "(p) sampled sparse stream: %s %s" % (r[2], r[4]))
+    # 16-bit dense rows: half the bytes of f32, rounded log-probs (no bound); the stream runs through
+    half = {}
+    for fmt in ("f16", "bf16"):
+        _, port = coordinator(s, "coord_" + fmt, ["--no-share", "--rows", fmt], base_ep=bep, base_model=base)
+        r = s.stream({"model": "tiny", "prompt": "Half rows", "max_tokens": 12, "temperature": 0, "profile": "pclose",
+                      "ignore_eos": True}, s.key1, port=port)
+        check(r[0] == 200 and r[4] is None and r[2] == "length", "(p) %s rows: %s %s" % (fmt, r[2], r[4]))
+        n16 = metric_labeled(port, "genarm:exchange_rows_total", 'format="%s"' % fmt)
+        half[fmt] = metric_sum(port, "genarm:exchange_received_bytes_total") / max(n16, 1)  # per row
+        check(n16 >= 24, "(p) %s rows used: %d" % (fmt, n16))
     rows_sparse = metric_labeled(sparse, "genarm:exchange_rows_total", 'format="sparse"')
     rows_dense = metric_labeled(sparse, "genarm:exchange_rows_total", 'format="f32"')
     fetches = metric_sum(sparse, "genarm:exchange_fetches_total")
@@ -289,6 +299,10 @@ def test_p(s):
     check(rows_sparse > 0 and fetches < 0.5 * rows_sparse / 1.5, "(p) most sparse draws certified without a fetch "
           "(%d fetches for %d sparse rows)" % (fetches, rows_sparse))
     check(b_s < 0.25 * b_x, "(p) sparse replies are small: %.0f bytes per token vs %.0f" % (b_s, b_x))
+    row_x = metric_sum(exact, "genarm:exchange_received_bytes_total") / max(
+        metric_labeled(exact, "genarm:exchange_rows_total", 'format="f32"'), 1)
+    check(all(0.45 * row_x < b < 0.55 * row_x for b in half.values()),
+          "(p) 16-bit rows are half of f32: %s vs %.0f bytes per row" % (half, row_x))
 
 
 def main():
