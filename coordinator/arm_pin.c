@@ -55,6 +55,7 @@ struct gn_arm_pin {
     int parked_any;   /* parked something: tokens may come back on the stream */
     double parked_last;
     int queue_ready;
+    int failing; /* registry reads failed in a row (logged once) */
 };
 
 static double mono_s(void) {
@@ -87,12 +88,12 @@ static void refresh(gn_arm_pin *a) {
     gn_err e = {0};
     gn_ctl_worker *ws = NULL;
     size_t nw = 0;
-    static __thread int failing;
     if (gn_ctl_worker_list(a->ctl, &ws, &nw, &e) != 0) {
-        if (!failing++) gn_wire_log("warn", COMP, "event=registry_read_failed msg=\"%s\"", e.msg);
+        if (!a->failing++) gn_wire_log("warn", COMP, "event=registry_read_failed msg=\"%s\"", e.msg);
         return;
     }
-    failing = 0;
+    if (a->failing) gn_wire_log("info", COMP, "event=registry_read_ok after_failures=%d", a->failing);
+    a->failing = 0;
     size_t nh = 0;
     for (size_t i = 0; i < nw; i++)
         if (ws[i].kind == GN_CTL_WORKER_REWARD) nh += (size_t)ws[i].n_arms;
@@ -294,12 +295,13 @@ int gn_arm_pin_find(gn_arm_pin *a, const char *name, const char *version,
     snprintf(ref, sizeof ref, "%s@%s", name, version);
     if (max > GN_ARM_PIN_MAX_CANDIDATES) max = GN_ARM_PIN_MAX_CANDIDATES;
     holder best[GN_ARM_PIN_MAX_CANDIDATES];
-    int n = 0;
+    int n = 0, total = 0;
     pthread_mutex_lock(&a->mu);
     if (taken_at) *taken_at = a->snap.taken_at;
     for (size_t i = 0; i < a->snap.n; i++) {
         const holder *h = &a->snap.h[i];
         if (strcmp(h->ref, ref) != 0) continue;
+        total++;
         int pos = n < max ? n++ : max; /* insertion by load, lowest first */
         while (pos > 0 && h->load < best[pos - 1].load) {
             if (pos < max) best[pos] = best[pos - 1];
@@ -309,7 +311,7 @@ int gn_arm_pin_find(gn_arm_pin *a, const char *name, const char *version,
     }
     pthread_mutex_unlock(&a->mu);
     for (int i = 0; i < n; i++) snprintf(endpoints[i], GN_CTL_PATH_MAX, "%s", best[i].endpoint);
-    return n;
+    return total;
 }
 
 int gn_arm_pin_current(gn_arm_pin *a, const char *name, char *version, double *taken_at) {

@@ -53,8 +53,8 @@ void gn_arm_pin_free(gn_arm_pin *a); /* stops the thread; NULL is a no-op */
 
 /* Endpoints of live reward workers holding name@version in the snapshot,
  * least loaded first (ipc:// for a worker on this host that offers it):
- * returns how many (0: none holds it) and writes up to max (<=
- * GN_ARM_PIN_MAX_CANDIDATES) of them. *taken_at (may be NULL) receives when
+ * returns how many hold it (0: none) and writes the first min(that, max)
+ * of them (max <= GN_ARM_PIN_MAX_CANDIDATES). *taken_at (may be NULL) receives when
  * the snapshot was taken (gn_dist_now seconds; 0: none yet, nothing known). */
 int gn_arm_pin_find(gn_arm_pin *a, const char *name, const char *version,
                     char endpoints[][GN_CTL_PATH_MAX], int max, double *taken_at);

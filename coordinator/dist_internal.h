@@ -78,6 +78,7 @@ typedef struct dseq {
     gn_gen_text *text;
     const char *finish;
     int stepped;       /* sent to the workers this step */
+    int drawn;         /* got its token this step */
     int repin;         /* no token this step: every model recomputes its last row next time */
     double wait_until; /* a worker was at capacity: not stepped before this time */
     double wait_since; /* first capacity refusal of the current wait, 0 = none */

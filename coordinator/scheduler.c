@@ -180,7 +180,7 @@ static int job_place(gn_dist *d, djob *jb, gn_err *err) {
         char eps[GN_ARM_PIN_MAX_CANDIDATES][GN_CTL_PATH_MAX];
         double taken = 0;
         int n = gn_arm_pin_find(d->pin, name, jb->arm_ver[k], eps, GN_ARM_PIN_MAX_CANDIDATES, &taken);
-        for (int i = 0; i < n && !jb->arm_link[k]; i++) {
+        for (int i = 0; i < n && i < GN_ARM_PIN_MAX_CANDIDATES && !jb->arm_link[k]; i++) {
             gn_err e = {0};
             gn_xlink *l = gn_exchange_link(d->ex, eps[i], &e);
             if (l && !gn_xlink_down(d->ex, l)) jb->arm_link[k] = l;
@@ -307,6 +307,7 @@ static int plan_step(gn_dist *d, double t0) {
         dseq *s = d->active[a];
         djob *jb = s->jb;
         s->stepped = 0;
+        s->drawn = 0;
         s->draw_rc = 0;
         memset(&s->draw, 0, sizeof s->draw);
         for (int mi = 0; mi < N_MODELS_MAX; mi++) s->m[mi].sent = 0;
@@ -314,17 +315,21 @@ static int plan_step(gn_dist *d, double t0) {
             s->repin = 1; /* not stepped: nothing to rewind beyond the usual */
             continue;
         }
-        for (int mi = 0; mi <= jb->n_arms && !s->done; mi++) {
+        int rc = 0;
+        for (int mi = 0; mi <= jb->n_arms && !rc; mi++) {
             if (mi > 0 && jb->dp.guidance.weights[mi - 1] == 0) continue;
             const int32_t *feed;
             int nf;
             gn_xlink *l = mi == 0 ? gn_exchange_base(d->ex) : jb->arm_link[mi - 1];
-            if (seq_feed(s, mi, &feed, &nf) ||
-                gn_exchange_add(d->ex, s, mi, l, mi == 0 ? "" : jb->j.arm_names[mi - 1],
-                                mi == 0 ? 0 : jb->arm_vnum[mi - 1], s->m[mi].held, feed, nf))
-                fail_seq(d, s, GN_ENOMEM, "out of memory or too many worker requests in one step");
+            if (!(rc = seq_feed(s, mi, &feed, &nf)))
+                rc = gn_exchange_add(d->ex, s, mi, l, mi == 0 ? "" : jb->j.arm_names[mi - 1],
+                                     mi == 0 ? 0 : jb->arm_vnum[mi - 1], s->m[mi].held, feed, nf);
         }
-        if (!s->done) {
+        if (rc == GN_ERANGE) { /* this step has no room for its worker requests: the next one */
+            s->repin = 1;
+        } else if (rc) {
+            fail_seq(d, s, GN_ENOMEM, "out of memory for the step's tokens");
+        } else {
             s->stepped = 1;
             n++;
         }
@@ -359,7 +364,13 @@ static void draw_seq(dseq *s, gn_drawer *dr) {
     gn_row_view rows[N_MODELS_MAX];
     memset(rows, 0, sizeof rows);
     for (int mi = 0; mi <= jb->n_arms; mi++)
-        if (mi == 0 || jb->dp.guidance.weights[mi - 1] != 0) rows[mi] = s->m[mi].row;
+        if (mi == 0 || jb->dp.guidance.weights[mi - 1] != 0) {
+            if (!s->m[mi].has_row) { /* worker_refusals ended or deferred every sequence without one */
+                s->draw_rc = gn_errf(&s->draw_err, GN_EIO, "model %d: no row this step", mi);
+                return;
+            }
+            rows[mi] = s->m[mi].row;
+        }
     s->draw_rc = gn_draw(dr, &jb->dp, rows, &s->rng, &s->draw, &s->draw_err);
     if (!s->draw_rc && s->draw.status == GN_DRAW_NEED_VALUES && gn_exchange_keep_missing(s))
         s->draw_rc = gn_errf(&s->draw_err, GN_ENOMEM, "out of memory for fetched values");
@@ -410,6 +421,7 @@ static void apply_seq(gn_dist *d, dseq *s) {
         return;
     }
     int tok = s->draw.token;
+    s->drawn = 1;
     s->tokens[s->n_tokens++] = tok;
     pthread_mutex_lock(&d->mu);
     d->stats.tokens++;

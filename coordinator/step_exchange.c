@@ -301,8 +301,10 @@ void gn_exchange_free(gn_exchange *x) {
 
 /* ---- requests in flight ---------------------------------------------------------- */
 
-static void pend_add(gn_exchange *x, uint64_t rid, gn_xlink *l, group *g, int fetch) {
-    if (x->n_pend == MAX_PENDING) return; /* cannot happen: groups and links are bounded */
+/* Records a request in flight. 0, or -1 when the table is full (it holds a
+ * step and a fetch per group and a heartbeat per link: it cannot fill). */
+static int pend_add(gn_exchange *x, uint64_t rid, gn_xlink *l, group *g, int fetch) {
+    if (x->n_pend == MAX_PENDING) return -1;
     gn_step_link st;
     gn_step_client_link(l->c, &st);
     pending *p = &x->pend[x->n_pend++];
@@ -314,6 +316,7 @@ static void pend_add(gn_exchange *x, uint64_t rid, gn_xlink *l, group *g, int fe
     p->sent_at = gn_dist_now();
     if (g) l->waiting++;
     if (!x->t_first_send) x->t_first_send = p->sent_at;
+    return 0;
 }
 
 static void pend_drop(gn_exchange *x, int i) {
@@ -359,10 +362,9 @@ static void ping(gn_exchange *x, gn_xlink *l) {
     gn_err e = {0};
     uint64_t rid;
     l->last_ping = gn_dist_now();
-    if (x->n_pend < MAX_PENDING && gn_step_client_send(l->c, &env, &rid, &e) == 0) {
+    if (x->n_pend < MAX_PENDING && gn_step_client_send(l->c, &env, &rid, &e) == 0 &&
+        pend_add(x, rid, l, NULL, 0) == 0)
         l->ping_rid = rid;
-        pend_add(x, rid, l, NULL, 0);
-    }
 }
 
 /* ---- replies ------------------------------------------------------------------------ */
@@ -719,8 +721,8 @@ void gn_exchange_run(gn_exchange *x) {
         g->sent_at = gn_dist_now();
         if (gn_step_client_step_send(g->l->c, g->name, g->version, g->ss, g->n, dt, &rid, &e))
             group_fail(x, g, 0, "send: %s", e.msg);
-        else
-            pend_add(x, rid, g->l, g, 0);
+        else if (pend_add(x, rid, g->l, g, 0))
+            group_fail(x, g, 0, "too many requests in flight");
     }
     gather(x);
 }
@@ -795,8 +797,8 @@ int gn_exchange_fetch(gn_exchange *x) {
         gn_err e = {0};
         if (gn_step_client_fetch_send(g->l->c, g->name, g->version, g->fs, g->nf, &rid, &e))
             group_fail(x, g, 1, "fetch send: %s", e.msg);
-        else
-            pend_add(x, rid, g->l, g, 1);
+        else if (pend_add(x, rid, g->l, g, 1))
+            group_fail(x, g, 1, "too many requests in flight");
     }
     gather(x);
     return seqs;
@@ -822,7 +824,7 @@ double gn_exchange_end(gn_exchange *x, double *wait_s) {
         if (g->l->is_base) /* once per sequence: the base carries every stepped sequence */
             for (int k = 0; k < g->n; k++) {
                 dseq *s = g->it[k].s;
-                if (!s->done && !s->draw_rc && s->draw.status == GN_DRAW_DONE) {
+                if (s->drawn) {
                     if (s->draw.bound > 0 || (s->m[0].has_row && !s->m[0].row.dense))
                         gn_metric_observe(x->m_bound, NULL, s->draw.bound);
                     if (s->fetches == 0) mode_adapt(x, &s->mode, DRAW_AT_ONCE);
