@@ -20,7 +20,8 @@ coordinators' own counters give, per step:
             packing, transfer) and coord (the rest of the step: drawing,
             streaming, planning)
   B/seq     bytes of worker replies (steps and fetches) per sequence-step
-  fetch     share of sparse draws that fetched missing values or rows
+  fetch     share of draws (sequence-steps) that fetched missing values or
+            whole rows first
   tok/s     generated tokens per second through the service (whole
             completions: the client wakes once per request)
   inproc    `genarm generate -n B` with the same models and ARM in one
@@ -70,12 +71,6 @@ def metrics(port):
         if m and m.group(1) in out:
             out[m.group(1)] += float(m.group(2))  # summed over label values
     return out
-
-
-def sparse_rows(port):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
-        m = re.search(r'^genarm:exchange_rows_total\{format="sparse"\} ([0-9.eE+-]+)$', r.read().decode(), re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 class Bench:
@@ -174,12 +169,11 @@ class Bench:
         body = {"model": "bench", "prompt": "Benchmark prompt", "max_tokens": self.a.tokens,
                 "temperature": self.a.temperature, "top_p": self.a.top_p, "ignore_eos": True, "profile": "pa"}
         self.run(port, min(n, 2), dict(body, max_tokens=2))  # connections, sparse modes warmed up
-        m0, s0 = metrics(port), sparse_rows(port)
+        m0 = metrics(port)
         wall = self.run(port, n, body)
-        m1, s1 = metrics(port), sparse_rows(port)
+        m1 = metrics(port)
         d = {k: m1[k] - m0[k] for k in m0}
         d["wall"] = wall
-        d["sparse_rows"] = s1 - s0
         return d
 
     def inproc(self, n):
@@ -200,7 +194,7 @@ def row(label, n, d, ref):
     step_ms = 1000.0 * d["coordinator_step_seconds_total"] / steps
     comp_ms = 1000.0 * d["coordinator_step_compute_seconds_total"] / steps
     outside = max(0.0, 1.0 - comp_ms / step_ms) if step_ms > 0 else 0.0
-    fetch = d["exchange_fetches_total"] / max(d["sparse_rows"] / 2.0, 1) if d["sparse_rows"] else 0.0
+    fetch = d["exchange_fetches_total"] / toks
     tps = d["coordinator_sampled_tokens_total"] / d["wall"]
     wait_ms = 1000.0 * d["coordinator_step_wait_seconds_total"] / steps
     print("%-8s %5d %9.1f %9.2f %10.2f %8.1f%% %7.1f%% %6.1f%% %10.0f %7.1f%% %9.1f %8.2fx" % (

@@ -13,6 +13,9 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer):
  (o) a reward worker killed with SIGKILL costs only its own sequences, at
      once: streams on other ARMs and base-only streams never stall a second,
      the affected ones end with an error within about a second;
+ (s) a reward worker stopped with SIGSTOP (its connection stays up) is found
+     by the heartbeats within the liveness window: its sequences end with an
+     error saying it stalled, the others go on;
  (p) sparse rows on peaked models (an ARM that is a LoRA adapter of the
      base, as trained ARMs are close to their base): greedy output is
      token-identical in sparse and exact (f32) modes, most draws certify
@@ -237,6 +240,49 @@ def test_o(s):
             print("(o) %s: %d chunks, longest gap %.3f s" % (name, len(times), worst), flush=True)
 
 
+def test_s(s):
+    """SIGSTOP of one reward worker: its connection stays up, so the heartbeats tell."""
+    s.adm("arm", "register", "sigma", "--version", "1", "--path", s.arm_b1)
+    s.adm("profile", "set", "t1", "ps", "--arm", "sigma:1.0", "--beta", "1.0")
+    rw = e2e.spawn("reward_worker_s", [os.path.join(s.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*",
+                                       "--redis", s.redis, "--worker-id", "rw_s", "--arm", "sigma", "--threads", "1",
+                                       "--heartbeat-ms", "300", "--ready-file", os.path.join(e2e.WORK, "rws.ep")])
+    e2e.wait_file(os.path.join(e2e.WORK, "rws.ep"))
+    jobs = [("stalled0", "ps"), ("stalled1", "ps"), ("free0", None), ("free1", "pa")]
+    out, evs, th = {}, {}, []
+    for name, prof in jobs:
+        body = {"model": "tiny", "prompt": "Hold on " + name, "max_tokens": 300, "temperature": 0.7, "seed": 3,
+                "ignore_eos": True}
+        if prof:
+            body["profile"] = prof
+        evs[name] = threading.Event()
+        th.append(threading.Thread(target=stream_timed, args=(s, body, s.key1, out, name, evs[name])))
+    for t in th:
+        t.start()
+    check(all(e.wait(30) for e in evs.values()), "(s) every stream started")
+    time.sleep(0.3)
+    t_stop = time.time()
+    rw.send_signal(signal.SIGSTOP)
+    for t in th:
+        t.join(60)
+    rw.send_signal(signal.SIGCONT)
+    rw.send_signal(signal.SIGKILL)
+    for name, prof in jobs:
+        st, text, fin, n, err, times = out.get(name, (0, "", None, 0, "no result", []))
+        if prof == "ps":
+            last = max([t for t in times] or [t_stop])
+            check(err is not None and "sigma" in str(err) and "stalled" in str(err),
+                  "(s) %s on the stopped worker ended with an error saying it stalled: %r" % (name, err))
+            check(last - t_stop < 2.0, "(s) %s: its last chunk %.2f s after the stop" % (name, last - t_stop))
+        else:
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            worst = max(gaps) if gaps else 0
+            check(st == 200 and err is None and fin == "length", "(s) %s survived: %s %s" % (name, fin, err))
+            # a stalled worker holds the step it is in for at most --liveness-ms (1 s)
+            check(worst < 1.6, "(s) %s: longest gap between tokens %.3f s" % (name, worst))
+            print("(s) %s: %d chunks, longest gap %.3f s" % (name, len(times), worst), flush=True)
+
+
 def test_p(s):
     """Sparse rows on peaked models: greedy output equals exact mode."""
     w = e2e.WORK
@@ -320,7 +366,7 @@ def main():
     t0 = time.time()
     s.start()
     only = os.environ.get("GN_E2E_PARTS")
-    for name, fn in (("n", test_n), ("p", test_p), ("o", test_o), ("m", test_m)):
+    for name, fn in (("n", test_n), ("p", test_p), ("o", test_o), ("s", test_s), ("m", test_m)):
         if only and name not in only.split(","):
             continue
         t = time.time()
