@@ -41,8 +41,8 @@ _Static_assert(GN_OAI_MAX_TOP <= GN_DRAW_MAX_TOP, "the alternatives a client may
 
 typedef struct djob djob;
 
-/* One model's part of one sequence: what its worker holds, how its rows
- * come, and this step's row. */
+/* One model's part of one sequence: what its worker holds and this step's
+ * row (or why there is none). */
 typedef struct seq_model {
     uint32_t held;        /* tokens the worker holds for the sequence */
     /* this step */
