@@ -223,7 +223,11 @@ gn_exchange *gn_exchange_create(const gn_exchange_params *pin, gn_err *err) {
     if (p.step_timeout_ms <= 0) p.step_timeout_ms = def.step_timeout_ms;
     if (p.liveness_ms <= 0) p.liveness_ms = def.liveness_ms;
     if (p.k_first == 0) p.k_first = def.k_first;
-    if (p.k_max < p.k_first) p.k_max = p.k_first;
+    /* a candidate costs 8 bytes, a dense entry 4: past a quarter of the
+     * vocabulary a sparse row stops paying for itself */
+    if (p.k_max > (uint32_t)p.n_vocab / 4) p.k_max = (uint32_t)p.n_vocab / 4;
+    if (p.k_first > p.k_max) p.k_first = p.k_max;
+    if (p.k_first == 0) p.k_first = p.k_max = 1;
     if (p.max_arms <= 0) p.max_arms = def.max_arms;
     gn_exchange *x = gn_calloc(1, sizeof *x);
     if (!x) {

@@ -68,7 +68,8 @@ typedef struct gn_exchange_params {
                                   heartbeat for this long is stalled, default 1000 */
     gn_rows_policy rows;       /* default GN_ROWS_SPARSE */
     uint32_t k_first;          /* candidates a new sparse row starts with, default 64 */
-    uint32_t k_max;            /* most candidates before dense rows, default 2048 */
+    uint32_t k_max;            /* most candidates before dense rows, default 2048 (at most a
+                                  quarter of the vocabulary: beyond, dense rows are smaller) */
     gn_coord_metrics *metrics; /* optional (borrowed) */
 } gn_exchange_params;
 
