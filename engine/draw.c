@@ -50,6 +50,7 @@
 #include <string.h>
 
 #include "gn_alloc.h"
+#include "kth_largest.h"
 
 /* Greedy: the float combine of n terms (a product and a sum rounded per model)
  * is within GREEDY_GAMMA_PER_MODEL · n_models · Σ|c_m x_m| of the exact sum
@@ -349,34 +350,7 @@ static void sort_order(const cand *c, int32_t *x, int32_t *y, int n) {
         memcpy(x, src, (size_t)n * sizeof *x);
 }
 
-/* The k-th largest of a[0..n) (1 <= k <= n), reordering a. */
-static double kth_largest(double *a, int n, int k) {
-    int lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        double x = a[lo], y = a[mid], z = a[hi];
-        double piv = (x > y) ? ((y > z) ? y : (x > z ? z : x)) : ((x > z) ? x : (y > z ? z : y));
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > piv)
-                i++;
-            while (a[j] < piv)
-                j--;
-            if (i <= j) {
-                double t = a[i];
-                a[i++] = a[j];
-                a[j--] = t;
-            }
-        }
-        if (want <= j)
-            hi = j;
-        else if (want >= i)
-            lo = i;
-        else
-            return piv;
-    }
-    return a[want];
-}
+GN_DEFINE_KTH_LARGEST(kth_largest, double)
 
 /* log of an upper bound of Σ_{v in R} exp((s(v) - S) / T): the smallest of
  *   (a) |R| · exp((ub_R - S) / T), every tail token at the tail's ub;

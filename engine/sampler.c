@@ -48,6 +48,7 @@
 
 #include "exp_neg.h"
 #include "gn_alloc.h"
+#include "kth_largest.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define GN_SMP_X86 1
@@ -218,34 +219,7 @@ static inline void heap_offer(float *h, int k, float x) {
     }
 }
 
-/* k-th largest of a[0..n) (1 <= k <= n), reordering a. */
-static float kth_select(float *a, int n, int k) {
-    int lo = 0, hi = n - 1, want = k - 1; /* rank in descending order */
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        float x = a[lo], y = a[mid], z = a[hi]; /* median of three */
-        float piv = (x > y) ? ((y > z) ? y : (x > z ? z : x)) : ((x > z) ? x : (y > z ? z : y));
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > piv)
-                i++;
-            while (a[j] < piv)
-                j--;
-            if (i <= j) {
-                float t = a[i];
-                a[i++] = a[j];
-                a[j--] = t;
-            }
-        }
-        if (want <= j)
-            hi = j;
-        else if (want >= i)
-            lo = i;
-        else
-            return piv; /* a[j+1 .. i-1] all equal the pivot */
-    }
-    return a[want];
-}
+GN_DEFINE_KTH_LARGEST(kth_select, float)
 
 /* ---- reference kernels (plain C) ---------------------------------------- */
 
