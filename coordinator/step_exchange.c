@@ -191,6 +191,13 @@ gn_xlink *gn_exchange_link(gn_exchange *x, const char *endpoint, gn_err *err) {
     }
     gn_step_client_params cp = gn_step_client_default_params();
     cp.zmq_ctx = x->zctx;
+    /* Replies may be as large as the largest this coordinator asks for: a
+     * dense f32 row (or a whole-row fetch) for every sequence of a full batch,
+     * with room for the per-sequence fields. At 128k columns and 256
+     * sequences that is 131 MB, over the default 64 MiB frame limit, which
+     * would drop the connection (ZMQ_MAXMSGSIZE) and every step in flight. */
+    size_t reply_max = (size_t)x->p.max_batch * ((size_t)x->p.n_vocab * 4 + 512) + ((size_t)1 << 20);
+    if (reply_max > cp.limits.max_frame_bytes) cp.limits.max_frame_bytes = reply_max;
     gn_step_client *c = gn_step_client_create(endpoint, &cp, err);
     if (!c) return NULL;
     gn_xlink *l = &x->links[x->n_links];

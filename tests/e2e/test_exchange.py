@@ -16,6 +16,11 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer):
  (s) a reward worker stopped with SIGSTOP (its connection stays up) is found
      by the heartbeats within the liveness window: its sequences end with an
      error saying it stalled, the others go on;
+ (w) a wide step: 128,256 columns (the Llama-3 tokenizer), dense f32 rows
+     and 200 streams in one step, so one reply is about 100 MB, over the
+     64 MiB default frame limit: every stream completes (the coordinator
+     accepts replies as large as it can ask for) and matches `genarm
+     generate`;
  (p) sparse rows on peaked models (an ARM that is a LoRA adapter of the
      base, as trained ARMs are close to their base): greedy output is
      token-identical in sparse and exact (f32) modes, most draws certify
@@ -283,6 +288,50 @@ def test_s(s):
             print("(s) %s: %d chunks, longest gap %.3f s" % (name, len(times), worst), flush=True)
 
 
+def test_w(s):
+    """A step whose dense reply is larger than the default frame limit."""
+    w = e2e.WORK
+    base = os.path.join(w, "wide_base")
+    subprocess.run([os.path.join(s.b, "tools/genarm-make-model"), "--arch", "llama", "--out", base,
+                    "--tokenizer-from", os.path.join(s.b, "fixtures/tokenizers/llama3"), "--dim", "32", "--layers",
+                    "1", "--heads", "2", "--kv-heads", "1", "--ffn", "64", "--seed", "5"], check=True,
+                   capture_output=True)
+    bw = e2e.spawn("base_worker_w", [os.path.join(s.b, "base_worker/base_worker"), "--model", base, "--bind",
+                                     "tcp://127.0.0.1:*", "--threads", "1", "--max-seqs", "256",
+                                     "--ready-file", os.path.join(w, "bw.ep")])
+    bep = e2e.wait_file(os.path.join(w, "bw.ep"))
+    coord, port = coordinator(s, "coord_w", ["--no-share", "--rows", "f32", "--max-batch", "256"], base_ep=bep,
+                              base_model=base)
+    n, n_tok = 200, 16
+    res = [None] * n
+
+    def run(i):
+        res[i] = s.stream({"model": "tiny", "prompt": "Wide %d" % (i % 7), "max_tokens": n_tok, "temperature": 0,
+                           "ignore_eos": True}, s.key1, port=port)
+    th = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    ok = sum(1 for r in res if r[0] == 200 and r[4] is None and r[2] == "length")
+    name = "genarm:worker_pass_sequences"
+    passes = metric_sum(port, name + "_count")
+    wide = passes - metric_labeled(port, name + "_bucket", 'worker="base",le="192"')
+    step_mb = metric_sum(port, "genarm:exchange_received_bytes_total") / max(
+        metric_sum(port, "genarm:coordinator_steps_total"), 1) / 1e6
+    print("(w) %d/%d streams, %d of %d steps over 192 sequences, %.1f MB received per step" % (
+        ok, n, wide, passes, step_mb), flush=True)
+    check(ok == n, "(w) every stream of the wide steps completed: %d/%d (%s)" % (
+        ok, n, [r[4] for r in res if r[4]][:2]))
+    check(wide >= 1, "(w) steps of more than 192 sequences (replies over 98 MB) ran: %d" % wide)
+    for k in range(3):  # the same streams as the single process, token for token
+        want = cli_samples(s, None, 1, 1, "Wide %d" % k, n_tok, 0, 0, 1, base=base)[0]
+        check(all(r[1] == want for i, r in enumerate(res) if i % 7 == k),
+              "(w) 'Wide %d' streams equal genarm generate %r" % (k, want))
+    coord.send_signal(signal.SIGTERM)
+    bw.send_signal(signal.SIGTERM)
+
+
 def test_p(s):
     """Sparse rows on peaked models: greedy output equals exact mode."""
     w = e2e.WORK
@@ -366,7 +415,7 @@ def main():
     t0 = time.time()
     s.start()
     only = os.environ.get("GN_E2E_PARTS")
-    for name, fn in (("n", test_n), ("p", test_p), ("o", test_o), ("s", test_s), ("m", test_m)):
+    for name, fn in (("n", test_n), ("w", test_w), ("p", test_p), ("o", test_o), ("s", test_s), ("m", test_m)):
         if only and name not in only.split(","):
             continue
         t = time.time()
