@@ -8,7 +8,9 @@
  * sparse rows of 64 and 256 listed tokens per model, on rows where the sparse
  * draw certifies at once. Not a test: run it by hand,
  *
- *     build/bench/bench_sampler [iterations-scale]
+ *     build/bench/bench_sampler [--draw] [iterations-scale]
+ *
+ * --draw runs the gn_draw table only.
  *
  * Rows are LM-like log-softmax rows (a few likely tokens and a long tail),
  * eight different ones in turn so that no branch history carries over. */
@@ -247,8 +249,23 @@ typedef struct bcase {
 } bcase;
 
 int main(int argc, char **argv) {
-    if (argc > 1)
-        g_scale = atof(argv[1]) > 0 ? atof(argv[1]) : 1.0;
+    int draw_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: bench_sampler [--draw] [iterations-scale]\n"
+                   "  --draw             only the gn_draw table (dense vs sparse rows)\n"
+                   "  iterations-scale   multiplies the ~15 ms timing batches (default 1)\n");
+            return 0;
+        }
+        if (!strcmp(argv[i], "--draw"))
+            draw_only = 1;
+        else
+            g_scale = atof(argv[i]) > 0 ? atof(argv[i]) : 1.0;
+    }
+    if (draw_only) {
+        bench_draw();
+        return 0;
+    }
     const int sizes[2] = {32000, 152064};
     const bcase cases[] = {
         {"greedy", 0.0f, 1.0f, 0.0f, 0, 0},         {"T 0.6", 0.6f, 1.0f, 0.0f, 0, 0},
