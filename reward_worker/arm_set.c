@@ -924,12 +924,18 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
         return gn_host_fetch(a->e[k].h, a->e[k].ad, req, res, err);
     }
     /* Version 0: each sequence from the version that holds it, one host call
-     * each, the values gathered here. */
+     * each, the values gathered here. Every version held under one name has
+     * the same row width (gn_arms_load refuses one that differs). */
+    int n_out = -1;
+    for (int k = 0; k < a->p.max_models && n_out < 0; k++)
+        if (a->e[k].used && !strcmp(a->e[k].name, name)) n_out = a->e[k].n_out;
+    if (n_out < 0) {
+        gn_errf(err, GN_ENOTFOUND, "ARM %s is not held", name);
+        return GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
+    }
     size_t ns = req->n_seqs ? req->n_seqs : 1, vals = 0;
     for (size_t i = 0; i < req->n_seqs; i++) {
-        size_t add = req->seqs[i]->full_row ? (size_t)1 << 20 : req->seqs[i]->n_ids;
-        for (int k = 0; k < a->p.max_models && req->seqs[i]->full_row; k++)
-            if (a->e[k].used && !strcmp(a->e[k].name, name)) add = (size_t)a->e[k].n_out;
+        size_t add = req->seqs[i]->full_row ? (size_t)n_out : req->seqs[i]->n_ids;
         if (gn_size_add(vals, add, &vals)) vals = SIZE_MAX;
     }
     if (ns > a->f_cap) {
@@ -980,7 +986,12 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
             continue;
         }
         size_t cnt = hr.results[0]->n;
-        if (off + cnt > vals) continue; /* cannot happen: sized above */
+        if (cnt > vals - off) { /* sized above: should not happen, but never a silent drop */
+            gn_wire_err_pool_add(&a->f_errs, 0, &res->errors, &res->n_errors, fs->seq_id,
+                     GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "ARM %s@%u: %zu values do not fit the %zu sized",
+                     name, a->e[k].version, cnt, vals - off);
+            continue;
+        }
         memcpy(a->f_vals + 4 * off, hr.values.data, 4 * cnt);
         Genarm__V1__FetchResult fr = *hr.results[0];
         fr.offset = off;

@@ -145,7 +145,8 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
  * it. res as gn_host_fetch; its memory belongs to the set until the next
  * gn_arms_fetch. Returns 0 (per-sequence ERROR_ROW_GONE / TOKEN_RANGE in
  * res->errors) or a genarm.v1.ErrorCode with err (ERROR_UNKNOWN_MODEL: no
- * name, or the version is not held). */
+ * name, the version is not held, or for version 0 no version of the name is
+ * held). */
 int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFetchResult *res, gn_err *err);
 
 /* The forward passes of the last batch: their count, and *pass_seqs (may be

@@ -434,6 +434,35 @@ static void test_batch_versions(gn_backend *be) {
           "version 0: the version holding the sequence");
     CHECK(fetch_one(a, "help", 9, 8, 3, two, 2, 0, &fr) == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL,
           "a version not held: UNKNOWN_MODEL");
+    {
+        /* Version 0 of a name not held at all: UNKNOWN_MODEL like a version
+         * not held (full rows of it used to be sized at 2^20 floats each). */
+        enum { NF = 256 };
+        static Genarm__V1__FetchSeq fs[NF];
+        static Genarm__V1__FetchSeq *fp[NF];
+        for (int i = 0; i < NF; i++) {
+            Genarm__V1__FetchSeq f0 = GENARM__V1__FETCH_SEQ__INIT;
+            fs[i] = f0;
+            fs[i].seq_id = (uint64_t)(1000 + i);
+            fs[i].seq_len = 3;
+            fs[i].full_row = 1;
+            fp[i] = &fs[i];
+        }
+        Genarm__V1__ModelRef mr = GENARM__V1__MODEL_REF__INIT;
+        mr.name = "nobody";
+        Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+        rf.model = &mr;
+        rf.seqs = fp;
+        rf.n_seqs = NF;
+        Genarm__V1__RowFetchResult r0 = GENARM__V1__ROW_FETCH_RESULT__INIT;
+        fr = r0;
+        CHECK(gn_arms_fetch(a, &rf, &fr, &e) == GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL &&
+                  strstr(e.msg, "nobody"),
+              "version 0 of a name not held: UNKNOWN_MODEL (%s)", e.msg);
+        CHECK(fetch_one(a, "help", 0, 8, 3, NULL, 0, 1, &fr) == 0 && fr.n_results == 1 &&
+                  fr.results[0]->n == n_out && fr.values.len == n_out * 4 && !memcmp(fr.values.data, w2, n_out * 4),
+              "version 0, full row: the row width of the name's versions");
+    }
     own_req o6;
     int32_t nxt = 5;
     gn_wire_step_resp m = GENARM__V1__STEP_RESPONSE__INIT;
