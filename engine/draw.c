@@ -16,8 +16,8 @@
  *             (float64; the product of two floats is exact) to its candidates
  *             and, in float, replays gn_guidance_combine's acc = acc + a x for
  *             the greedy identity; then one pass over C adds the missing
- *             model's interval [lo_m, hi_m] (c_m times [row_min_m, floor_m],
- *             in the right order) to the candidates it does not list.
+ *             model's upper bound hi_m (the larger of c_m row_min_m and
+ *             c_m floor_m) to the candidates it does not list.
  *   classify  K: listed by every active model (the score s is exact); the
  *             others (partial) have ub = s_listed + Σ hi; the tail R = V \ C
  *             has ub_R = Σ_m hi_m and a mass bound (tail_log_mass).
@@ -61,8 +61,7 @@
 
 typedef struct cand {
     double s;    /* Σ c_m x_m over the active models that list it */
-    double lo;   /* Σ over the models that miss it of the low end of c_m x_m */
-    double hi;   /* ... and of the high end */
+    double hi;   /* Σ over the models that miss it of the high end of c_m x_m */
     double ab;   /* Σ |c_m x_m| (listed) + Σ |hi_m| (missing): greedy's rounding bound */
     float f;     /* acc = acc + a x in model order (gn_guidance_combine's rounding) */
     int32_t id;
@@ -257,7 +256,7 @@ typedef struct mdl {
     int m;          /* model index: 0 base, 1 + i ARM i */
     float a;        /* the float coefficient (gn_guidance_combine's alpha) */
     double c;       /* the same, in double */
-    double lo, hi;  /* c · [row_min, floor], ordered: the interval of c x for an unlisted token */
+    double hi;      /* the largest c x of an unlisted token: c · floor (c > 0) or c · row_min (c < 0) */
     const gn_row_view *r;
 } mdl;
 
@@ -681,14 +680,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
         int rc = check_tail(md->r, m, n_vocab, err);
         if (rc)
             return rc;
-        double l = md->c * (double)md->r->tail.row_min, h = md->c * (double)md->r->tail.floor;
-        if (md->c < 0.0) {
-            double t = l;
-            l = h;
-            h = t;
-        }
-        md->lo = l;
-        md->hi = h;
+        md->hi = md->c * (double)(md->c > 0.0 ? md->r->tail.floor : md->r->tail.row_min);
     }
 
     /* the union C, in id order */
@@ -715,7 +707,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
     sort_ids(d->tmp, d->known, nc, n_vocab);
     for (int k = 0; k < nc; k++) {
         cand *c = &d->c[k];
-        c->s = c->lo = c->hi = c->ab = 0.0;
+        c->s = c->hi = c->ab = 0.0;
         c->f = 0.0f;
         c->id = d->tmp[k];
         c->mark = -1;
@@ -751,7 +743,6 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
             for (int k = 0; k < nc; k++) {
                 cand *c = &d->c[k];
                 if (c->mark != md->m) {
-                    c->lo += md->lo;
                     c->hi += md->hi;
                     c->ab += fabs(md->hi);
                 }

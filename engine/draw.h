@@ -18,8 +18,10 @@
  * top-k, top-p and min-p keep (sampler.h's semantics and order), computed in
  * float64 from the models' F32 rows. The candidates C are the union of the
  * listed tokens; K ⊆ C those listed by every model (their score is known
- * exactly); every other token v has an interval [lb(v), ub(v)] for s(v) from
- * the listed values and each missing model's [row_min, floor]. The tail
+ * exactly); every other token v has an upper bound ub(v) on s(v): c_m x_m(v)
+ * summed over the models that list it, plus, per model m that does not, the
+ * largest c_m x over m's unlisted values (c_m · floor_m for c_m > 0,
+ * c_m · row_min_m for c_m < 0; no lower bound is needed). The tail
  * R = V \ C (no model lists it) has its mass bounded by the smallest of
  *   |R| · exp(ub_R / T), and, for each model j with c_j > 0 (carrier),
  *   S_j · prod_{m != j} exp(e_m · (e_m > 0 ? floor_m : row_min_m)),  e_m = c_m / T,
