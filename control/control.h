@@ -214,6 +214,11 @@ int gn_ctl_arm_promote(gn_ctl *c, const char *name, const char *version, char *p
  * (promote another first); GN_ENOTFOUND when unknown. */
 int gn_ctl_arm_retire(gn_ctl *c, const char *name, const char *version, gn_err *err);
 
+/* The current version of ARM name into version (GN_CTL_ID_MAX bytes): one
+ * read, without the version's record. GN_ENOTFOUND when the ARM is not
+ * registered or has no current version. */
+int gn_ctl_arm_current(gn_ctl *c, const char *name, char *version, gn_err *err);
+
 /* One version; version NULL or "" means the current one. */
 int gn_ctl_arm_get(gn_ctl *c, const char *name, const char *version, gn_ctl_arm_version *out,
                    gn_err *err);
@@ -350,6 +355,13 @@ int gn_ctl_wait_push(gn_ctl *c, const char *arm, const char *version, const void
 /* Moves every request parked for name@version back onto the request stream
  * (atomically); called once a worker holds the ARM. Returns the number moved. */
 long gn_ctl_wait_release(gn_ctl *c, const char *arm, const char *version, gn_err *err);
+
+/* Takes one parked request back: removes the entry equal to payload from
+ * name@version's waiting list (and the ARM from the waiting set when the list
+ * is then empty); the other requests parked for it stay. Returns 1 when it
+ * was there, 0 when not (already moved back by gn_ctl_wait_release). */
+long gn_ctl_wait_cancel(gn_ctl *c, const char *arm, const char *version, const void *payload, size_t len,
+                        gn_err *err);
 
 /* Total requests waiting for an ARM (the metric genarm_requests_waiting_for_arm). */
 long gn_ctl_wait_count(gn_ctl *c, gn_err *err);

@@ -260,6 +260,18 @@ static int read_version(gn_ctl *c, const char *name, const char *version, gn_ctl
     return 0;
 }
 
+int gn_ctl_arm_current(gn_ctl *c, const char *name, char *version, gn_err *err) {
+    version[0] = 0;
+    struct arm_keys k;
+    int rc = arm_keys(&k, name, NULL, err);
+    if (rc) return rc;
+    int exists = 0;
+    if ((rc = arm_current(c, name, k.arm, version, &exists, err)) != 0) return rc;
+    if (!exists) return gn_errf(err, GN_ENOTFOUND, "ARM %s is not registered", name);
+    if (!version[0]) return gn_errf(err, GN_ENOTFOUND, "ARM %s has no current version", name);
+    return 0;
+}
+
 int gn_ctl_arm_get(gn_ctl *c, const char *name, const char *version, gn_ctl_arm_version *out,
                    gn_err *err) {
     memset(out, 0, sizeof *out);
@@ -268,10 +280,7 @@ int gn_ctl_arm_get(gn_ctl *c, const char *name, const char *version, gn_ctl_arm_
     if (rc) return rc;
     char cur[GN_CTL_ID_MAX];
     if (!version || !*version) {
-        int exists = 0;
-        if ((rc = arm_current(c, name, k.arm, cur, &exists, err)) != 0) return rc;
-        if (!exists) return gn_errf(err, GN_ENOTFOUND, "ARM %s is not registered", name);
-        if (!cur[0]) return gn_errf(err, GN_ENOTFOUND, "ARM %s has no current version", name);
+        if ((rc = gn_ctl_arm_current(c, name, cur, err)) != 0) return rc;
         version = cur;
     }
     return read_version(c, name, version, out, err);

@@ -279,6 +279,34 @@ long gn_ctl_wait_release(gn_ctl *c, const char *arm, const char *version, gn_err
     return rc ? rc : (long)n;
 }
 
+static const char LUA_WAIT_CANCEL[] =
+    "if redis.call('TYPE', KEYS[2]).ok ~= 'list' and redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  return redis.error_reply('FORMAT waiting list ' .. KEYS[2] .. ' is not a list')\n"
+    "end\n"
+    "local n = redis.call('LREM', KEYS[2], 1, ARGV[2])\n"
+    "if redis.call('LLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end\n"
+    "return n\n";
+
+long gn_ctl_wait_cancel(gn_ctl *c, const char *arm, const char *version, const void *payload, size_t len,
+                        gn_err *err) {
+    char key[200], ref[GN_CTL_REF_MAX];
+    int rc = wait_key(key, sizeof key, arm, version, err);
+    if (rc) return rc;
+    if (!payload && len) return gn_errf(err, GN_EINVAL, "wait cancel: NULL payload");
+    snprintf(ref, sizeof ref, "%s@%s", arm, version);
+    const char *argv[] = {"EVAL", LUA_WAIT_CANCEL, "2", "genarm:waiting", key, ref,
+                          payload ? (const char *)payload : ""};
+    size_t lens[7];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(argv[i]);
+    lens[6] = len;
+    redisReply *r = ctl_cmdv(c, err, 0, 7, argv, lens);
+    if (!r) return CTL_RC(c);
+    long long n = 0;
+    rc = ctl_want_int(r, &n, "wait cancel", err);
+    freeReplyObject(r);
+    return rc ? rc : (long)n;
+}
+
 static const char LUA_WAIT_COUNT[] =
     "local total = 0\n"
     "for _, ref in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"

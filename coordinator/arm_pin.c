@@ -8,10 +8,12 @@
 #include <time.h>
 
 #include "gn_alloc.h"
+#include "gn_time.h"
 #include "wire.h" /* gn_wire_log */
 
-#define MAX_NAMES 256 /* ARM names whose current version the snapshot follows */
-#define MAX_OPS 256   /* park / unpark operations waiting for the control thread */
+#define MAX_NAMES 256   /* ARM names whose current version the snapshot follows */
+#define FORGET_NAME_S 60 /* ... until no job asked about one for this long */
+#define MAX_TOKENS 1024  /* parked requests (job, ARM) at once */
 #define COMP "coordinator"
 
 typedef struct holder {
@@ -26,12 +28,16 @@ typedef struct snapshot {
     double taken_at; /* when the refresh that made it started; 0 = none yet */
 } snapshot;
 
-typedef struct op {
-    int park; /* 1 park, 0 take back */
+/* A job's request parked on an ARM's waiting list. The scheduler says what
+ * it wants (want); the control thread makes the list agree (on_list), and
+ * retries a Redis failure at the next refresh. An entry leaves the table once
+ * it is neither wanted nor on the list. */
+typedef struct token {
     char name[GN_CTL_ID_MAX];
     char version[GN_CTL_ID_MAX];
     uint64_t job_id;
-} op;
+    int want, on_list;
+} token;
 
 struct gn_arm_pin {
     gn_arm_pin_params p;
@@ -46,23 +52,18 @@ struct gn_arm_pin {
     snapshot snap;                                  /* under mu */
     char names[MAX_NAMES][GN_CTL_ID_MAX];           /* under mu: ARMs followed */
     char current[MAX_NAMES][GN_CTL_ID_MAX];         /* under mu: their current version, "" unknown */
+    double asked[MAX_NAMES];                        /* under mu: when a job last asked about it */
     int n_names;
-    op ops[MAX_OPS];                                /* under mu */
-    int n_ops;
+    token tokens[MAX_TOKENS];                       /* under mu */
+    int n_tokens, tokens_dirty;                     /* under mu: dirty = the lists may disagree */
+    double parked_last;                             /* under mu: a token changed */
     /* control thread only */
     char swap_after[GN_CTL_STREAM_ID_MAX];
     double next_slow; /* swap reports and parked tokens: about once a second */
-    int parked_any;   /* parked something: tokens may come back on the stream */
-    double parked_last;
     int queue_ready;
+    int park_failing; /* the last sync_tokens had failures (logged once) */
     int failing; /* registry reads failed in a row (logged once) */
 };
-
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 gn_arm_pin_params gn_arm_pin_default_params(void) {
     gn_arm_pin_params p;
@@ -84,7 +85,7 @@ static const char *reach(const gn_arm_pin *a, const gn_ctl_worker *w) {
  * new snapshot. Redis errors keep the previous snapshot (logged once per
  * failure streak). */
 static void refresh(gn_arm_pin *a) {
-    double t = mono_s();
+    double t = gn_mono_s();
     gn_err e = {0};
     gn_ctl_worker *ws = NULL;
     size_t nw = 0;
@@ -113,8 +114,21 @@ static void refresh(gn_arm_pin *a) {
         }
     }
     gn_free(ws);
-    /* the followed ARMs' current versions */
+    /* the followed ARMs' current versions; names no job asked about for a
+     * while are dropped first (only this thread removes names, so the indices
+     * stay valid until the results are written back below) */
     pthread_mutex_lock(&a->mu);
+    int kept = 0;
+    for (int i = 0; i < a->n_names; i++)
+        if (t - a->asked[i] < FORGET_NAME_S) {
+            if (kept != i) {
+                memcpy(a->names[kept], a->names[i], sizeof a->names[i]);
+                memcpy(a->current[kept], a->current[i], sizeof a->current[i]);
+                a->asked[kept] = a->asked[i];
+            }
+            kept++;
+        }
+    a->n_names = kept;
     int nn = a->n_names;
     char (*names)[GN_CTL_ID_MAX] = gn_malloc((size_t)(nn ? nn : 1) * sizeof *names);
     if (names) memcpy(names, a->names, (size_t)nn * sizeof *names);
@@ -124,47 +138,81 @@ static void refresh(gn_arm_pin *a) {
         return;
     }
     char (*cur)[GN_CTL_ID_MAX] = gn_calloc((size_t)(nn ? nn : 1), sizeof *cur);
-    for (int i = 0; cur && i < nn; i++) {
-        gn_ctl_arm_version v;
-        if (gn_ctl_arm_get(a->ctl, names[i], NULL, &v, &e) == 0) snprintf(cur[i], GN_CTL_ID_MAX, "%s", v.version);
-    }
+    for (int i = 0; cur && i < nn; i++) gn_ctl_arm_current(a->ctl, names[i], cur[i], &e);
     pthread_mutex_lock(&a->mu);
     gn_free(a->snap.h);
     a->snap.h = h;
     a->snap.n = k;
     a->snap.taken_at = t;
     for (int i = 0; cur && i < nn; i++)
-        if (cur[i][0]) snprintf(a->current[i], GN_CTL_ID_MAX, "%s", cur[i]); /* names are only ever appended */
+        if (cur[i][0]) snprintf(a->current[i], GN_CTL_ID_MAX, "%s", cur[i]);
     pthread_mutex_unlock(&a->mu);
     gn_free(names);
     gn_free(cur);
 }
 
-static void run_ops(gn_arm_pin *a) {
-    op ops[MAX_OPS];
+static int token_payload(const gn_arm_pin *a, uint64_t job_id, char *buf, size_t cap) {
+    return snprintf(buf, cap, "{\"coordinator\":\"%s\",\"job\":%llu,\"parked\":true}", a->coord_id,
+                    (unsigned long long)job_id);
+}
+
+static token *token_find(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id) {
+    for (int i = 0; i < a->n_tokens; i++) {
+        token *t = &a->tokens[i];
+        if (t->job_id == job_id && !strcmp(t->name, name) && !strcmp(t->version, version)) return t;
+    }
+    return NULL;
+}
+
+/* Makes the waiting lists agree with what the scheduler wants: pushes the
+ * wanted tokens not on their list yet, takes back (only this job's entry)
+ * the ones no longer wanted. Redis I/O without the lock, on a copy; a
+ * failure leaves the entry as it was, to be tried again at the next refresh. */
+static void sync_tokens(gn_arm_pin *a) {
     pthread_mutex_lock(&a->mu);
-    int n = a->n_ops;
-    memcpy(ops, a->ops, (size_t)n * sizeof *ops);
-    a->n_ops = 0;
+    int n = a->tokens_dirty ? a->n_tokens : 0;
+    token *work = n ? gn_malloc((size_t)n * sizeof *work) : NULL;
+    if (work) memcpy(work, a->tokens, (size_t)n * sizeof *work);
+    a->tokens_dirty = 0;
     pthread_mutex_unlock(&a->mu);
+    if (n && !work) { /* out of memory: try again later */
+        a->tokens_dirty = 1;
+        return;
+    }
+    int failed = 0;
     for (int i = 0; i < n; i++) {
+        token *t = &work[i];
+        if (t->want == t->on_list) continue;
+        char payload[256];
+        int len = token_payload(a, t->job_id, payload, sizeof payload);
         gn_err e = {0};
-        if (ops[i].park) {
-            char payload[256];
-            int len = snprintf(payload, sizeof payload, "{\"coordinator\":\"%s\",\"job\":%llu,\"parked\":true}",
-                               a->coord_id, (unsigned long long)ops[i].job_id);
-            if (gn_ctl_wait_push(a->ctl, ops[i].name, ops[i].version, payload, (size_t)len, &e) == 0) {
-                a->parked_any = 1;
-                a->parked_last = mono_s();
-            } else {
-                gn_wire_log("warn", COMP, "event=park_failed arm=%s@%s msg=\"%s\"", ops[i].name, ops[i].version,
-                            e.msg);
-            }
-        } else {
-            gn_ctl_wait_release(a->ctl, ops[i].name, ops[i].version, &e);
-            a->parked_last = mono_s();
+        if (t->want ? gn_ctl_wait_push(a->ctl, t->name, t->version, payload, (size_t)len, &e) == 0
+                    : gn_ctl_wait_cancel(a->ctl, t->name, t->version, payload, (size_t)len, &e) >= 0) {
+            t->on_list = t->want;
+        } else if (!failed++ && !a->park_failing) { /* once per failure streak */
+            gn_wire_log("warn", COMP, "event=%s arm=%s@%s job=%llu msg=\"%s\" retry=next_refresh",
+                        t->want ? "park_failed" : "unpark_failed", t->name, t->version,
+                        (unsigned long long)t->job_id, e.msg);
         }
     }
+    pthread_mutex_lock(&a->mu);
+    for (int i = 0; i < n; i++) {
+        token *t = token_find(a, work[i].name, work[i].version, work[i].job_id);
+        if (t) t->on_list = work[i].on_list;
+    }
+    int kept = 0;
+    for (int i = 0; i < a->n_tokens; i++) {
+        token *t = &a->tokens[i];
+        if (t->want != t->on_list) a->tokens_dirty = 1; /* changed meanwhile, or failed */
+        if (!t->want && !t->on_list) continue;
+        if (kept != i) a->tokens[kept] = *t;
+        kept++;
+    }
+    if (kept != a->n_tokens || n) a->parked_last = gn_mono_s();
+    a->n_tokens = kept;
+    pthread_mutex_unlock(&a->mu);
+    gn_free(work);
+    if (n) a->park_failing = failed;
 }
 
 /* A parked request comes back onto the request stream (genarm:requests) when
@@ -172,25 +220,26 @@ static void run_ops(gn_arm_pin *a) {
  * follows the worker registry instead, so those entries are only tokens:
  * acknowledge them so that the stream (and its depth metric) does not grow. */
 static void ack_parked(gn_arm_pin *a) {
-    if (!a->p.ack_parked || !a->parked_any) return;
+    if (!a->p.ack_parked) return;
+    pthread_mutex_lock(&a->mu); /* tokens come back while parked, or soon after */
+    int recent = a->n_tokens > 0 || gn_mono_s() - a->parked_last < 30.0;
+    pthread_mutex_unlock(&a->mu);
+    if (!recent) return;
     gn_err e = {0};
     if (!a->queue_ready) {
         if (gn_ctl_queue_init(a->ctl, &e)) return;
         a->queue_ready = 1;
     }
-    int got = 0;
     for (int i = 0; i < 64; i++) {
         gn_ctl_msg m;
         memset(&m, 0, sizeof m);
         if (gn_ctl_queue_read(a->ctl, a->coord_id, 0, &m, &e) != 1) break;
-        got++;
         if (m.payload && strstr(m.payload, "\"parked\":true"))
             gn_ctl_queue_ack(a->ctl, m.id, &e);
         else
             gn_wire_log("warn", COMP, "event=queue_entry_ignored id=%s", m.id);
         gn_ctl_msg_clear(&m);
     }
-    if (!got && mono_s() - a->parked_last > 5.0) a->parked_any = 0; /* nothing came back for a while */
 }
 
 static void swap_reports(gn_arm_pin *a) {
@@ -209,7 +258,7 @@ static void *control_main(void *arg) {
     gn_arm_pin *a = arg;
     for (;;) {
         pthread_mutex_lock(&a->mu);
-        if (!a->quit && !a->kicked && !a->n_ops) {
+        if (!a->quit && !a->kicked && !a->tokens_dirty) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             long ns = ts.tv_nsec + (long)a->p.refresh_ms * 1000000L;
@@ -220,10 +269,10 @@ static void *control_main(void *arg) {
         int quit = a->quit;
         a->kicked = 0;
         pthread_mutex_unlock(&a->mu);
-        run_ops(a); /* also on the way out: tokens taken back are not left parked */
+        sync_tokens(a); /* also on the way out: tokens taken back are not left parked */
         if (quit) break;
         refresh(a);
-        double t = mono_s();
+        double t = gn_mono_s();
         if (t >= a->next_slow) {
             a->next_slow = t + 1.0;
             swap_reports(a);
@@ -322,11 +371,13 @@ int gn_arm_pin_current(gn_arm_pin *a, const char *name, char *version, double *t
     int i = 0;
     for (; i < a->n_names; i++)
         if (strcmp(a->names[i], name) == 0) break;
+    if (i < a->n_names) a->asked[i] = gn_mono_s();
     if (i < a->n_names && a->current[i][0]) {
         snprintf(version, GN_CTL_ID_MAX, "%s", a->current[i]);
         found = 1;
     } else if (i == a->n_names && a->n_names < MAX_NAMES) {
         snprintf(a->names[a->n_names], GN_CTL_ID_MAX, "%s", name);
+        a->asked[a->n_names] = gn_mono_s();
         a->current[a->n_names++][0] = 0;
         a->kicked = 1;
         pthread_cond_signal(&a->cv);
@@ -335,26 +386,38 @@ int gn_arm_pin_current(gn_arm_pin *a, const char *name, char *version, double *t
     return found;
 }
 
-static void push_op(gn_arm_pin *a, int park, const char *name, const char *version, uint64_t job_id) {
+int gn_arm_pin_park(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id) {
+    int rc = 0;
     pthread_mutex_lock(&a->mu);
-    if (a->n_ops < MAX_OPS) {
-        op *o = &a->ops[a->n_ops++];
-        o->park = park;
-        snprintf(o->name, sizeof o->name, "%s", name);
-        snprintf(o->version, sizeof o->version, "%s", version);
-        o->job_id = job_id;
+    token *t = token_find(a, name, version, job_id);
+    if (!t && a->n_tokens < MAX_TOKENS) {
+        t = &a->tokens[a->n_tokens++];
+        memset(t, 0, sizeof *t);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        snprintf(t->version, sizeof t->version, "%s", version);
+        t->job_id = job_id;
+    }
+    if (t) {
+        t->want = 1;
+        a->tokens_dirty = 1;
         pthread_cond_signal(&a->cv);
     } else {
-        gn_wire_log("warn", COMP, "event=park_dropped arm=%s@%s reason=queue_full", name, version);
+        rc = GN_ERANGE;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+void gn_arm_pin_unpark(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id) {
+    pthread_mutex_lock(&a->mu);
+    token *t = token_find(a, name, version, job_id);
+    if (t) {
+        t->want = 0;
+        a->tokens_dirty = 1;
+        pthread_cond_signal(&a->cv);
     }
     pthread_mutex_unlock(&a->mu);
 }
-
-void gn_arm_pin_park(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id) {
-    push_op(a, 1, name, version, job_id);
-}
-
-void gn_arm_pin_unpark(gn_arm_pin *a, const char *name, const char *version) { push_op(a, 0, name, version, 0); }
 
 void gn_arm_pin_kick(gn_arm_pin *a) {
     pthread_mutex_lock(&a->mu);

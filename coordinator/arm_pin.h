@@ -55,19 +55,24 @@ void gn_arm_pin_free(gn_arm_pin *a); /* stops the thread; NULL is a no-op */
  * least loaded first (ipc:// for a worker on this host that offers it):
  * returns how many hold it (0: none) and writes the first min(that, max)
  * of them (max <= GN_ARM_PIN_MAX_CANDIDATES). *taken_at (may be NULL) receives when
- * the snapshot was taken (gn_dist_now seconds; 0: none yet, nothing known). */
+ * the snapshot was taken (gn_mono_s seconds, gn_time.h; 0: none yet, nothing known). */
 int gn_arm_pin_find(gn_arm_pin *a, const char *name, const char *version,
                     char endpoints[][GN_CTL_PATH_MAX], int max, double *taken_at);
 
 /* The registry's current version of ARM name in the snapshot into version
  * (GN_CTL_ID_MAX bytes): 1, or 0 when not known yet (the name is then added
- * to those the next refresh reads). *taken_at as above. */
+ * to those the next refresh reads). *taken_at as above. A name no one asks
+ * about for a minute is no longer followed. */
 int gn_arm_pin_current(gn_arm_pin *a, const char *name, char *version, double *taken_at);
 
-/* Parks job_id's request for name@version / takes one parked token back
- * (queued; done by the control thread). */
-void gn_arm_pin_park(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id);
-void gn_arm_pin_unpark(gn_arm_pin *a, const char *name, const char *version);
+/* Parks job_id's request on name@version's waiting list, so that a reward
+ * worker loads the ARM / takes that request (and only it) back. Done by the
+ * control thread, which retries a Redis failure at each refresh until the
+ * list agrees. park: 0, or GN_ERANGE when too many requests are parked at
+ * once (the caller tries again later). Parking twice is parking once;
+ * unparking what is not parked is a no-op. */
+int gn_arm_pin_park(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id);
+void gn_arm_pin_unpark(gn_arm_pin *a, const char *name, const char *version, uint64_t job_id);
 
 /* Asks for a refresh as soon as possible. */
 void gn_arm_pin_kick(gn_arm_pin *a);

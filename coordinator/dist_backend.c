@@ -18,12 +18,6 @@
 #include "tokenizer.h"
 #include "wire.h"
 
-double gn_dist_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 gn_dist_params gn_dist_default_params(void) {
     gn_dist_params p;
     memset(&p, 0, sizeof p);
@@ -110,7 +104,7 @@ int gn_dist_job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, 
     if (!jb) return gn_errf(err, GN_ENOMEM, "out of memory");
     jb->j = *j;
     jb->sink = sink;
-    jb->t_submit = jb->t_pinned = gn_dist_now();
+    jb->t_submit = jb->t_pinned = gn_mono_s();
     atomic_init(&jb->cancelled, 0);
     jb->n_arms = j->n_arms;
     gn_draw_params dp = gn_draw_default_params();
@@ -162,7 +156,7 @@ int gn_dist_job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, 
     if (rc) goto fail;
     jb->cap = j->max_tokens < room + 1 ? j->max_tokens : room + 1;
     jb->kind = job_kind(jb);
-    jb->arm_deadline = gn_dist_now() + d->p.arm_wait_ms / 1000.0;
+    jb->arm_deadline = gn_mono_s() + d->p.arm_wait_ms / 1000.0;
     *out = jb;
     return 0;
 fail:

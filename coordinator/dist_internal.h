@@ -27,6 +27,7 @@
 #include "draw.h"
 #include "generate.h"
 #include "gn_threadpool.h"
+#include "gn_time.h"
 #include "job_share.h"
 #include "prompt_model.h"
 #include "step_exchange.h"
@@ -162,8 +163,6 @@ struct gn_dist {
     double next_take;    /* when to look at the shared queue again */
     double next_depth;   /* when to refresh the queue-depth gauge */
 };
-
-double gn_dist_now(void); /* monotonic seconds */
 
 /* scheduler.c */
 void *gn_sched_main(void *d);

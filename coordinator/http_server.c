@@ -26,6 +26,7 @@
 #include <microhttpd.h>
 
 #include "gn_alloc.h"
+#include "gn_time.h"
 
 enum { ROUTE_NONE, ROUTE_COMPLETIONS, ROUTE_CHAT, ROUTE_MODELS, ROUTE_HEALTH, ROUTE_READY, ROUTE_METRICS };
 
@@ -89,12 +90,6 @@ typedef struct conn {
     size_t answer_len;
     struct conn *next_live;
 } conn;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 gn_coord_server_params gn_coord_server_default_params(void) {
     gn_coord_server_params p;
@@ -240,7 +235,7 @@ static void take_logprobs(conn *c, int idx, gn_oai_choice *ch, void **scratch) {
 static void sink_text(gn_coord_sink *sk, int index, const char *text, size_t len, int n_tokens) {
     conn *c = (conn *)sk;
     gn_coord_metrics *m = c->srv->metrics;
-    double t = now_s();
+    double t = gn_mono_s();
     pthread_mutex_lock(&c->mu);
     if (c->n_pieces == 0) {
         c->t_first = t;
@@ -272,7 +267,7 @@ static void sink_done(gn_coord_sink *sk, const gn_coord_result *r) {
     conn *c = (conn *)sk;
     gn_coord_server *s = c->srv;
     gn_coord_metrics *m = s->metrics;
-    double t = now_s();
+    double t = gn_mono_s();
     int gen = 0;
     for (int i = 0; i < r->n_choices; i++) {
         gen += r->choices[i].n_tokens;
@@ -577,7 +572,7 @@ static enum MHD_Result handle_generate(struct MHD_Connection *mc, gn_coord_serve
     if (build_job(mc, s, c, &res)) return res;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     c->fd = ci ? ci->connect_fd : -1;
-    c->t_arrival = now_s();
+    c->t_arrival = gn_mono_s();
     /* The backend's reference, and the live list (for stop()). */
     pthread_mutex_lock(&c->mu);
     c->refs++;

@@ -9,6 +9,7 @@
 
 #include "generate.h"
 #include "gn_alloc.h"
+#include "gn_time.h"
 #include "model.h"
 #include "prompt_model.h"
 #include "token_report.h"
@@ -45,12 +46,6 @@ struct gn_inproc {
     int quit;
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void gauges(gn_inproc *x) {
     if (!x->metrics) return;
     gn_metric_set(x->metrics->requests_waiting, NULL, x->n_waiting);
@@ -84,7 +79,7 @@ static void run_job(gn_inproc *x, job *jb) {
     const gn_oai_request *r = j->req;
     gn_coord_result res;
     memset(&res, 0, sizeof res);
-    res.queue_s = now_s() - jb->t_submit;
+    res.queue_s = gn_mono_s() - jb->t_submit;
     gn_coord_choice_result ch[GN_OAI_MAX_N];
     gn_gen_request reqs[GN_OAI_MAX_N];
     gn_gen_result out[GN_OAI_MAX_N];
@@ -202,7 +197,7 @@ static int inproc_submit(void *impl, const gn_coord_job *j, gn_coord_sink *sink,
     if (!jb) return gn_errf(err, GN_ENOMEM, "out of memory");
     jb->j = *j;
     jb->sink = sink;
-    jb->t_submit = now_s();
+    jb->t_submit = gn_mono_s();
     atomic_init(&jb->cancelled, 0);
     pthread_mutex_lock(&x->mu);
     if (x->quit) {

@@ -16,6 +16,7 @@
 
 #include "control.h"
 #include "gn_alloc.h"
+#include "gn_time.h"
 #include "openai.h"
 
 #define PEERS_MAX 64
@@ -23,12 +24,6 @@
 #define PEER_IDLE_CLOSE_S 60.0
 #define MAX_REQUEUES 3
 #define REMOTE_BIT (1ull << 63) /* ids of remote requests on their executor */
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint64_t unix_ms(void) {
     struct timespec ts;
@@ -337,7 +332,7 @@ static void x_unlink(gn_share *s, xjob *x) {
 static void x_finish(xjob *x, int rc, const char *msg) {
     gn_err e = {0};
     if (rc) gn_errf(&e, rc, "%s", msg);
-    gn_coord_sink_end(x->sink, x->job->n, rc, &e, now_s() - x->t_export);
+    gn_coord_sink_end(x->sink, x->job->n, rc, &e, gn_mono_s() - x->t_export);
     gn_free(x);
 }
 
@@ -366,7 +361,7 @@ static void x_push(gn_share *s, xjob *x, const uint8_t *buf, size_t len) {
         return;
     }
     memcpy(x->entry, entry, sizeof entry);
-    x->last_check = now_s();
+    x->last_check = gn_mono_s();
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -382,7 +377,7 @@ int gn_share_export(gn_share *s, const gn_coord_job *job, gn_coord_sink *sink, g
     }
     x->job = job;
     x->sink = sink;
-    x->t_export = now_s();
+    x->t_export = gn_mono_s();
     x->pushing = 1;
     pthread_mutex_lock(&s->mu); /* linked before the push: a fast taker must find it */
     if (s->quit) {
@@ -415,7 +410,7 @@ int gn_share_export(gn_share *s, const gn_coord_job *job, gn_coord_sink *sink, g
         return rc;
     }
     memcpy(x->entry, entry, sizeof entry);
-    x->last_check = now_s();
+    x->last_check = gn_mono_s();
     pthread_mutex_unlock(&s->mu);
     gn_metric_inc(s->m_shared, "exported", 1);
     gn_wire_log("info", "coordinator", "event=request_queued job=%llu entry=%s", (unsigned long long)job->id, entry);
@@ -500,7 +495,7 @@ static void origin_msg(gn_share *s, const uint8_t *ident, size_t ident_len, cons
     uint64_t cancel[256];
     size_t n_cancel = 0;
     int ack = 0;
-    double t = now_s();
+    double t = gn_mono_s();
     switch (env->body_case) {
     case GENARM__V1__ENVELOPE__BODY_JOB_ACCEPT: {
         const Genarm__V1__JobAccept *a = env->job_accept;
@@ -577,7 +572,7 @@ typedef struct todo {
 
 /* Cancellations, silent executors, entries that vanished from the stream. */
 static void origin_upkeep(gn_share *s, double *last) {
-    double t = now_s();
+    double t = gn_mono_s();
     if (t - *last < 0.05) return;
     *last = t;
     double timeout = s->p.peer_timeout_ms / 1000.0;
@@ -756,7 +751,7 @@ static peer *peer_get(gn_share *s, const char *endpoint, gn_err *err) {
     memset(free_slot, 0, sizeof *free_slot);
     free_slot->used = 1;
     free_slot->sock = sock;
-    free_slot->idle_since = now_s();
+    free_slot->idle_since = gn_mono_s();
     snprintf(free_slot->endpoint, sizeof free_slot->endpoint, "%s", endpoint);
     return free_slot;
 }
@@ -777,7 +772,7 @@ static void peer_send(peer *p, gn_wire_env *env, int expect_answer) {
                     zmq_strerror(errno));
         return;
     }
-    if (expect_answer && !p->waiting_since) p->waiting_since = now_s();
+    if (expect_answer && !p->waiting_since) p->waiting_since = gn_mono_s();
 }
 
 static void r_text(gn_coord_sink *sink, int index, const char *text, size_t len, int n_tokens) {
@@ -860,7 +855,7 @@ static void r_done(gn_coord_sink *sink, const gn_coord_result *res) {
             break;
         }
     atomic_fetch_sub(&s->n_r, 1);
-    if (--p->n_jobs == 0) p->idle_since = now_s();
+    if (--p->n_jobs == 0) p->idle_since = gn_mono_s();
     gn_share_job_clear(&r->sj);
     gn_free(r);
 }
@@ -887,7 +882,7 @@ static void tell_origin(gn_share *s, const gn_share_job *sj, int rc, const char 
     gn_errf(&res.err, rc, "%s", msg);
     send_accept(s, p, sj->origin_job_id, 0); /* JobDone is only honoured after a JobAccept */
     send_done(p, sj->origin_job_id, &res);
-    if (p->n_jobs == 0) p->idle_since = now_s();
+    if (p->n_jobs == 0) p->idle_since = gn_mono_s();
 }
 
 /* One entry read from the stream: 1 with *out filled, 0 when dropped. The
@@ -973,8 +968,8 @@ int gn_share_take(gn_share *s, gn_share_taken *out, gn_err *err) {
     for (int tries = 0; tries < 16; tries++) {
         gn_ctl_msg m;
         int r = gn_ctl_queue_read(s->ctl_exec, s->id, 0, &m, err);
-        if (r == 0 && now_s() - s->last_claim > 1.0) {
-            s->last_claim = now_s();
+        if (r == 0 && gn_mono_s() - s->last_claim > 1.0) {
+            s->last_claim = gn_mono_s();
             r = gn_ctl_queue_claim(s->ctl_exec, s->id, s->p.claim_idle_ms, &m, err);
             if (r == 1) gn_wire_log("info", "coordinator", "event=queue_entry_claimed id=%s", m.id);
         }
@@ -987,7 +982,7 @@ int gn_share_take(gn_share *s, gn_share_taken *out, gn_err *err) {
 }
 
 void gn_share_poll(gn_share *s, void (*cancel)(void *ctx, uint64_t job_id), void *ctx) {
-    double t = now_s();
+    double t = gn_mono_s();
     double timeout = s->p.peer_timeout_ms / 1000.0;
     for (int i = 0; i < PEERS_MAX; i++) {
         peer *p = &s->peers[i];

@@ -125,8 +125,18 @@ void gn_sched_job_free(djob *jb) {
     gn_free(jb);
 }
 
-/* Hands a finished job to its sink and frees it. */
+/* Takes jb's parked request for its ARM k back (only jb's: other jobs waiting
+ * for the same version stay parked). */
+static void job_unpark(gn_dist *d, djob *jb, int k) {
+    if (!jb->arm_parked[k]) return;
+    gn_arm_pin_unpark(d->pin, jb->j.arm_names[k], jb->arm_ver[k], jb->j.id);
+    jb->arm_parked[k] = 0;
+}
+
+/* Hands a finished job to its sink and frees it; takes back whatever it left
+ * parked (it gave up waiting, was cancelled, or the coordinator stops). */
 static void job_retire(gn_dist *d, djob *jb) {
+    for (int k = 0; k < jb->n_arms; k++) job_unpark(d, jb, k);
     atomic_fetch_sub(&d->load, jb->j.n);
     pthread_mutex_lock(&d->mu);
     if (jb->all_prev)
@@ -140,7 +150,7 @@ static void job_retire(gn_dist *d, djob *jb) {
     gn_coord_choice_result ch[GN_OAI_MAX_N];
     res.rc = jb->rc;
     res.err = jb->err;
-    res.queue_s = (jb->t_start > 0 ? jb->t_start : gn_dist_now()) - jb->t_submit;
+    res.queue_s = (jb->t_start > 0 ? jb->t_start : gn_mono_s()) - jb->t_submit;
     res.prompt_tokens = jb->n_prompt[0];
     for (int i = 0; i < jb->j.n; i++) {
         size_t len = 0;
@@ -161,7 +171,7 @@ static void job_retire(gn_dist *d, djob *jb) {
  * failed (err). */
 static int job_place(gn_dist *d, djob *jb, gn_err *err) {
     int all = 1;
-    double now = gn_dist_now();
+    double now = gn_mono_s();
     for (int k = 0; k < jb->n_arms; k++) {
         if (jb->arm_link[k] || jb->dp.guidance.weights[k] == 0) continue;
         const char *name = jb->j.arm_names[k];
@@ -172,9 +182,9 @@ static int job_place(gn_dist *d, djob *jb, gn_err *err) {
             char *end = NULL;
             unsigned long vn = strtoul(cur, &end, 10);
             if (end && !*end && vn > 0 && vn <= 0xffffffffUL) {
+                job_unpark(d, jb, k);
                 snprintf(jb->arm_ver[k], sizeof jb->arm_ver[k], "%s", cur);
                 jb->arm_vnum[k] = (uint32_t)vn;
-                jb->arm_parked[k] = 0;
             }
         }
         char eps[GN_ARM_PIN_MAX_CANDIDATES][GN_CTL_PATH_MAX];
@@ -189,22 +199,22 @@ static int job_place(gn_dist *d, djob *jb, gn_err *err) {
             if (jb->arm_parked[k])
                 gn_wire_log("info", COMP, "event=arm_available job=%llu arm=%s@%s", (unsigned long long)jb->j.id,
                             name, jb->arm_ver[k]);
+            job_unpark(d, jb, k);
             continue;
         }
         all = 0;
         if (n == 0 && taken > jb->t_pinned && !jb->arm_parked[k]) { /* a fresh snapshot: nobody holds it */
-            gn_arm_pin_park(d->pin, name, jb->arm_ver[k], jb->j.id);
-            jb->arm_parked[k] = 1;
-            gn_wire_log("info", COMP, "event=arm_wait job=%llu arm=%s@%s", (unsigned long long)jb->j.id, name,
-                        jb->arm_ver[k]);
+            if (gn_arm_pin_park(d->pin, name, jb->arm_ver[k], jb->j.id) == 0) {
+                jb->arm_parked[k] = 1;
+                gn_wire_log("info", COMP, "event=arm_wait job=%llu arm=%s@%s", (unsigned long long)jb->j.id, name,
+                            jb->arm_ver[k]);
+            }
         } else if (taken <= jb->t_pinned) {
             gn_arm_pin_kick(d->pin);
         }
-        if (now > jb->arm_deadline) {
-            if (jb->arm_parked[k]) gn_arm_pin_unpark(d->pin, name, jb->arm_ver[k]);
+        if (now > jb->arm_deadline) /* job_retire takes the parked requests back */
             return gn_errf(err, GN_EIO, "no reward worker holds ARM %s@%s (waited %.1f s)%s", name, jb->arm_ver[k],
                            d->p.arm_wait_ms / 1000.0, n ? ": its workers are unreachable" : "");
-        }
     }
     return all;
 }
@@ -220,8 +230,8 @@ static void job_repin(gn_dist *d, djob *jb, int k, const char *why) {
         jb->repins++;
     }
     jb->need_place = 1;
-    jb->t_pinned = gn_dist_now(); /* only a snapshot taken from now on names the new version */
-    jb->arm_deadline = gn_dist_now() + d->p.arm_wait_ms / 1000.0;
+    jb->t_pinned = gn_mono_s(); /* only a snapshot taken from now on names the new version */
+    jb->arm_deadline = gn_mono_s() + d->p.arm_wait_ms / 1000.0;
     gn_arm_pin_kick(d->pin);
     for (int i = 0; i < jb->j.n; i++) jb->seqs[i].repin = 1;
 }
@@ -230,7 +240,7 @@ static void job_repin(gn_dist *d, djob *jb, int k, const char *why) {
  * slots are taken, or its KV pool exhausted): s waits and retries, with
  * backoff, until the worker has room — for at most capacity_wait_ms. */
 static void seq_capacity_wait(gn_dist *d, dseq *s, const char *why) {
-    double t = gn_dist_now();
+    double t = gn_mono_s();
     if (!s->wait_since) {
         s->wait_since = t;
         gn_wire_log("info", COMP, "event=capacity_wait job=%llu seq=%llu msg=\"%s\"", (unsigned long long)s->jb->j.id,
@@ -259,7 +269,7 @@ static int job_activate(gn_dist *d, djob *jb, gn_err *err) {
         gn_rng_seed(&s->rng, jb->j.seed + (uint64_t)i);
     }
     jb->admitted = 1;
-    jb->t_start = gn_dist_now();
+    jb->t_start = gn_mono_s();
     jb->n_left = jb->j.n;
     for (int i = 0; i < jb->j.n; i++) {
         dseq *s = &jb->seqs[i];
@@ -478,7 +488,7 @@ static void apply_all(gn_dist *d) {
 
 /* One step; returns the number of sequences sent to the workers. */
 static int run_step(gn_dist *d) {
-    double t0 = gn_dist_now();
+    double t0 = gn_mono_s();
     int n = plan_step(d, t0);
     if (n > 0) gn_exchange_run(d->ex);
     worker_refusals(d);
@@ -492,7 +502,7 @@ static int run_step(gn_dist *d) {
             d->active[a]->feed[mi] = NULL;
         }
     if (n == 0) return 0;
-    double t1 = gn_dist_now();
+    double t1 = gn_mono_s();
     pthread_mutex_lock(&d->mu);
     d->stats.steps++;
     d->stats.step_s += t1 - t0;
@@ -597,7 +607,7 @@ static void taken_fail(const gn_share_taken *tk, int rc, const gn_err *e) {
 static void take_shared(gn_dist *d, int quit) {
     if (!d->share) return;
     gn_share_poll(d->share, gn_dist_cancel_id, d);
-    double t = gn_dist_now();
+    double t = gn_mono_s();
     if (t >= d->next_depth) {
         d->next_depth = t + 1.0;
         gn_share_queue_depth(d->share);
@@ -609,7 +619,7 @@ static void take_shared(gn_dist *d, int quit) {
         int r = gn_share_take(d->share, &tk, &e);
         if (r <= 0) {
             if (r < 0) gn_wire_log("warn", COMP, "event=queue_read_failed msg=\"%s\"", e.msg);
-            d->next_take = gn_dist_now() + (r < 0 ? 1.0 : 0.05);
+            d->next_take = gn_mono_s() + (r < 0 ? 1.0 : 0.05);
             return;
         }
         djob *jb = NULL;

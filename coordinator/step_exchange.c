@@ -203,7 +203,7 @@ gn_xlink *gn_exchange_link(gn_exchange *x, const char *endpoint, gn_err *err) {
     gn_xlink *l = &x->links[x->n_links];
     memset(l, 0, sizeof *l);
     l->c = c;
-    l->last_heard = gn_dist_now();
+    l->last_heard = gn_mono_s();
     snprintf(x->endpoints[x->n_links], GN_CTL_PATH_MAX, "%s", endpoint);
     x->n_links++;
     return l;
@@ -324,7 +324,7 @@ static int pend_add(gn_exchange *x, uint64_t rid, gn_xlink *l, group *g, int fet
     p->g = g;
     p->fetch = fetch;
     p->disconnects = st.disconnects;
-    p->sent_at = gn_dist_now();
+    p->sent_at = gn_mono_s();
     if (g) l->waiting++;
     if (!x->t_first_send) x->t_first_send = p->sent_at;
     return 0;
@@ -372,7 +372,7 @@ static void ping(gn_exchange *x, gn_xlink *l) {
     env.heartbeat = &hb;
     gn_err e = {0};
     uint64_t rid;
-    l->last_ping = gn_dist_now();
+    l->last_ping = gn_mono_s();
     if (x->n_pend < MAX_PENDING && gn_step_client_send(l->c, &env, &rid, &e) == 0 &&
         pend_add(x, rid, l, NULL, 0) == 0)
         l->ping_rid = rid;
@@ -562,7 +562,7 @@ static void dispatch(gn_exchange *x, gn_xlink *l, gn_wire_env *env, uint64_t rid
         return;
     }
     group *g = p.g;
-    x->t_last_reply = gn_dist_now();
+    x->t_last_reply = gn_mono_s();
     g->done_at = x->t_last_reply;
     if (rc) {
         group_fail(x, g, p.fetch, "malformed reply: %s", e->msg);
@@ -593,7 +593,7 @@ static void drain_link(gn_exchange *x, gn_xlink *l) {
         gn_err e = {0};
         int rc = gn_step_client_recv_any(l->c, 0, &env, &rid, &e);
         if (rc == GN_EIO) return; /* nothing more */
-        l->last_heard = gn_dist_now();
+        l->last_heard = gn_mono_s();
         dispatch(x, l, env, rid, rc, &e);
     }
 }
@@ -605,13 +605,13 @@ static void drain_link(gn_exchange *x, gn_xlink *l) {
  * pending is stalled or unreachable; the step deadline bounds the rest. */
 static void gather(gn_exchange *x) {
     const double live = x->p.liveness_ms / 1000.0;
-    const double deadline = gn_dist_now() + x->p.step_timeout_ms / 1000.0;
+    const double deadline = gn_mono_s() + x->p.step_timeout_ms / 1000.0;
     gn_step_client *cl[MAX_LINKS];
     gn_xlink *ll[MAX_LINKS];
     unsigned char readable[MAX_LINKS];
     for (;;) {
         int nc = 0, waiting = 0;
-        double t = gn_dist_now();
+        double t = gn_mono_s();
         for (int i = 0; i < x->n_pend;) {
             pending *p = &x->pend[i];
             if (!p->g) { /* a heartbeat: the requests' checks judge the link; a lost one is forgotten */
@@ -729,7 +729,7 @@ void gn_exchange_run(gn_exchange *x) {
         if (g->n == 0) continue;
         uint64_t rid;
         gn_err e = {0};
-        g->sent_at = gn_dist_now();
+        g->sent_at = gn_mono_s();
         if (gn_step_client_step_send(g->l->c, g->name, g->version, g->ss, g->n, dt, &rid, &e))
             group_fail(x, g, 0, "send: %s", e.msg);
         else if (pend_add(x, rid, g->l, g, 0))
@@ -859,7 +859,7 @@ void gn_exchange_release(gn_exchange *x, gn_xlink *l, const char *name, uint32_t
 }
 
 void gn_exchange_idle(gn_exchange *x) {
-    double t = gn_dist_now();
+    double t = gn_mono_s();
     gn_xlink *b = &x->links[0];
     if (b->ping_rid && t - b->last_ping > 5.0) { /* never answered: forget it */
         for (int i = 0; i < x->n_pend; i++)

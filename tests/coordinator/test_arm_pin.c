@@ -1,7 +1,8 @@
 /* test_arm_pin.c — the coordinator's ARM placement snapshot over a private
  * redis-server (coordinator/arm_pin.h): the least loaded holder first, the
  * ipc:// endpoint of a worker on this host, the registry's current version
- * after a promotion, a worker that leaves, parking and taking back, and no
+ * after a promotion, a worker that leaves, parking and taking back (each job
+ * its own request; a refused park retried), and no
  * Redis on the caller's side (the snapshot is read while Redis is stopped). */
 #include <stdio.h>
 #include <string.h>
@@ -109,14 +110,52 @@ int main(void) {
               !strcmp(eps[0], "ipc:///tmp/w3.sock"),
           "w2 gone: %s", eps[0]);
 
-    /* parking and taking back: done by the control thread */
-    gn_arm_pin_park(a, "helpful", "2", 42);
+    /* parking and taking back: done by the control thread; a job takes back
+     * only its own request, the other jobs waiting for the version stay */
+    CHECK(gn_arm_pin_park(a, "helpful", "2", 42) == 0 && gn_arm_pin_park(a, "helpful", "2", 43) == 0 &&
+              gn_arm_pin_park(a, "helpful", "2", 42) == 0,
+          "park (twice for job 42: once)");
     long waiting = 0;
+    for (int i = 0; i < 200 && (waiting = gn_ctl_wait_count(c, &e)) != 2; i++) usleep(10000);
+    CHECK(waiting == 2, "parked: %ld waiting (want 2)", waiting);
+    gn_arm_pin_unpark(a, "helpful", "2", 42);
     for (int i = 0; i < 200 && (waiting = gn_ctl_wait_count(c, &e)) != 1; i++) usleep(10000);
-    CHECK(waiting == 1, "parked: %ld waiting", waiting);
-    gn_arm_pin_unpark(a, "helpful", "2");
+    usleep(100000); /* a wrong take-back would have emptied the list by now */
+    waiting = gn_ctl_wait_count(c, &e);
+    char **refs = NULL;
+    size_t nref = 0;
+    CHECK(waiting == 1 && gn_ctl_wait_arms(c, &refs, &nref, &e) == 0 && nref == 1 && !strcmp(refs[0], "helpful@2"),
+          "job 42 took its request back, job 43's is still parked: %ld waiting", waiting);
+    gn_ctl_strv_free(refs, nref);
+    gn_arm_pin_unpark(a, "helpful", "2", 43);
+    gn_arm_pin_unpark(a, "helpful", "2", 44); /* never parked: nothing happens */
     for (int i = 0; i < 200 && (waiting = gn_ctl_wait_count(c, &e)) != 0; i++) usleep(10000);
-    CHECK(waiting == 0, "taken back: %ld waiting", waiting);
+    CHECK(waiting == 0 && gn_ctl_wait_arms(c, &refs, &nref, &e) == 0 && nref == 0,
+          "taken back: %ld waiting, %zu ARMs waited for", waiting, nref);
+    gn_ctl_strv_free(refs, nref);
+
+    /* a park Redis refuses (the waiting list's key holds a string) is retried
+     * until it lands, without the scheduler asking again */
+    redisContext *raw = gn_redis_raw();
+    freeReplyObject(redisCommand(raw, "SET genarm:waiting:helpful@9 blocked"));
+    CHECK(gn_arm_pin_park(a, "helpful", "9", 50) == 0, "park on a broken list is accepted");
+    usleep(150000);
+    redisReply *r = redisCommand(raw, "TYPE genarm:waiting:helpful@9");
+    CHECK(r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "string"), "the push failed meanwhile");
+    freeReplyObject(r);
+    freeReplyObject(redisCommand(raw, "DEL genarm:waiting:helpful@9"));
+    long len = 0;
+    for (int i = 0; i < 300 && len != 1; i++) {
+        usleep(10000);
+        r = redisCommand(raw, "LLEN genarm:waiting:helpful@9");
+        len = r && r->type == REDIS_REPLY_INTEGER ? (long)r->integer : -1;
+        freeReplyObject(r);
+    }
+    CHECK(len == 1, "the park was retried once Redis accepts it: %ld on the list", len);
+    gn_arm_pin_unpark(a, "helpful", "9", 50);
+    for (int i = 0; i < 200 && (waiting = gn_ctl_wait_count(c, &e)) != 0; i++) usleep(10000);
+    CHECK(waiting == 0, "and taken back: %ld", waiting);
+    redisFree(raw);
 
     /* the caller never waits for Redis: with Redis gone the snapshot still answers at once */
     gn_redis_stop();
