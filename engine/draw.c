@@ -62,8 +62,8 @@
 typedef struct cand {
     double s;    /* Σ c_m x_m over the active models that list it */
     double hi;   /* Σ over the models that miss it of the high end of c_m x_m */
-    double ab;   /* Σ |c_m x_m| (listed) + Σ |hi_m| (missing): greedy's rounding bound */
-    float f;     /* acc = acc + a x in model order (gn_guidance_combine's rounding) */
+    double ab;   /* greedy only: Σ |c_m x_m| (listed) + Σ |hi_m| (missing), its rounding bound */
+    float f;     /* greedy only: acc = acc + a x in model order (gn_guidance_combine's rounding) */
     int32_t id;
     int32_t mark; /* the last model that listed it */
     int32_t nl;   /* active models that list it */
@@ -715,7 +715,9 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
         d->slot[c->id] = k;
     }
 
-    /* the models' values, then their intervals where they lack one */
+    /* the models' values, then their bounds where they lack one (the float
+     * replay and the rounding bound only for greedy, the one reader) */
+    const int greedy = p->sampling.temperature == 0.0f;
     for (int i = 0; i < x.na; i++) {
         const mdl *md = &x.md[i];
         const gn_row_view *r = md->r;
@@ -736,15 +738,18 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
             c->nl++;
             double t = md->c * (double)v;
             c->s += t;
-            c->ab += fabs(t);
-            c->f = md->m == 0 ? v : combine_step(c->f, md->a, v);
+            if (greedy) {
+                c->ab += fabs(t);
+                c->f = md->m == 0 ? v : combine_step(c->f, md->a, v);
+            }
         }
         if (r->n < nc)
             for (int k = 0; k < nc; k++) {
                 cand *c = &d->c[k];
                 if (c->mark != md->m) {
                     c->hi += md->hi;
-                    c->ab += fabs(md->hi);
+                    if (greedy)
+                        c->ab += fabs(md->hi);
                 }
             }
     }
@@ -795,7 +800,6 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
         return gn_errf(err, GN_EINVAL, "draw: no token has a finite score");
 
     /* certify the draw, then the log-probs */
-    const int greedy = p->sampling.temperature == 0.0f;
     int ok = x.S > -INFINITY, tok = -1; /* tok: index in c of the token */
     double bound = 0.0, lse = 0.0;
     if (ok && greedy) {
