@@ -12,7 +12,6 @@
 #include "wire.h" /* gn_wire_log */
 
 #define MAX_NAMES 256   /* ARM names whose current version the snapshot follows */
-#define FORGET_NAME_S 60 /* ... until no job asked about one for this long */
 #define MAX_TOKENS 1024  /* parked requests (job, ARM) at once */
 #define COMP "coordinator"
 
@@ -70,6 +69,7 @@ gn_arm_pin_params gn_arm_pin_default_params(void) {
     memset(&p, 0, sizeof p);
     p.redis_timeout_ms = 2000;
     p.refresh_ms = 100;
+    p.forget_s = 60;
     return p;
 }
 
@@ -120,7 +120,7 @@ static void refresh(gn_arm_pin *a) {
     pthread_mutex_lock(&a->mu);
     int kept = 0;
     for (int i = 0; i < a->n_names; i++)
-        if (t - a->asked[i] < FORGET_NAME_S) {
+        if (t - a->asked[i] < a->p.forget_s) {
             if (kept != i) {
                 memcpy(a->names[kept], a->names[i], sizeof a->names[i]);
                 memcpy(a->current[kept], a->current[i], sizeof a->current[i]);
@@ -296,6 +296,7 @@ gn_arm_pin *gn_arm_pin_create(const gn_arm_pin_params *p, gn_err *err) {
     }
     a->p = *p;
     if (a->p.refresh_ms <= 0) a->p.refresh_ms = 100;
+    if (a->p.forget_s <= 0) a->p.forget_s = 60;
     if (a->p.redis_timeout_ms <= 0) a->p.redis_timeout_ms = 2000;
     snprintf(a->coord_id, sizeof a->coord_id, "%s", p->coordinator_id ? p->coordinator_id : "coord");
     snprintf(a->local_host, sizeof a->local_host, "%s", p->local_host ? p->local_host : "");

@@ -35,6 +35,8 @@ typedef struct gn_arm_pin_params {
     int redis_timeout_ms;   /* default 2000 */
     const char *coordinator_id;
     int refresh_ms;         /* snapshot period, default 100 */
+    double forget_s;        /* an ARM name no job asked about for this long is no longer
+                               followed, default 60 */
     int ack_parked;         /* 1: acknowledge parked requests coming back on the stream */
     const char *local_host; /* this host's name: its workers are reached over their ipc://
                                endpoint when they offer one; NULL = always TCP */
@@ -62,7 +64,7 @@ int gn_arm_pin_find(gn_arm_pin *a, const char *name, const char *version,
 /* The registry's current version of ARM name in the snapshot into version
  * (GN_CTL_ID_MAX bytes): 1, or 0 when not known yet (the name is then added
  * to those the next refresh reads). *taken_at as above. A name no one asks
- * about for a minute is no longer followed. */
+ * about for forget_s is no longer followed. */
 int gn_arm_pin_current(gn_arm_pin *a, const char *name, char *version, double *taken_at);
 
 /* Parks job_id's request on name@version's waiting list, so that a reward

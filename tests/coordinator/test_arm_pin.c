@@ -74,6 +74,7 @@ int main(void) {
     p.coordinator_id = "test-coord";
     p.local_host = host;
     p.refresh_ms = 20;
+    p.forget_s = 0.5;
     double t0 = now_s();
     gn_arm_pin *a = gn_arm_pin_create(&p, &e);
     CHECK(a != NULL, "create: %s", e.msg);
@@ -156,6 +157,25 @@ int main(void) {
     for (int i = 0; i < 200 && (waiting = gn_ctl_wait_count(c, &e)) != 0; i++) usleep(10000);
     CHECK(waiting == 0, "and taken back: %ld", waiting);
     redisFree(raw);
+
+    /* names no job asks about any more are no longer followed: 300 names
+     * (more than the snapshot follows at once) come and go, and a name asked
+     * about afterwards is still followed */
+    for (int i = 0; i < 300; i++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "gone%d", i);
+        gn_arm_pin_current(a, nm, ver, NULL);
+    }
+    usleep((useconds_t)(p.forget_s * 1e6) + 100000);
+    double t5 = now_s();
+    CHECK(fresh(a, t5) && fresh(a, now_s()), "snapshots after the names were forgotten");
+    CHECK(gn_ctl_arm_register(c, "latecomer", "4", "/m/l4", HASH, &e) == 0, "register latecomer: %s", e.msg);
+    gn_arm_pin_current(a, "latecomer", ver, NULL);
+    double t6 = now_s();
+    CHECK(fresh(a, t6) && gn_arm_pin_current(a, "latecomer", ver, NULL) == 1 && !strcmp(ver, "4"),
+          "a name asked about after 300 others is followed: current '%s'", ver);
+    gn_arm_pin_current(a, "helpful", ver, NULL); /* followed again for the check below */
+    CHECK(fresh(a, now_s()) && gn_arm_pin_current(a, "helpful", ver, NULL) == 1, "helpful followed again");
 
     /* the caller never waits for Redis: with Redis gone the snapshot still answers at once */
     gn_redis_stop();
