@@ -89,9 +89,12 @@ struct gn_host {
     size_t f_vals_cap;                /* bytes */
 };
 
+#define GN_HOST_MAX_REPLY_BYTES ((size_t)1 << 30)
+
 gn_host_params gn_host_default_params(void) {
     gn_host_params p = {.max_seqs = 64, .max_req_seqs = 256, .max_batch_seqs = 256,
-                        .idle_timeout_ms = 300000, .runner = gn_runner_default_params()};
+                        .idle_timeout_ms = 300000, .max_reply_bytes = GN_HOST_MAX_REPLY_BYTES,
+                        .runner = gn_runner_default_params()};
     return p;
 }
 
@@ -184,6 +187,7 @@ gn_host *gn_host_create(gn_model *m, const gn_host_params *pin, gn_err *err) {
     if (p.max_req_seqs < p.max_seqs) p.max_req_seqs = p.max_seqs;
     if (p.max_req_seqs > 65536) p.max_req_seqs = 65536;
     if (p.max_batch_seqs < p.max_req_seqs) p.max_batch_seqs = p.max_req_seqs;
+    if (p.max_reply_bytes == 0) p.max_reply_bytes = GN_HOST_MAX_REPLY_BYTES;
     if (p.max_batch_seqs > 1 << 20) p.max_batch_seqs = 1 << 20;
     gn_host *h = gn_calloc(1, sizeof *h);
     if (!h) {
@@ -389,6 +393,27 @@ static void to_le32(void *p, size_t n) {
 #endif
 }
 
+int gn_host_reply_check(const gn_host *h, const gn_wire_step_req *req, gn_err *err) {
+    gn_dtype dt;
+    if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) dt = GN_F32; /* refused elsewhere */
+    size_t dense_rows = 0, cands = 0, row_bytes, bytes;
+    for (size_t q = 0; q < req->n_seqs; q++) {
+        const Genarm__V1__SeqStep *s = req->seqs[q];
+        if (s->all_logits) dense_rows += s->n_tokens; /* <= max_tokens summed (gn_wire_step_check) */
+        else if (s->top_k > 0) cands += s->top_k < (uint32_t)h->n_out ? s->top_k : (size_t)h->n_out;
+        else dense_rows++;
+    }
+    if (gn_wire_tensor_nbytes(dt, dense_rows, (uint64_t)h->n_out, &row_bytes) ||
+        gn_size_add(row_bytes, 8 * cands, &bytes))
+        bytes = SIZE_MAX;
+    if (bytes <= h->p.max_reply_bytes) return 0;
+    gn_errf(err, GN_ERANGE,
+            "step reply of %zu bytes (%zu rows x %d columns of %s, %zu candidates) exceeds this worker's "
+            "limit of %zu bytes (max_reply_bytes)",
+            bytes, dense_rows, h->n_out, gn_dtype_name(dt), cands, h->p.max_reply_bytes);
+    return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+}
+
 void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_wire_step_req *const *reqs,
                         int n, gn_wire_step_resp *const *resps, int *codes, gn_err *errs, int64_t now_ms) {
     size_t total = 0;
@@ -443,6 +468,7 @@ void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_
             codes[i] = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
             continue;
         }
+        if ((codes[i] = gn_host_reply_check(h, req, &errs[i])) != 0) continue; /* before any slot or pass */
         const gn_lora_adapter *ad = ads ? ads[i] : NULL;
         int nv = 0;
         for (size_t q = 0; q < req->n_seqs; q++) {
@@ -676,6 +702,13 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
             return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
         }
     }
+    if (vals > h->p.max_reply_bytes / sizeof(float)) {
+        gn_errf(err, GN_ERANGE,
+                "row fetch reply of %zu values (%zu bytes) exceeds this worker's limit of %zu bytes "
+                "(max_reply_bytes)",
+                vals, vals > SIZE_MAX / sizeof(float) ? SIZE_MAX : vals * sizeof(float), h->p.max_reply_bytes);
+        return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
+    }
     if (ns > h->f_cap) {
         Genarm__V1__FetchResult *fr = gn_calloc(ns, sizeof *fr);
         Genarm__V1__FetchResult **fp = gn_calloc(ns, sizeof *fp);
@@ -785,6 +818,7 @@ int gn_host_sweep(gn_host *h, int64_t now_ms) {
 int gn_host_n_seqs(const gn_host *h) { return h->n_live; }
 int gn_host_max_seqs(const gn_host *h) { return h->p.max_seqs; }
 int gn_host_max_req_seqs(const gn_host *h) { return h->p.max_req_seqs; }
+size_t gn_host_max_reply_bytes(const gn_host *h) { return h->p.max_reply_bytes; }
 int gn_host_n_out(const gn_host *h) { return h->n_out; }
 
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id) { return gn_host_seq_len_for(h, NULL, seq_id); }

@@ -54,6 +54,11 @@ typedef struct gn_host_params {
                                sized for at create, default 256 (a bigger batch grows it) */
     int64_t idle_timeout_ms;/* a sequence unused this long is freed by gn_host_sweep; 0 = never;
                                default 300000 */
+    size_t max_reply_bytes; /* values one reply may carry (dense rows, sparse candidates at 8
+                               bytes each, fetched values), default 1 GiB (0 = the default); a
+                               step or fetch that would carry more is ERROR_TOO_LARGE, refused
+                               before the forward pass or any allocation. The coordinator's
+                               largest reply, 256 full F32 rows of 128k columns, is 131 MB */
     gn_runner_params runner;/* runner.max_seqs is set to max_seqs */
 } gn_host_params;
 
@@ -87,8 +92,8 @@ void gn_host_free(gn_host *h);
  * at its own ModelRef afterwards.
  *
  * codes[i] = 0, or a genarm.v1.ErrorCode with errs[i] when request i failed as
- * a whole (bad dtype, too many sequences, out of memory, the forward pass
- * failing). A failing pass fails every request with a sequence in it: no
+ * a whole (bad dtype, too many sequences, a reply over max_reply_bytes
+ * (gn_host_reply_check), out of memory, the forward pass failing). A failing pass fails every request with a sequence in it: no
  * sequence grows (a rewound one stays rewound), sequences new in the batch
  * are not kept.
  *
@@ -106,6 +111,14 @@ int gn_host_step(gn_host *h, const gn_wire_step_req *req, int64_t now_ms, gn_wir
 int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_req *req, int64_t now_ms,
                      gn_wire_step_resp *resp, gn_err *err);
 
+/* The bound on one reply: 0 when a reply to req (every sequence served:
+ * dense rows, all_logits rows, sparse candidates) stays within
+ * max_reply_bytes, else ERROR_TOO_LARGE with err naming the size and the
+ * limit. gn_host_step_batch applies it to each request; a caller that splits
+ * one request over several hosts of the same row width applies it to the
+ * whole request. */
+int gn_host_reply_check(const gn_host *h, const gn_wire_step_req *req, gn_err *err);
+
 /* Values of kept rows (sparse steps) of adapter ad's sequences (NULL: the
  * model itself), for a RowFetch already checked by gn_wire_fetch_check: per
  * sequence, the listed ids in order, or the whole row (full_row), from the row
@@ -114,7 +127,8 @@ int gn_host_step_for(gn_host *h, const gn_lora_adapter *ad, const gn_wire_step_r
  * is not held (stepped on, released, expired, dense, or another seq_len) gets
  * an Error ERROR_ROW_GONE, an id outside [0, n_out) ERROR_TOKEN_RANGE. The
  * memory res points to belongs to the host until its next gn_host_fetch.
- * Returns 0, or a genarm.v1.ErrorCode with err (out of memory). */
+ * Returns 0, or a genarm.v1.ErrorCode with err (ERROR_TOO_LARGE: the values
+ * asked for exceed max_reply_bytes; out of memory). */
 int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFetch *req,
                   Genarm__V1__RowFetchResult *res, gn_err *err);
 
@@ -136,6 +150,7 @@ int gn_host_n_seqs(const gn_host *h);
 int gn_host_n_seqs_for(const gn_host *h, const gn_lora_adapter *ad);
 int gn_host_max_seqs(const gn_host *h);
 int gn_host_max_req_seqs(const gn_host *h);
+size_t gn_host_max_reply_bytes(const gn_host *h);
 /* Tokens held for seq_id (of adapter ad for _for), or -1 when the host does not hold it. */
 int gn_host_seq_len(const gn_host *h, uint64_t seq_id);
 int gn_host_seq_len_for(const gn_host *h, const gn_lora_adapter *ad, uint64_t seq_id);

@@ -279,6 +279,15 @@ static int find(const gn_arms *a, const char *name, uint32_t version) {
     return -1;
 }
 
+/* Any held version of name (they share the row width: gn_arms_load refuses
+ * one whose n_out differs), or -1. */
+static int find_any(const gn_arms *a, const char *name) {
+    for (int i = 0; i < a->p.max_models; i++)
+        if (a->e[i].used && !strcmp(a->e[i].name, name))
+            return i;
+    return -1;
+}
+
 static int find_current(const gn_arms *a, const char *name) {
     for (int i = 0; i < a->p.max_models; i++)
         if (a->e[i].used && a->e[i].is_current && !strcmp(a->e[i].name, name))
@@ -764,6 +773,10 @@ void gn_arms_step_batch(gn_arms *a, const gn_wire_step_req *const *reqs, int n, 
             continue;
         }
         if ((codes[i] = resolve_req(a, req, name, version, r, &errs[i])) != 0) continue;
+        /* The reply bound over the whole request (its parts may go to several
+         * versions, each host bounding only its own part). */
+        int any = find_any(a, name);
+        if (any >= 0 && (codes[i] = gn_host_reply_check(a->e[any].h, req, &errs[i])) != 0) continue;
         for (size_t q = 0; q < req->n_seqs; q++) {
             int k = route(a, name, r, req->seqs[q], resp);
             a->seq_entry[r->seq_base + q] = k;
@@ -925,18 +938,23 @@ int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFe
     }
     /* Version 0: each sequence from the version that holds it, one host call
      * each, the values gathered here. Every version held under one name has
-     * the same row width (gn_arms_load refuses one that differs). */
-    int n_out = -1;
-    for (int k = 0; k < a->p.max_models && n_out < 0; k++)
-        if (a->e[k].used && !strcmp(a->e[k].name, name)) n_out = a->e[k].n_out;
-    if (n_out < 0) {
+     * the same row width. */
+    int any = find_any(a, name);
+    if (any < 0) {
         gn_errf(err, GN_ENOTFOUND, "ARM %s is not held", name);
         return GENARM__V1__ERROR_CODE__ERROR_UNKNOWN_MODEL;
     }
     size_t ns = req->n_seqs ? req->n_seqs : 1, vals = 0;
     for (size_t i = 0; i < req->n_seqs; i++) {
-        size_t add = req->seqs[i]->full_row ? (size_t)n_out : req->seqs[i]->n_ids;
+        size_t add = req->seqs[i]->full_row ? (size_t)a->e[any].n_out : req->seqs[i]->n_ids;
         if (gn_size_add(vals, add, &vals)) vals = SIZE_MAX;
+    }
+    size_t limit = gn_host_max_reply_bytes(a->e[any].h);
+    if (vals > limit / 4) {
+        gn_errf(err, GN_ERANGE,
+                "row fetch reply of %zu values (%zu bytes) exceeds this worker's limit of %zu bytes "
+                "(max_reply_bytes)", vals, vals > SIZE_MAX / 4 ? SIZE_MAX : 4 * vals, limit);
+        return GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
     }
     if (ns > a->f_cap) {
         Genarm__V1__FetchResult *fr = gn_calloc(ns, sizeof *fr);

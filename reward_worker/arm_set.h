@@ -127,8 +127,10 @@ int gn_arms_unload(gn_arms *a, const char *name, uint32_t version, gn_err *err);
  * sequence when several did). codes[i] = 0, or a genarm.v1.ErrorCode with
  * errs[i] for a whole-request failure: ERROR_UNKNOWN_MODEL for an ARM neither
  * held nor loadable (the reason, e.g. a tokenizer mismatch, in errs[i]),
- * ERROR_CAPACITY when max_models versions are held already, the host's code
- * when the only version serving the request failed its pass. Memory the
+ * ERROR_CAPACITY when max_models versions are held already, ERROR_TOO_LARGE
+ * when the whole request's reply would exceed host.max_reply_bytes (checked
+ * before any pass, even when its sequences live on several versions), the
+ * host's code when the only version serving the request failed its pass. Memory the
  * responses point to belongs to the set (or its hosts) until the next
  * gn_arms_* call other than gn_arms_fetch. */
 void gn_arms_step_batch(gn_arms *a, const gn_wire_step_req *const *reqs, int n, gn_wire_step_resp *const *resps,
@@ -146,7 +148,7 @@ int gn_arms_step(gn_arms *a, const gn_wire_step_req *req, int64_t now_ms, gn_wir
  * gn_arms_fetch. Returns 0 (per-sequence ERROR_ROW_GONE / TOKEN_RANGE in
  * res->errors) or a genarm.v1.ErrorCode with err (ERROR_UNKNOWN_MODEL: no
  * name, the version is not held, or for version 0 no version of the name is
- * held). */
+ * held; ERROR_TOO_LARGE: more values than host.max_reply_bytes). */
 int gn_arms_fetch(gn_arms *a, const Genarm__V1__RowFetch *req, Genarm__V1__RowFetchResult *res, gn_err *err);
 
 /* The forward passes of the last batch: their count, and *pass_seqs (may be

@@ -9,7 +9,7 @@
  * row, ROW_GONE after the next step or a release, TOKEN_RANGE); and
  * allocation-failure loops over gn_host_create, gn_host_step and
  * gn_host_step_batch (a failed step keeps no new sequence and changes no
- * length). */
+ * length); the bound on one reply (max_reply_bytes) for steps and fetches. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -450,6 +450,87 @@ static void test_batch_alloc_failures(void) {
     gn_host_free(h);
 }
 
+/* max_reply_bytes: a step or fetch whose reply would carry more values is
+ * ERROR_TOO_LARGE before any work (no pass, no sequence kept); a reply within
+ * it is served, in the same batch as a refused one. */
+static void test_reply_bound(void) {
+    gn_err e = {0};
+    gn_host_params hp = gn_host_default_params();
+    hp.max_seqs = 8;
+    hp.max_reply_bytes = 2 * (size_t)g_nout * sizeof(float); /* two F32 rows */
+    gn_host *h = gn_host_create(g_m, &hp, &e);
+    CHECK(h != NULL, "host: %s", e.msg);
+    if (!h) return;
+    CHECK(gn_host_max_reply_bytes(h) == hp.max_reply_bytes, "limit kept");
+    int32_t toks[8] = {3, 14, 15, 92, 65, 35, 89, 79};
+    req_buf b;
+    gn_wire_step_resp resp = GENARM__V1__STEP_RESPONSE__INIT;
+    uint64_t p0, s0, p1, s1;
+    gn_host_counters(h, &p0, &s0);
+
+    /* all_logits over 3 tokens: 3 F32 rows > 2. */
+    gn_wire_step_req *r = mk(&b, 1, (uint64_t[]){1}, (uint32_t[]){0}, toks, (int[]){3}, GN_F32);
+    b.s[0].all_logits = 1;
+    CHECK(gn_host_step(h, r, 0, &resp, &e) == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE &&
+              strstr(e.msg, "max_reply_bytes") && strstr(e.msg, "exceeds"),
+          "3 rows over a 2-row bound: TOO_LARGE (%s)", e.msg);
+    char want[64];
+    snprintf(want, sizeof want, "%zu bytes", 3 * (size_t)g_nout * sizeof(float));
+    CHECK(strstr(e.msg, want) != NULL, "the message says the size: %s", e.msg);
+    snprintf(want, sizeof want, "limit of %zu bytes", hp.max_reply_bytes);
+    CHECK(strstr(e.msg, want) != NULL, "the message says the limit: %s", e.msg);
+    gn_host_counters(h, &p1, &s1);
+    CHECK(p1 == p0 && gn_host_seq_len(h, 1) == -1 && gn_host_n_seqs(h) == 0, "refused before the pass: nothing kept");
+
+    /* The same 3 rows in F16 are 1.5 F32 rows: served. */
+    r = mk(&b, 1, (uint64_t[]){1}, (uint32_t[]){0}, toks, (int[]){3}, GN_F16);
+    b.s[0].all_logits = 1;
+    CHECK(gn_host_step(h, r, 0, &resp, &e) == 0 && resp.n_results == 1 && resp.logprobs->rows == 3,
+          "3 f16 rows within the bound: %s", e.msg);
+    gn_host_release(h, (uint64_t[]){1}, 1);
+
+    /* A batch: three dense sequences (3 rows) refused, two sparse ones and a
+     * dense one served in one pass. */
+    req_buf b1, b2;
+    gn_wire_step_req *big = mk(&b1, 3, (uint64_t[]){11, 12, 13}, (uint32_t[]){0, 0, 0}, toks, (int[]){2, 2, 2}, GN_F32);
+    gn_wire_step_req *ok = mk(&b2, 3, (uint64_t[]){21, 22, 23}, (uint32_t[]){0, 0, 0}, toks, (int[]){2, 2, 2}, GN_F32);
+    b2.s[0].top_k = 4;
+    b2.s[1].top_k = 4;
+    const gn_wire_step_req *reqs[2] = {big, ok};
+    gn_wire_step_resp rs[2] = {GENARM__V1__STEP_RESPONSE__INIT, GENARM__V1__STEP_RESPONSE__INIT};
+    gn_wire_step_resp *rp[2] = {&rs[0], &rs[1]};
+    int codes[2];
+    gn_err errs[2];
+    gn_host_counters(h, &p0, &s0);
+    gn_host_step_batch(h, NULL, reqs, 2, rp, codes, errs, 0);
+    gn_host_counters(h, &p1, &s1);
+    CHECK(codes[0] == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE && codes[1] == 0 && rs[1].n_results == 3 &&
+              p1 - p0 == 1 && s1 - s0 == 3 && gn_host_seq_len(h, 11) == -1 && gn_host_seq_len(h, 21) == 2,
+          "batch: the big request refused, the other served (%d %d: %s)", codes[0], codes[1], errs[0].msg);
+
+    /* Fetches: three full rows > 2 (refused whatever rows are held), one
+     * full row served. */
+    Genarm__V1__FetchSeq fs[3], *fp[3];
+    for (int i = 0; i < 3; i++) {
+        Genarm__V1__FetchSeq f0 = GENARM__V1__FETCH_SEQ__INIT;
+        fs[i] = f0;
+        fs[i].seq_id = 21 + (uint64_t)(i % 2);
+        fs[i].seq_len = 2;
+        fs[i].full_row = 1;
+        fp[i] = &fs[i];
+    }
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.seqs = fp;
+    rf.n_seqs = 3;
+    Genarm__V1__RowFetchResult fr = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    CHECK(gn_host_fetch(h, NULL, &rf, &fr, &e) == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE &&
+              strstr(e.msg, "max_reply_bytes"),
+          "fetch of 3 full rows: TOO_LARGE (%s)", e.msg);
+    CHECK(fetch1(h, 21, 2, NULL, 0, 1, &fr, &e) == 0 && fr.n_results == 1 && fr.results[0]->n == (uint32_t)g_nout,
+          "fetch of 1 full row: %s", e.msg);
+    gn_host_free(h);
+}
+
 int main(void) {
     char root[] = "/tmp/gn_test_host_XXXXXX";
     if (!mkdtemp(root)) {
@@ -473,6 +554,7 @@ int main(void) {
         g_nout = gn_model_n_out(g_m);
         test_rules();
         test_batch_sparse_fetch();
+        test_reply_bound();
         test_alloc_failures();
         test_batch_alloc_failures();
     }

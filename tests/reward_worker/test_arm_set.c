@@ -4,8 +4,9 @@
  * demand through the resolver, tokenizer checks, batches of several requests
  * (one forward pass per host: two versions of full models, two LoRA adapters
  * on one backbone; rows == each alone), sparse rows through a split request,
- * fetches routed to the version that served the step, and every allocation
- * failure of create + load + step handled (run under ASan for leaks). */
+ * fetches routed to the version that served the step, the bound on one reply
+ * over a split request, and every allocation failure of create + load + step
+ * handled (run under ASan for leaks). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,6 +487,70 @@ static void test_batch_versions(gn_backend *be) {
     gn_arms_free(a);
 }
 
+/* max_reply_bytes over a whole request: a version-0 step split over two
+ * versions, each part within the bound, the whole over it, is refused before
+ * any pass; so is a version-0 fetch of more full rows than the bound. */
+static void test_reply_bound(gn_backend *be) {
+    gn_err e = {0};
+    gn_model *m = gn_model_load(g_dir[0], be, NULL, &e);
+    CHECK(m != NULL, "load: %s", e.msg);
+    if (!m) return;
+    size_t n_out = (size_t)gn_model_n_out(m);
+    gn_model_free(m);
+    gn_arms_params p = gn_arms_default_params();
+    p.host.max_seqs = 8;
+    p.host.max_reply_bytes = n_out * 4 + 64; /* one F32 row */
+    gn_arms *a = gn_arms_create(be, &p, resolve, NULL, &e);
+    CHECK(a != NULL, "create: %s", e.msg);
+    if (!a) return;
+    CHECK(gn_arms_load(a, "help", 1, g_dir[0], NULL, g_hash[0], 0, &e) == 0, "help@1: %s", e.msg);
+    int32_t toks[3] = {4, 9, 2};
+    uint32_t z = 0, three = 3;
+    own_req o;
+    gn_wire_step_resp r = GENARM__V1__STEP_RESPONSE__INIT;
+    CHECK(gn_arms_step(a, own(&o, "help", 0, 1, (uint64_t[]){7}, &z, toks, 3, 0), 0, &r, &e) == 0 &&
+              r.n_results == 1,
+          "7 on help@1: %s", e.msg);
+    CHECK(gn_arms_load(a, "help", 2, g_dir[1], NULL, g_hash[1], 1, &e) == 0 && held(a, "help@1~,help@2*"),
+          "help@2 current, help@1 draining: %s", e.msg);
+    uint64_t p0, s0, p1, s1;
+    gn_arms_counters(a, &p0, &s0);
+    int32_t nxt = 5;
+    /* 7 (pinned on help@1) and 8 (new: help@2), one row each: two rows. */
+    CHECK(gn_arms_step(a, own(&o, "help", 0, 2, (uint64_t[]){7, 8}, (uint32_t[]){3, 0}, &nxt, 1, 0), 0, &r, &e) ==
+                  GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE &&
+              strstr(e.msg, "max_reply_bytes"),
+          "a split step over the bound: TOO_LARGE (%s)", e.msg);
+    gn_arms_counters(a, &p1, &s1);
+    CHECK(p1 == p0 && gn_arms_load_total(a) == 1, "refused before any pass: %llu passes, %d sequences",
+          (unsigned long long)(p1 - p0), gn_arms_load_total(a));
+    CHECK(gn_arms_step(a, own(&o, "help", 0, 1, (uint64_t[]){7}, &three, &nxt, 1, 0), 0, &r, &e) == 0 &&
+              r.n_results == 1 && r.results[0]->model_version == 1,
+          "one row is within it: %s", e.msg);
+
+    Genarm__V1__FetchSeq fs[2], *fp[2];
+    for (int i = 0; i < 2; i++) {
+        Genarm__V1__FetchSeq f0 = GENARM__V1__FETCH_SEQ__INIT;
+        fs[i] = f0;
+        fs[i].seq_id = 7 + (uint64_t)i;
+        fs[i].seq_len = 4;
+        fs[i].full_row = 1;
+        fp[i] = &fs[i];
+    }
+    Genarm__V1__ModelRef mr = GENARM__V1__MODEL_REF__INIT;
+    mr.name = "help";
+    Genarm__V1__RowFetch rf = GENARM__V1__ROW_FETCH__INIT;
+    rf.model = &mr;
+    rf.seqs = fp;
+    rf.n_seqs = 2;
+    Genarm__V1__RowFetchResult fr = GENARM__V1__ROW_FETCH_RESULT__INIT;
+    CHECK(gn_arms_fetch(a, &rf, &fr, &e) == GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE && strstr(e.msg, "max_reply_bytes"),
+          "version-0 fetch of two full rows: TOO_LARGE (%s)", e.msg);
+    rf.n_seqs = 1;
+    CHECK(gn_arms_fetch(a, &rf, &fr, &e) == 0, "one full row: %s", e.msg);
+    gn_arms_free(a);
+}
+
 /* Adapters on one backbone: loaded once, shared; the same sequence id under
  * two adapters; a hot swap between two adapter versions of one ARM on the
  * same backbone (a split request through one host); freed with the last. */
@@ -639,6 +704,7 @@ int main(void) {
         test_swap(be);
         test_explicit_swap(be);
         test_batch_versions(be);
+        test_reply_bound(be);
         test_alloc_failures(be);
         test_shared_backbone(be);
     }
