@@ -61,7 +61,9 @@
 
 typedef struct cand {
     double s;    /* Σ c_m x_m over the active models that list it */
-    double hi;   /* Σ over the models that miss it of the high end of c_m x_m */
+    double ub;   /* Σ over the models that miss it of the high end of c_m x_m; once
+                    classified, for a partial token its score's upper bound s + that
+                    (+inf where the sum is NaN) */
     double ab;   /* greedy only: Σ |c_m x_m| (listed) + Σ |hi_m| (missing), its rounding bound */
     float f;     /* greedy only: acc = acc + a x in model order (gn_guidance_combine's rounding) */
     int32_t id;
@@ -266,6 +268,8 @@ typedef struct sctx {
     int na;          /* active models */
     int nc, nk, np;  /* candidates, known, partial */
     long nR;         /* tail tokens (no model lists them) */
+    int hpos, hneg;  /* models whose hi is +inf, -inf */
+    double hfin;     /* Σ of the finite hi */
     double S;        /* the largest known score */
     double umax;     /* the largest ub of any unknown token (-inf if none) */
     double ubR;      /* the tail's ub */
@@ -368,26 +372,15 @@ static double tail_log_mass(const sctx *x, double T) {
     double best = lr + (x->ubR - x->S) / T;
     if (best != best)
         best = INFINITY;
-    /* Σ_{m != j} hi_m without inf - inf: count the infinities */
-    int npos = 0, nneg = 0;
-    double fin = 0.0;
-    for (int i = 0; i < x->na; i++) {
-        double h = x->md[i].hi;
-        if (h == INFINITY)
-            npos++;
-        else if (h == -INFINITY)
-            nneg++;
-        else
-            fin += h;
-    }
     for (int j = 0; j < x->na; j++) {
         const mdl *mj = &x->md[j];
         double tl = mj->r->tail.tail_lse;
         if (!(mj->c > 0.0) || tl == INFINITY)
             continue;
-        int p = npos - (mj->hi == INFINITY), q = nneg - (mj->hi == -INFINITY);
+        /* Σ_{m != j} hi_m without inf - inf */
+        int p = x->hpos - (mj->hi == INFINITY), q = x->hneg - (mj->hi == -INFINITY);
         double own = isfinite(mj->hi) ? mj->hi : 0.0;
-        double rest = p && q ? NAN : p ? INFINITY : q ? -INFINITY : fin - own;
+        double rest = p && q ? NAN : p ? INFINITY : q ? -INFINITY : x->hfin - own;
         double e = mj->c / T, fl = mj->r->tail.floor, ls;
         if (e >= 1.0)
             ls = tl + (e == 1.0 ? 0.0 : (e - 1.0) * fl);
@@ -419,10 +412,7 @@ static double unknown_mass(const gn_drawer *d, const sctx *x, const play *pl, do
         return 0.0;
     double m = 0.0;
     for (int i = 0; i < x->np; i++) {
-        const cand *c = &d->c[d->part[i]];
-        double ub = c->s + c->hi;
-        if (ub != ub)
-            ub = INFINITY;
+        double ub = d->c[d->part[i]].ub;
         if (in_play(pl, x, ub, T))
             m += cached ? d->w[d->part[i]] : exp((ub - x->S) / T);
     }
@@ -437,10 +427,7 @@ static double play_umax(const gn_drawer *d, const sctx *x, const play *pl, doubl
     if (pl->none)
         return u;
     for (int i = 0; i < x->np; i++) {
-        const cand *c = &d->c[d->part[i]];
-        double ub = c->s + c->hi;
-        if (ub != ub)
-            ub = INFINITY;
+        double ub = d->c[d->part[i]].ub;
         if (in_play(pl, x, ub, T) && ub > u)
             u = ub;
     }
@@ -465,11 +452,8 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
         w[kn[i]] = exp((c[kn[i]].s - x->S) / T);
         keep[kn[i]] = 1;
     }
-    for (int i = 0; i < x->np; i++) { /* the partial tokens' bounds, once */
-        const cand *cp = &c[d->part[i]];
-        double ub = cp->s + cp->hi;
-        w[d->part[i]] = ub != ub ? INFINITY : exp((ub - x->S) / T);
-    }
+    for (int i = 0; i < x->np; i++) /* the partial tokens' bounds, once */
+        w[d->part[i]] = exp((c[d->part[i]].ub - x->S) / T);
     if (sp->top_k > 0 && sp->top_k < d->n_vocab) {
         if (nk < sp->top_k)
             return 0;
@@ -548,10 +532,7 @@ static int certify_greedy(const gn_drawer *d, const sctx *x) {
     /* f(u) <= Σ_m (t_m + gamma |t_m|) <= Σ_m (hi_m + gamma |hi_m|): t + gamma |t| grows with t */
     for (int i = 0; i < x->np; i++) {
         const cand *c = &d->c[d->part[i]];
-        double ub = c->s + c->hi;
-        if (ub != ub)
-            return -1;
-        double fub = ub == -INFINITY ? -INFINITY : ub + gamma * c->ab + 1e-30;
+        double fub = c->ub == -INFINITY ? -INFINITY : c->ub + gamma * c->ab + 1e-30;
         if (!((double)bf > fub))
             return -1;
     }
@@ -668,7 +649,8 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
                        const double **probs, int *n_out, gn_draw_result *out, gn_err *err) {
     const int n_vocab = d->n_vocab;
     sctx x;
-    x.na = 0;
+    x.na = x.hpos = x.hneg = 0;
+    x.hfin = 0.0;
     for (int m = 0; m <= p->guidance.n_arms; m++) {
         if (alpha[m] == 0.0f)
             continue;
@@ -681,6 +663,10 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
         if (rc)
             return rc;
         md->hi = md->c * (double)(md->c > 0.0 ? md->r->tail.floor : md->r->tail.row_min);
+        x.hpos += md->hi == INFINITY;
+        x.hneg += md->hi == -INFINITY;
+        if (isfinite(md->hi))
+            x.hfin += md->hi;
     }
 
     /* the union C, in id order */
@@ -707,7 +693,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
     sort_ids(d->tmp, d->known, nc, n_vocab);
     for (int k = 0; k < nc; k++) {
         cand *c = &d->c[k];
-        c->s = c->hi = c->ab = 0.0;
+        c->s = c->ub = c->ab = 0.0;
         c->f = 0.0f;
         c->id = d->tmp[k];
         c->mark = -1;
@@ -747,7 +733,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
             for (int k = 0; k < nc; k++) {
                 cand *c = &d->c[k];
                 if (c->mark != md->m) {
-                    c->hi += md->hi;
+                    c->ub += md->hi;
                     if (greedy)
                         c->ab += fabs(md->hi);
                 }
@@ -771,30 +757,17 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
                 x.S = c->s;
         } else {
             d->part[x.np++] = k;
-            double ub = c->s + c->hi;
-            if (ub != ub)
-                ub = INFINITY;
-            if (ub > x.umax)
-                x.umax = ub;
+            c->ub += c->s;
+            if (c->ub != c->ub)
+                c->ub = INFINITY;
+            if (c->ub > x.umax)
+                x.umax = c->ub;
         }
     }
     x.nR = (long)n_vocab - nc;
-    x.ubR = 0.0;
-    if (x.nR > 0) {
-        int pos = 0, neg = 0;
-        double s = 0.0;
-        for (int i = 0; i < x.na; i++) {
-            if (x.md[i].hi == INFINITY)
-                pos = 1;
-            else if (x.md[i].hi == -INFINITY)
-                neg = 1;
-            else
-                s += x.md[i].hi;
-        }
-        x.ubR = pos ? INFINITY : neg ? -INFINITY : s;
-        if (x.ubR > x.umax)
-            x.umax = x.ubR;
-    }
+    x.ubR = x.hpos ? INFINITY : x.hneg ? -INFINITY : x.hfin;
+    if (x.nR > 0 && x.ubR > x.umax)
+        x.umax = x.ubR;
     x.has_unknown = x.np > 0 || x.nR > 0;
     if (x.S == -INFINITY && x.umax == -INFINITY)
         return gn_errf(err, GN_EINVAL, "draw: no token has a finite score");
