@@ -10,21 +10,29 @@
 /* Atomic so that allocating from several threads is race-free; the
  * injection itself is only meaningful in single-threaded tests. */
 static atomic_long g_fail_countdown = -1; /* < 0: never fail */
+static atomic_long g_fail_more;           /* failures still to come after the first */
 static atomic_long g_count;
 
 static int should_fail(void) {
     atomic_fetch_add_explicit(&g_count, 1, memory_order_relaxed);
     if (atomic_load_explicit(&g_fail_countdown, memory_order_relaxed) < 0) return 0;
     long left = atomic_fetch_sub_explicit(&g_fail_countdown, 1, memory_order_relaxed);
-    if (left == 0) return 1; /* now -1: disabled again */
+    if (left == 0) { /* now -1: disabled again, unless more of a run are to fail */
+        if (atomic_fetch_sub_explicit(&g_fail_more, 1, memory_order_relaxed) > 0)
+            atomic_store_explicit(&g_fail_countdown, 0, memory_order_relaxed);
+        return 1;
+    }
     return 0;
 }
 
-long gn_alloc_fail_after(long n) {
+long gn_alloc_fail_run(long n, long count) {
     long c = atomic_exchange_explicit(&g_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_fail_more, count > 1 ? count - 1 : 0, memory_order_relaxed);
     atomic_store_explicit(&g_fail_countdown, n, memory_order_relaxed);
     return c;
 }
+
+long gn_alloc_fail_after(long n) { return gn_alloc_fail_run(n, 1); }
 
 void *gn_malloc(size_t n) { return should_fail() ? NULL : malloc(n ? n : 1); }
 

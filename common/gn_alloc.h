@@ -25,6 +25,9 @@ int gn_grow(void **buf, size_t *cap, size_t need);
  * next one). n < 0 disables injection. Returns the number of allocations made
  * since the last call, which lets a test loop over every allocation point. */
 long gn_alloc_fail_after(long n);
+/* The same, but the count consecutive allocations from there on fail (count
+ * >= 1; 1 is gn_alloc_fail_after), then injection is disabled again. */
+long gn_alloc_fail_run(long n, long count);
 
 /* Aligned allocation (alignment a power of two >= sizeof(void*)); free with
  * gn_free_aligned. Size is rounded up to a multiple of the alignment. */

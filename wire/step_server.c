@@ -38,6 +38,7 @@ typedef struct job {
     size_t ident_len;
     int with_delim;
     gn_wire_env *env; /* the request (NULL once answered) */
+    uint64_t request_id; /* its id, kept for an Error reply when its reply cannot be encoded */
     size_t frame_bytes;
     uint8_t *reply;   /* the encoded reply (gn_malloc'd), handed to ZeroMQ */
     size_t reply_len;
@@ -440,7 +441,11 @@ static void io_flush(gn_step_server *s) {
     pthread_mutex_unlock(&s->mu);
     while (j) {
         job *n = j->next;
-        if (j->reply) send_reply(s, j->ident, j->ident_len, j->with_delim, j->reply, j->reply_len);
+        if (j->reply)
+            send_reply(s, j->ident, j->ident_len, j->with_delim, j->reply, j->reply_len);
+        else /* neither the reply nor an Error could be encoded there: try once more here */
+            io_reply_error(s, j->ident, j->ident_len, j->with_delim, j->request_id,
+                           GENARM__V1__ERROR_CODE__ERROR_INTERNAL, "worker could not encode its reply");
         j->reply = NULL; /* ZeroMQ owns it now */
         job_free(j);
         j = n;
@@ -512,6 +517,7 @@ static void io_route(gn_step_server *s, const zmq_msg_t *ident, int with_delim, 
     j->ident_len = id_len;
     j->with_delim = with_delim;
     j->env = env;
+    j->request_id = env->request_id;
     j->frame_bytes = frame_bytes;
     j->recv_us = now_us();
     pthread_mutex_lock(&s->mu);
@@ -638,14 +644,22 @@ static void *io_main(void *arg) {
 /* ---- the compute thread ---------------------------------------------------------- */
 
 /* Encodes env as j's reply (j->env is freed here, after the encode: replies
- * may point into their request). */
+ * may point into their request). A reply that cannot be encoded (out of
+ * memory) becomes a small Error(ERROR_INTERNAL); when even that fails,
+ * j->reply stays NULL and io_flush answers the Error itself. The client is
+ * answered either way instead of waiting out its timeout. */
 static void set_reply(gn_step_server *s, job *j, const gn_wire_env *env) {
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (encode(s, env, &buf, &len) == 0) {
-        j->reply = buf;
-        j->reply_len = len;
+    if (encode(s, env, &buf, &len) != 0) {
+        gn_wire_env ee;
+        Genarm__V1__Error er;
+        make_error(s, &ee, &er, j->request_id, GENARM__V1__ERROR_CODE__ERROR_INTERNAL,
+                   "worker could not encode its reply");
+        if (encode(s, &ee, &buf, &len) != 0) buf = NULL;
     }
+    j->reply = buf;
+    j->reply_len = buf ? len : 0;
     gn_wire_env_free(j->env);
     j->env = NULL;
 }
