@@ -437,16 +437,17 @@ static double play_umax(const gn_drawer *d, const sctx *x, const play *pl, doubl
 }
 
 /* T > 0: applies the filters to the known tokens (keep[] and w[], indexed
- * like c), returns 1 with *bound when certified, 0 otherwise. */
+ * like c), returns 1 with *bound and *z (the kept weights' total, summed in id
+ * order) when certified, 0 otherwise. *tail_lm: tail_log_mass(x, T). */
 static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *sp, double eps,
-                          double *bound) {
+                          double *bound, double *zk_out, double *tail_lm_out) {
     const double T = sp->temperature;
     const int nk = x->nk;
     const int32_t *kn = d->known;
     const cand *c = d->c;
     double *w = d->w;
     unsigned char *keep = d->keep;
-    const double tail_lm = tail_log_mass(x, T);
+    const double tail_lm = *tail_lm_out = tail_log_mass(x, T);
     play pl = {0, -INFINITY, -INFINITY};
     for (int i = 0; i < nk; i++) {
         w[kn[i]] = exp((c[kn[i]].s - x->S) / T);
@@ -510,6 +511,7 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
     if (!(z > 0.0) || !(bd <= eps))
         return 0;
     *bound = bd;
+    *zk_out = z;
     return 1;
 }
 
@@ -553,14 +555,16 @@ static int certify_greedy(const gn_drawer *d, const sctx *x) {
  * those of the known distribution (exact when the unknown mass is nil, and the
  * mass bounds are usually far above the real unknown mass, so the real error
  * is far below the certified log(1 + M_1 / Z_K) <= tol). The top n must be
- * provably the top n: the n-th known score above every unknown ub. */
-static int certify_logprobs(gn_drawer *d, const sctx *x, const gn_draw_params *p,
-                            gn_draw_result *out, double *lse_out) {
+ * provably the top n: the n-th known score above every unknown ub.
+ * t1: certify_sample ran at T = 1, so w[] holds exp(s - S) (exp(ub - S) for
+ * the partial tokens) and tail_lm1 is tail_log_mass(x, 1): reused. */
+static int certify_logprobs(gn_drawer *d, const sctx *x, const gn_draw_params *p, int t1,
+                            double tail_lm1, gn_draw_result *out, double *lse_out) {
     double z = 0.0;
     for (int i = 0; i < x->nk; i++)
-        z += exp(d->c[d->known[i]].s - x->S);
+        z += t1 ? d->w[d->known[i]] : exp(d->c[d->known[i]].s - x->S);
     play all = {0, -INFINITY, -INFINITY};
-    double m1 = unknown_mass(d, x, &all, 1.0, tail_log_mass(x, 1.0), 0);
+    double m1 = unknown_mass(d, x, &all, 1.0, t1 ? tail_lm1 : tail_log_mass(x, 1.0), t1);
     if (!(z > 0.0) || !(log1p(m1 / z) <= p->logprob_tol))
         return 0;
     const double lse = x->S + log(z);
@@ -774,17 +778,18 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
 
     /* certify the draw, then the log-probs */
     int ok = x.S > -INFINITY, tok = -1; /* tok: index in c of the token */
-    double bound = 0.0, lse = 0.0;
+    double bound = 0.0, lse = 0.0, total = 0.0, tail_lm = 0.0;
     if (ok && greedy) {
         int b = certify_greedy(d, &x);
         ok = b >= 0;
         tok = ok ? d->known[b] : -1;
     } else if (ok) {
-        ok = certify_sample(d, &x, &p->sampling, p->epsilon, &bound);
+        ok = certify_sample(d, &x, &p->sampling, p->epsilon, &bound, &total, &tail_lm);
     }
     const int want_lp = p->want_logprob || p->n_top > 0;
     if (ok && want_lp)
-        ok = certify_logprobs(d, &x, p, out, &lse);
+        ok = certify_logprobs(d, &x, p, !greedy && p->sampling.temperature == 1.0f, tail_lm, out,
+                              &lse);
     if (!ok) {
         out->n_top = 0;
         need(d, &x, out);
@@ -800,11 +805,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
             d->dist_p[0] = 1.0;
             *n_out = 1;
         }
-    } else {
-        double total = 0.0;
-        for (int i = 0; i < x.nk; i++) /* id order, as the walk */
-            if (d->keep[kn[i]])
-                total += d->w[kn[i]];
+    } else { /* total: the kept weights summed in id order, as the walk */
         if (want_dist) {
             int m = 0;
             for (int i = 0; i < x.nk; i++)
