@@ -265,6 +265,34 @@ int gn_step_client_recv_raw(gn_step_client *c, int timeout_ms, uint8_t **buf, si
     return 0;
 }
 
+/* Decodes frame m (closed here) and validates a StepResponse or
+ * RowFetchResult body. Returns 0 with *out; else *out = NULL, *rid = the
+ * frame's request id when it parsed (else 0), and either gn_wire_decode's
+ * code (*bad_body 0) or GN_EFORMAT for a body that failed its check (*bad_body
+ * 1, err prefixed with the request id). */
+static int decode_checked(gn_step_client *c, zmq_msg_t *m, gn_wire_env **out, uint64_t *rid, int *bad_body,
+                          gn_err *err) {
+    *out = NULL;
+    *bad_body = 0;
+    gn_wire_env *env = NULL;
+    int code;
+    int rc = gn_wire_decode(zmq_msg_data(m), zmq_msg_size(m), &c->p.limits, &env, &code, rid, err);
+    zmq_msg_close(m);
+    if (rc)
+        return rc;
+    if ((env->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
+         gn_wire_step_resp_check(env->step_result, err) != 0) ||
+        (env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT &&
+         gn_wire_fetch_result_check(env->fetch_result, err) != 0)) {
+        gn_wire_env_free(env);
+        gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)*rid);
+        *bad_body = 1;
+        return GN_EFORMAT;
+    }
+    *out = env;
+    return 0;
+}
+
 int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
                         gn_wire_env **reply, gn_err *err) {
     *reply = NULL;
@@ -275,23 +303,16 @@ int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
         if (rc)
             return rc;
         gn_wire_env *env = NULL;
-        int code;
         uint64_t rid;
-        rc = gn_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), &c->p.limits, &env, &code, &rid,
-                            err);
-        zmq_msg_close(&m);
+        int bad_body;
+        rc = decode_checked(c, &m, &env, &rid, &bad_body, err);
         if (rc != 0 && rid != request_id)
             continue; /* garbage for someone else's (timed-out) request: drop */
         if (rc != 0)
-            return gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)request_id);
+            return bad_body ? rc : gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)request_id);
         if (env->request_id != request_id) {
             gn_wire_env_free(env); /* a late reply to a request that timed out */
             continue;
-        }
-        if (env->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
-            gn_wire_step_resp_check(env->step_result, err) != 0) {
-            gn_wire_env_free(env);
-            return gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)request_id);
         }
         *reply = env;
         return 0;
@@ -306,24 +327,9 @@ int gn_step_client_recv_any(gn_step_client *c, int timeout_ms, gn_wire_env **rep
     int rc = recv_frame(c, gn_wire_now_ms() + timeout_ms, &m, err);
     if (rc)
         return rc;
-    gn_wire_env *env = NULL;
-    int code;
-    uint64_t rid;
-    rc = gn_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), &c->p.limits, &env, &code, &rid, err);
-    zmq_msg_close(&m);
-    *request_id = rid;
-    if (rc)
-        return GN_EFORMAT;
-    if ((env->body_case == GENARM__V1__ENVELOPE__BODY_STEP_RESULT &&
-         gn_wire_step_resp_check(env->step_result, err) != 0) ||
-        (env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT &&
-         gn_wire_fetch_result_check(env->fetch_result, err) != 0)) {
-        gn_wire_env_free(env);
-        gn_err_prefix(err, "reply to request %llu: ", (unsigned long long)rid);
-        return GN_EFORMAT;
-    }
-    *reply = env;
-    return 0;
+    int bad_body;
+    rc = decode_checked(c, &m, reply, request_id, &bad_body, err);
+    return rc ? GN_EFORMAT : 0;
 }
 
 int gn_step_client_call(gn_step_client *c, gn_wire_env *env, int timeout_ms, gn_wire_env **reply,

@@ -63,9 +63,11 @@ int gn_step_client_send_raw(gn_step_client *c, const void *buf, size_t len, gn_e
 
 /* Waits at most timeout_ms for the reply to request_id and decodes it into
  * *reply (free with gn_wire_env_free). Replies with other ids are dropped.
- * Returns 0; GN_EIO with a message starting "timeout" when nothing came;
- * GN_EFORMAT when the reply does not decode. A reply that is an Error
- * envelope is returned as is (0): the caller reads reply->error. */
+ * StepResponses and RowFetchResults are validated as by
+ * gn_step_client_recv_any. Returns 0; GN_EIO with a message starting
+ * "timeout" when nothing came; GN_EFORMAT when the reply does not decode or
+ * fails its check. A reply that is an Error envelope is returned as is (0):
+ * the caller reads reply->error. */
 int gn_step_client_recv(gn_step_client *c, uint64_t request_id, int timeout_ms,
                         gn_wire_env **reply, gn_err *err);
 

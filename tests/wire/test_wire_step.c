@@ -3,12 +3,15 @@
  * encode (its allocation fails) is still answered, with an Error
  * ERROR_INTERNAL, instead of leaving the client to wait out its timeout —
  * both when the small Error can be encoded in its place and when even that
- * fails and the I/O thread answers. */
+ * fails and the I/O thread answers; and both receive calls of the client
+ * validate a RowFetchResult (a bare ROUTER socket plays the worker). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <zmq.h>
 
 #include "gn_alloc.h"
 #include "gn_test.h"
@@ -118,7 +121,84 @@ static void test_encode_failure(void) {
     gn_step_server_free(s);
 }
 
+/* A worker played by a bare ROUTER socket: answers the next request with a
+ * RowFetchResult whose one result lies outside its values. */
+static int answer_bad_fetch(void *router) {
+    zmq_msg_t id, body;
+    zmq_msg_init(&id);
+    zmq_msg_init(&body);
+    int ok = zmq_msg_recv(&id, router, 0) >= 0 && zmq_msg_more(&id) && zmq_msg_recv(&body, router, 0) >= 0;
+    gn_wire_env *req = NULL;
+    int code;
+    uint64_t rid = 0;
+    gn_err e = {0};
+    ok = ok && gn_wire_decode(zmq_msg_data(&body), zmq_msg_size(&body), NULL, &req, &code, &rid, &e) == 0;
+    if (ok) {
+        float v = 1.0f;
+        Genarm__V1__FetchResult r = GENARM__V1__FETCH_RESULT__INIT, *rp = &r;
+        r.seq_id = 1;
+        r.offset = 0;
+        r.n = 3; /* one value sent */
+        Genarm__V1__RowFetchResult fr = GENARM__V1__ROW_FETCH_RESULT__INIT;
+        fr.results = &rp;
+        fr.n_results = 1;
+        fr.values.data = (uint8_t *)&v;
+        fr.values.len = 4;
+        gn_wire_env out;
+        gn_wire_env_init(&out, rid);
+        out.body_case = GENARM__V1__ENVELOPE__BODY_FETCH_RESULT;
+        out.fetch_result = &fr;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        ok = gn_wire_encode(&out, &buf, &len, &e) == 0 &&
+             zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE) >= 0 &&
+             zmq_send(router, buf, len, 0) >= 0;
+        gn_free(buf);
+    }
+    gn_wire_env_free(req);
+    zmq_msg_close(&id);
+    zmq_msg_close(&body);
+    return ok;
+}
+
+/* gn_step_client_recv validates a RowFetchResult as gn_step_client_recv_any
+ * does: values outside the bytes sent are GN_EFORMAT, not handed over. */
+static void test_client_checks_fetch(void) {
+    void *ctx = zmq_ctx_new();
+    void *router = ctx ? zmq_socket(ctx, ZMQ_ROUTER) : NULL;
+    char ep[256] = "";
+    size_t len = sizeof ep;
+    int linger = 0;
+    int ok = router && zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+             zmq_bind(router, "tcp://127.0.0.1:*") == 0 && zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &len) == 0;
+    CHECK(ok, "router: %s", zmq_strerror(zmq_errno()));
+    gn_err e = {0};
+    gn_step_client *c = ok ? gn_step_client_create(ep, NULL, &e) : NULL;
+    CHECK(!ok || c != NULL, "client: %s", e.msg);
+    if (c) {
+        gn_fetch_seq fs = {.seq_id = 1, .seq_len = 1, .full_row = 1};
+        uint64_t id = 0;
+        gn_wire_env *rep = NULL;
+        CHECK(gn_step_client_fetch_send(c, NULL, 0, &fs, 1, &id, &e) == 0 && answer_bad_fetch(router), "fetch sent, answered");
+        int rc = gn_step_client_recv(c, id, TIMEOUT_MS, &rep, &e);
+        CHECK(rc == GN_EFORMAT && rep == NULL && strstr(e.msg, "outside"),
+              "recv: a fetch result outside its values is GN_EFORMAT (rc %d: %s)", rc, e.msg);
+        gn_wire_env_free(rep);
+        rep = NULL;
+        uint64_t rid = 0;
+        CHECK(gn_step_client_fetch_send(c, NULL, 0, &fs, 1, &id, &e) == 0 && answer_bad_fetch(router), "fetch sent, answered");
+        rc = gn_step_client_recv_any(c, TIMEOUT_MS, &rep, &rid, &e);
+        CHECK(rc == GN_EFORMAT && rep == NULL && rid == id && strstr(e.msg, "outside"),
+              "recv_any: the same (rc %d: %s)", rc, e.msg);
+        gn_wire_env_free(rep);
+    }
+    gn_step_client_free(c);
+    if (router) zmq_close(router);
+    if (ctx) zmq_ctx_term(ctx);
+}
+
 int main(void) {
     test_encode_failure();
+    test_client_checks_fetch();
     GN_TEST_MAIN_END();
 }
