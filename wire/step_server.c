@@ -739,6 +739,14 @@ static int release_hits_batch(gn_step_server *s, int n_batch, const Genarm__V1__
     return 0;
 }
 
+/* The statistics of a peer when the table has them (a lookup: nothing is
+ * added, replaced or stamped), else NULL. */
+static const peer_stat *peer_find(const gn_step_server *s, const uint8_t *ident, size_t len) {
+    for (int i = 0; i < PEER_STATS; i++)
+        if (s->pstat[i].stamp && same_peer(s->pstat[i].ident, s->pstat[i].len, ident, len)) return &s->pstat[i];
+    return NULL;
+}
+
 /* The statistics of a peer (a slot replaced when it is new and the table is
  * full: the least recently used). */
 static peer_stat *peer_stats(gn_step_server *s, const uint8_t *ident, size_t len) {
@@ -779,8 +787,8 @@ static int64_t missing_wait_us(gn_step_server *s, int n_batch) {
         for (int b = 0; b < n_batch && !here; b++)
             here = same_peer(s->peers[p], s->peer_len[p], s->batch[b]->ident, s->batch[b]->ident_len);
         if (here) continue;
-        const peer_stat *st = peer_stats(s, s->peers[p], s->peer_len[p]);
-        int64_t w = st->turn_us > 0 ? 2 * st->turn_us + 500 : s->p.gather_us;
+        const peer_stat *st = peer_find(s, s->peers[p], s->peer_len[p]);
+        int64_t w = st && st->turn_us > 0 ? 2 * st->turn_us + 500 : s->p.gather_us;
         if (w > wait) wait = w;
     }
     return wait < s->p.gather_us ? wait : s->p.gather_us;
@@ -902,10 +910,11 @@ static void serve_round(gn_step_server *s, volatile sig_atomic_t *stop) {
         ts.tv_sec += (time_t)(ns / 1000000000);
         ts.tv_nsec = (long)(ns % 1000000000);
         pthread_mutex_lock(&s->mu);
-        int have = s->in.n;
-        if (!have && !s->io_failed) pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        int have = s->in.n, failed = s->io_failed;
+        if (!have && !failed) pthread_cond_timedwait(&s->cv, &s->mu, &ts);
         pthread_mutex_unlock(&s->mu);
         waited_us += now_us() - t;
+        if (failed) break; /* nothing more will arrive: no spinning to the deadline */
     }
     if (n_batch > 0) {
         atomic_store(&s->last_gather_us, (uint64_t)waited_us);
