@@ -852,24 +852,19 @@ void gn_arms_step_batch(gn_arms *a, const gn_wire_step_req *const *reqs, int n, 
             int p = a->sub_pos[j];
             if (a->h_code[p]) continue;
             const gn_wire_step_resp *hr = a->h_resp[p];
-            if (hr->logprobs && hr->logprobs->cols) {
-                if (cols && hr->logprobs->cols != cols) {
-                    codes[i] = GENARM__V1__ERROR_CODE__ERROR_INTERNAL;
-                    gn_errf(&errs[i], GN_EMISMATCH, "ARM %s: versions disagree on the vocabulary size",
-                            reqs[i]->model->name);
-                    break;
-                }
+            if (hr->logprobs && hr->logprobs->cols) { /* one width: gn_arms_load refuses a version
+                                                          whose n_out differs from those held */
                 cols = hr->logprobs->cols;
                 rows += hr->logprobs->rows;
             }
             for (size_t x = 0; x < hr->n_results; x++) nc += hr->results[x]->n_cand;
         }
         size_t nb;
-        if (!codes[i] && gn_wire_tensor_nbytes(r->dt, rows, cols, &nb)) {
+        if (gn_wire_tensor_nbytes(r->dt, rows, cols, &nb)) {
             codes[i] = GENARM__V1__ERROR_CODE__ERROR_TOO_LARGE;
             gn_errf(&errs[i], GN_ERANGE, "merged step output of %llu rows overflows", (unsigned long long)rows);
+            continue;
         }
-        if (codes[i]) continue;
         r->byte_off = bytes;
         r->cand_off = cands;
         r->cand_total = nc;
