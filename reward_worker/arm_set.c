@@ -668,8 +668,7 @@ static void merge_request(gn_arms *a, const gn_wire_step_req *req, const char *n
             continue;
         }
         if (a->sub_cur[j] >= hr->n_results || hr->results[a->sub_cur[j]]->seq_id != sid) continue; /* refused */
-        Genarm__V1__SeqResult rr = *hr->results[a->sub_cur[j]++];
-        rr.model_version = a->e[k].version;
+        Genarm__V1__SeqResult rr = *hr->results[a->sub_cur[j]++]; /* model_version set after the passes */
         if (rr.n_cand) { /* ids block of cand_total entries, then the values block */
             memcpy(a->cand + r->cand_off + 4 * n_cand, hr->cand_ids.data + 4 * (size_t)rr.cand_offset,
                    4 * (size_t)rr.n_cand);
