@@ -374,25 +374,6 @@ static int admit(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__SeqSte
     return k;
 }
 
-/* Converts n 4-byte host values in place to little-endian (a no-op on
- * little-endian hosts). */
-static void to_le32(void *p, size_t n) {
-#if !GN_WIRE_HOST_LE
-    uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, b + 4 * i, 4);
-        b[4 * i] = (uint8_t)u;
-        b[4 * i + 1] = (uint8_t)(u >> 8);
-        b[4 * i + 2] = (uint8_t)(u >> 16);
-        b[4 * i + 3] = (uint8_t)(u >> 24);
-    }
-#else
-    (void)p;
-    (void)n;
-#endif
-}
-
 int gn_host_reply_check(const gn_host *h, const gn_wire_step_req *req, gn_err *err) {
     gn_dtype dt;
     if (gn_wire_dtype_from_proto((int)req->dtype, &dt)) dt = GN_F32; /* refused elsewhere */
@@ -666,8 +647,8 @@ void gn_host_step_batch(gn_host *h, const gn_lora_adapter *const *ads, const gn_
         if (cand_off) {
             int32_t *ids = h->cand_ids + ri->cand_base;
             float *vals = h->cand_vals + ri->cand_base;
-            to_le32(ids, cand_off);
-            to_le32(vals, cand_off);
+            gn_wire_le32_write(ids, cand_off, ids); /* in place: a no-op on little-endian hosts */
+            gn_wire_le32_write(vals, cand_off, vals);
             resp->cand_ids.data = (uint8_t *)ids;
             resp->cand_ids.len = cand_off * 4;
             resp->cand_values.data = (uint8_t *)vals;
@@ -763,7 +744,7 @@ int gn_host_fetch(gn_host *h, const gn_lora_adapter *ad, const Genarm__V1__RowFe
             }
             for (size_t j = 0; j < cnt; j++) dst[j] = row[fs->ids[j]];
         }
-        to_le32(dst, cnt);
+        gn_wire_le32_write(dst, cnt, dst);
         Genarm__V1__FetchResult fr = GENARM__V1__FETCH_RESULT__INIT;
         fr.seq_id = fs->seq_id;
         fr.offset = off;

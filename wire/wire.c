@@ -54,6 +54,38 @@ int gn_wire_tensor_nbytes(gn_dtype dt, uint64_t rows, uint64_t cols, size_t *out
     return 0;
 }
 
+void gn_wire_le32_write(const void *src, size_t n, void *dst) {
+    if (GN_WIRE_HOST_LE) {
+        if (dst != src) memcpy(dst, src, 4 * n);
+        return;
+    }
+    const uint8_t *s = src;
+    uint8_t *d = dst;
+    for (size_t i = 0; i < n; i++) { /* each value read whole before its bytes are written */
+        uint32_t u;
+        memcpy(&u, s + 4 * i, 4);
+        d[4 * i] = (uint8_t)u;
+        d[4 * i + 1] = (uint8_t)(u >> 8);
+        d[4 * i + 2] = (uint8_t)(u >> 16);
+        d[4 * i + 3] = (uint8_t)(u >> 24);
+    }
+}
+
+/* The inverse: n little-endian 4-byte values at src into host int32 / float
+ * at dst (a copy on a little-endian host). */
+static void le32_read(const uint8_t *src, size_t n, void *dst) {
+    if (GN_WIRE_HOST_LE) {
+        memcpy(dst, src, 4 * n);
+        return;
+    }
+    uint8_t *d = dst;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 | (uint32_t)src[4 * i + 2] << 16 |
+                     (uint32_t)src[4 * i + 3] << 24;
+        memcpy(d + 4 * i, &u, 4);
+    }
+}
+
 int gn_wire_pack_f32(const float *src, size_t n, gn_dtype dt, uint8_t *dst, size_t dst_cap,
                      gn_err *err) {
     size_t need;
@@ -62,17 +94,8 @@ int gn_wire_pack_f32(const float *src, size_t n, gn_dtype dt, uint8_t *dst, size
                        gn_dtype_name(dt), dst_cap);
     /* Little-endian on any host: a plain copy where the host is little-endian,
      * byte by byte elsewhere. */
-    if (dt == GN_F32 && GN_WIRE_HOST_LE) {
-        memcpy(dst, src, need);
-    } else if (dt == GN_F32) {
-        for (size_t i = 0; i < n; i++) {
-            uint32_t u;
-            memcpy(&u, &src[i], 4);
-            dst[4 * i] = (uint8_t)u;
-            dst[4 * i + 1] = (uint8_t)(u >> 8);
-            dst[4 * i + 2] = (uint8_t)(u >> 16);
-            dst[4 * i + 3] = (uint8_t)(u >> 24);
-        }
+    if (dt == GN_F32) {
+        gn_wire_le32_write(src, n, dst);
     } else {
         for (size_t i = 0; i < n; i++) {
             uint16_t h = dt == GN_F16 ? gn_f32_to_f16(src[i]) : gn_f32_to_bf16(src[i]);
@@ -89,14 +112,8 @@ int gn_wire_unpack_f32(const uint8_t *src, size_t src_len, gn_dtype dt, size_t n
     if (gn_size_mul(n, gn_dtype_size(dt), &need) || need != src_len)
         return gn_errf(err, GN_EFORMAT, "unpack: %zu bytes is not %zu values of %s", src_len, n,
                        gn_dtype_name(dt));
-    if (dt == GN_F32 && GN_WIRE_HOST_LE) {
-        memcpy(dst, src, need);
-    } else if (dt == GN_F32) {
-        for (size_t i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 |
-                         (uint32_t)src[4 * i + 2] << 16 | (uint32_t)src[4 * i + 3] << 24;
-            memcpy(&dst[i], &u, 4);
-        }
+    if (dt == GN_F32) {
+        le32_read(src, n, dst);
     } else {
         for (size_t i = 0; i < n; i++) {
             uint16_t h = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
@@ -246,13 +263,31 @@ static int entries4(const ProtobufCBinaryData *b, const char *what, size_t *n, g
     return 0;
 }
 
-int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
-    size_t n_ids = 0, n_vals = 0;
-    if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
-        entries4(&resp->cand_values, "cand_values", &n_vals, err))
+/* The candidates of a StepResponse: cand_ids and cand_values hold the same
+ * whole number of 4-byte entries, their count in *n. */
+static int cand_entries(const gn_wire_step_resp *resp, size_t *n, gn_err *err) {
+    size_t n_vals = 0;
+    if (entries4(&resp->cand_ids, "cand_ids", n, err) || entries4(&resp->cand_values, "cand_values", &n_vals, err))
         return GN_EFORMAT;
-    if (n_ids != n_vals)
-        return gn_errf(err, GN_EFORMAT, "cand_ids holds %zu entries, cand_values %zu", n_ids, n_vals);
+    if (*n != n_vals)
+        return gn_errf(err, GN_EFORMAT, "cand_ids holds %zu entries, cand_values %zu", *n, n_vals);
+    return 0;
+}
+
+/* Checks that the cnt entries at off lie inside the have sent; the error
+ * names the result as "<who> <idx>" and the entries as what. */
+static int range_check(uint64_t off, uint32_t cnt, size_t have, const char *who, unsigned long long idx,
+                       const char *what, gn_err *err) {
+    if (off > have || cnt > have - off)
+        return gn_errf(err, GN_EFORMAT, "%s %llu: %s [%llu, +%u) outside the %zu sent", who, idx, what,
+                       (unsigned long long)off, cnt, have);
+    return 0;
+}
+
+int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
+    size_t n_ids = 0;
+    if (cand_entries(resp, &n_ids, err))
+        return GN_EFORMAT;
     if (resp->n_results == 0)
         return 0;
     uint64_t rows = 0;
@@ -268,10 +303,8 @@ int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
             if (r->n_rows != 0)
                 return gn_errf(err, GN_EFORMAT, "result %zu: a sparse result with %u dense rows", i,
                                r->n_rows);
-            if (r->cand_offset > n_ids || r->n_cand > n_ids - r->cand_offset)
-                return gn_errf(err, GN_EFORMAT,
-                               "result %zu: candidates [%llu, +%u) outside the %zu sent", i,
-                               (unsigned long long)r->cand_offset, r->n_cand, n_ids);
+            if (range_check(r->cand_offset, r->n_cand, n_ids, "result", i, "candidates", err))
+                return GN_EFORMAT;
             continue;
         }
         if (r->n_rows && !resp->logprobs)
@@ -285,17 +318,6 @@ int gn_wire_step_resp_check(const gn_wire_step_resp *resp, gn_err *err) {
 
 /* ---- sparse rows and fetched values --------------------------------------- */
 
-static int32_t le_i32(const uint8_t *p) {
-    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-}
-
-static float le_f32(const uint8_t *p) {
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* 1 when n 4-byte entries at p can be read in place as host int32/float. */
 static int in_place(const uint8_t *p) {
     return GN_WIRE_HOST_LE && ((uintptr_t)p % 4) == 0;
@@ -304,18 +326,13 @@ static int in_place(const uint8_t *p) {
 int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResult *r,
                        int32_t *ids_scratch, float *vals_scratch, size_t cap, const int32_t **ids,
                        const float **vals, gn_err *err) {
-    size_t n_ids = 0, n_vals = 0;
-    if (entries4(&resp->cand_ids, "cand_ids", &n_ids, err) ||
-        entries4(&resp->cand_values, "cand_values", &n_vals, err))
+    size_t n_ids = 0;
+    if (cand_entries(resp, &n_ids, err))
         return GN_EFORMAT;
-    if (n_ids != n_vals)
-        return gn_errf(err, GN_EFORMAT, "cand_ids holds %zu entries, cand_values %zu", n_ids, n_vals);
     if (r->n_cand == 0)
         return gn_errf(err, GN_EFORMAT, "seq %llu: not a sparse result", (unsigned long long)r->seq_id);
-    if (r->cand_offset > n_ids || r->n_cand > n_ids - r->cand_offset)
-        return gn_errf(err, GN_EFORMAT, "seq %llu: candidates [%llu, +%u) outside the %zu sent",
-                       (unsigned long long)r->seq_id, (unsigned long long)r->cand_offset, r->n_cand,
-                       n_ids);
+    if (range_check(r->cand_offset, r->n_cand, n_ids, "seq", (unsigned long long)r->seq_id, "candidates", err))
+        return GN_EFORMAT;
     const uint8_t *pi = resp->cand_ids.data + (size_t)r->cand_offset * 4;
     const uint8_t *pv = resp->cand_values.data + (size_t)r->cand_offset * 4;
     size_t n = r->n_cand;
@@ -327,10 +344,8 @@ int gn_wire_sparse_row(const gn_wire_step_resp *resp, const Genarm__V1__SeqResul
     if (n > cap || !ids_scratch || !vals_scratch)
         return gn_errf(err, GN_ERANGE, "seq %llu: %zu candidates, scratch for %zu",
                        (unsigned long long)r->seq_id, n, cap);
-    for (size_t i = 0; i < n; i++) {
-        ids_scratch[i] = le_i32(pi + 4 * i);
-        vals_scratch[i] = le_f32(pv + 4 * i);
-    }
+    le32_read(pi, n, ids_scratch);
+    le32_read(pv, n, vals_scratch);
     *ids = ids_scratch;
     *vals = vals_scratch;
     return 0;
@@ -340,23 +355,18 @@ int gn_wire_fetch_result_check(const Genarm__V1__RowFetchResult *res, gn_err *er
     size_t n_vals = 0;
     if (entries4(&res->values, "values", &n_vals, err))
         return GN_EFORMAT;
-    for (size_t i = 0; i < res->n_results; i++) {
-        const Genarm__V1__FetchResult *r = res->results[i];
-        if (r->offset > n_vals || r->n > n_vals - r->offset)
-            return gn_errf(err, GN_EFORMAT, "fetch result %zu: values [%llu, +%u) outside the %zu sent",
-                           i, (unsigned long long)r->offset, r->n, n_vals);
-    }
+    for (size_t i = 0; i < res->n_results; i++)
+        if (range_check(res->results[i]->offset, res->results[i]->n, n_vals, "fetch result", i, "values", err))
+            return GN_EFORMAT;
     return 0;
 }
 
 int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1__FetchResult *r,
                          float *scratch, size_t cap, const float **vals, gn_err *err) {
     size_t n_vals = 0;
-    if (entries4(&res->values, "values", &n_vals, err))
+    if (entries4(&res->values, "values", &n_vals, err) ||
+        range_check(r->offset, r->n, n_vals, "seq", (unsigned long long)r->seq_id, "values", err))
         return GN_EFORMAT;
-    if (r->offset > n_vals || r->n > n_vals - r->offset)
-        return gn_errf(err, GN_EFORMAT, "seq %llu: values [%llu, +%u) outside the %zu sent",
-                       (unsigned long long)r->seq_id, (unsigned long long)r->offset, r->n, n_vals);
     const uint8_t *p = res->values.data ? res->values.data + (size_t)r->offset * 4 : NULL;
     static const float none[1] = {0};
     if (r->n == 0) {
@@ -370,7 +380,7 @@ int gn_wire_fetch_values(const Genarm__V1__RowFetchResult *res, const Genarm__V1
     if (r->n > cap || !scratch)
         return gn_errf(err, GN_ERANGE, "seq %llu: %u values, scratch for %zu",
                        (unsigned long long)r->seq_id, r->n, cap);
-    for (size_t i = 0; i < r->n; i++) scratch[i] = le_f32(p + 4 * i);
+    le32_read(p, r->n, scratch);
     *vals = scratch;
     return 0;
 }

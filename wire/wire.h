@@ -52,6 +52,11 @@ Genarm__V1__DType gn_wire_dtype_to_proto(gn_dtype dt);
  * GN_ERANGE. */
 int gn_wire_tensor_nbytes(gn_dtype dt, uint64_t rows, uint64_t cols, size_t *out);
 
+/* Writes n 4-byte host values (int32 or float32) at src as little-endian
+ * bytes to dst: a copy on a little-endian host (none when dst == src), byte
+ * by byte elsewhere. dst may equal src (in place); no other overlap. */
+void gn_wire_le32_write(const void *src, size_t n, void *dst);
+
 /* Converts n float32 values to dt and writes them little-endian into dst
  * (dst_cap bytes, must hold n * size(dt)). Rounds to nearest even for
  * fp16/bf16. Returns 0 or GN_ERANGE (dst too small). */

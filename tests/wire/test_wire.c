@@ -56,6 +56,16 @@ static void test_packing(void) {
     CHECK(gn_wire_pack_f32(v, 3, GN_BF16, b, 6, &e) == 0, "pack bf16");
     static const uint8_t wantbf[6] = {0x80, 0x3f, 0x00, 0xc0, 0x00, 0x3f};
     CHECK(memcmp(b, wantbf, 6) == 0, "bf16 bytes");
+    /* gn_wire_le32_write: the same bytes for floats and int32, in place too. */
+    uint8_t c[12];
+    gn_wire_le32_write(v, 3, c);
+    CHECK(memcmp(c, want32, 12) == 0, "le32_write: f32 bytes");
+    int32_t iv[2] = {0x01020304, -2}, iv2[2];
+    static const uint8_t wanti[8] = {4, 3, 2, 1, 0xfe, 0xff, 0xff, 0xff};
+    gn_wire_le32_write(iv, 2, c);
+    memcpy(iv2, iv, sizeof iv);
+    gn_wire_le32_write(iv2, 2, iv2);
+    CHECK(memcmp(c, wanti, 8) == 0 && memcmp(iv2, wanti, 8) == 0, "le32_write: int32 bytes, in place too");
     CHECK(gn_wire_pack_f32(v, 3, GN_F32, b, 11, &e) == GN_ERANGE, "pack: dst too small");
     CHECK(gn_wire_pack_f32(v, SIZE_MAX / 2, GN_F32, b, sizeof b, &e) == GN_ERANGE, "pack: overflow");
 
