@@ -18,6 +18,14 @@
 #include "tokenizer.h"
 #include "wire.h"
 
+int gn_dist_arm_version_num(const char *version, uint32_t *out) {
+    char *end = NULL;
+    unsigned long vn = strtoul(version, &end, 10);
+    if (end == version || *end || vn == 0 || vn > 0xffffffffUL || strlen(version) >= GN_CTL_ID_MAX) return GN_EINVAL;
+    *out = (uint32_t)vn;
+    return 0;
+}
+
 gn_dist_params gn_dist_default_params(void) {
     gn_dist_params p;
     memset(&p, 0, sizeof p);
@@ -140,14 +148,11 @@ int gn_dist_job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, 
             break;
         }
         if (rc) break;
-        char *end = NULL;
-        unsigned long vn = strtoul(v.version, &end, 10);
-        if (!end || *end || vn == 0 || vn > 0xffffffffUL) {
+        if (gn_dist_arm_version_num(v.version, &jb->arm_vnum[k])) {
             rc = gn_errf(err, GN_EINVAL, "ARM %s: version '%s' is not a number >= 1", j->arm_names[k], v.version);
             break;
         }
         snprintf(jb->arm_ver[k], sizeof jb->arm_ver[k], "%s", v.version);
-        jb->arm_vnum[k] = (uint32_t)vn;
         const gn_prompt_model *m = arm_prompt_model(d, v.path);
         if ((rc = job_prompt(d, jb, 1 + k, m, err))) break;
         if (d->ctx_limit - jb->n_prompt[1 + k] < room) room = d->ctx_limit - jb->n_prompt[1 + k];

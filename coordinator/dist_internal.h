@@ -45,12 +45,12 @@ typedef struct djob djob;
 /* One model's part of one sequence: what its worker holds and this step's
  * row (or why there is none). */
 typedef struct seq_model {
-    uint32_t held;        /* tokens the worker holds for the sequence */
+    uint32_t held;        /* tokens the worker holds for the sequence (after a step: names
+                             the step's row for a fetch) */
     /* this step */
     int sent;             /* the step asked this model's worker for a row */
     int has_row;          /* row is set */
     gn_row_view row;      /* into a reply, or into the buffers below */
-    uint32_t seq_len;     /* the worker's length after the step: names the row for a fetch */
     int err_code;         /* a genarm.v1.ErrorCode the worker answered for this sequence, 0 = none */
     char err_msg[GN_ERR_MSG_MAX];
     int32_t *ids;         /* a sparse row grown by fetched values: the listed ids, then the ones
@@ -108,7 +108,6 @@ struct djob {
     gn_draw_params dp;
     uint64_t kind;   /* hash of its ARMs and sampling settings: jobs of a kind certify alike */
     int cap;
-    int admitted;
     int n_left;
     int rc;
     gn_err err;
@@ -172,5 +171,8 @@ void gn_sched_job_free(djob *jb);
 int gn_dist_job_prepare(gn_dist *d, const gn_coord_job *j, gn_coord_sink *sink, djob **out, gn_err *err);
 int gn_dist_job_enqueue(gn_dist *d, djob *jb, gn_err *err);
 void gn_dist_cancel_id(void *impl, uint64_t id);
+/* dist_backend.c: an ARM version string as the number the wire carries
+ * (1 .. 2^32-1): 0, or GN_EINVAL */
+int gn_dist_arm_version_num(const char *version, uint32_t *out);
 
 #endif

@@ -179,12 +179,11 @@ static int job_place(gn_dist *d, djob *jb, gn_err *err) {
         char cur[GN_CTL_ID_MAX];
         double ts = 0;
         if (gn_arm_pin_current(d->pin, name, cur, &ts) && ts > jb->t_pinned && strcmp(cur, jb->arm_ver[k]) != 0) {
-            char *end = NULL;
-            unsigned long vn = strtoul(cur, &end, 10);
-            if (end && !*end && vn > 0 && vn <= 0xffffffffUL) {
-                job_unpark(d, jb, k);
+            uint32_t vn;
+            if (gn_dist_arm_version_num(cur, &vn) == 0) {
+                job_unpark(d, jb, k); /* the old version's parked request goes */
                 snprintf(jb->arm_ver[k], sizeof jb->arm_ver[k], "%s", cur);
-                jb->arm_vnum[k] = (uint32_t)vn;
+                jb->arm_vnum[k] = vn;
             }
         }
         char eps[GN_ARM_PIN_MAX_CANDIDATES][GN_CTL_PATH_MAX];
@@ -268,7 +267,6 @@ static int job_activate(gn_dist *d, djob *jb, gn_err *err) {
         if (!s->text) return err->code;
         gn_rng_seed(&s->rng, jb->j.seed + (uint64_t)i);
     }
-    jb->admitted = 1;
     jb->t_start = gn_mono_s();
     jb->n_left = jb->j.n;
     for (int i = 0; i < jb->j.n; i++) {
@@ -413,7 +411,7 @@ static void draw_all(gn_dist *d) {
             gn_pool_run(d->pool, draw_task, &dc, d->n_drawers);
         else
             for (int i = 0; i < n; i++) draw_seq(d->work[i], d->drawers[0]);
-        if (round == 2 || gn_exchange_fetch(d->ex) == 0) break;
+        if (round == GN_EXCHANGE_MAX_FETCH_ROUNDS || gn_exchange_fetch(d->ex) == 0) break;
     }
     for (int a = 0; a < d->n_active; a++) { /* still not settled after a values and a rows fetch */
         dseq *s = d->active[a];

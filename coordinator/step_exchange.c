@@ -10,16 +10,13 @@
 #include "dist_internal.h"
 #include "gn_alloc.h"
 #include "step_client.h"
-#include "step_server.h" /* gn_wire_now_ms */
 #include "wire.h"
 
 #define MAX_LINKS 128
-#define MAX_PENDING 512 /* requests in flight at once: steps, fetches, heartbeats */
 #define DENSE_AFTER_MAX 64 /* dense steps after the largest sparse rows still did not certify */
 #define SHRINK_AFTER 32    /* certified-at-once steps before asking for fewer candidates */
 #define FORGET_AFTER 256   /* ... and before a k that needed a fetch may be tried again */
 #define MAX_HINTS 64       /* kinds of jobs whose last row mode is remembered */
-#define MAX_FETCH_ROUNDS 4 /* fetch rounds in one step (the scheduler runs two at most) */
 
 struct gn_xlink {
     gn_step_client *c;
@@ -41,14 +38,14 @@ typedef struct group {
     const char *name;
     uint32_t version;
     char label[GN_CTL_REF_MAX];
-    int n;
-    item *it;         /* (max_batch) */
-    gn_step_seq *ss;  /* (max_batch) */
-    gn_fetch_seq *fs; /* (max_batch) */
-    int *fidx;        /* (max_batch) item of each fetched sequence */
+    int n, cap;       /* items, room for them (grown on demand up to max_batch) */
+    item *it;         /* (cap) */
+    gn_step_seq *ss;  /* (cap) */
+    gn_fetch_seq *fs; /* (cap) */
+    int *fidx;        /* (cap) item of each fetched sequence */
     int nf;
     gn_wire_env *rep;  /* the step's reply, kept until the step ends */
-    gn_wire_env *frep[MAX_FETCH_ROUNDS]; /* each fetch round's reply: whole rows point into them */
+    gn_wire_env *frep[GN_EXCHANGE_MAX_FETCH_ROUNDS]; /* each fetch round's reply: whole rows point into them */
     int n_frep;
     float *conv;       /* dense rows converted from F16/BF16 */
     size_t conv_bytes;
@@ -81,8 +78,8 @@ struct gn_exchange {
     int n_links;
     group *groups;
     int n_groups, max_groups;
-    pending pend[MAX_PENDING];
-    int n_pend;
+    pending *pend; /* (max_pend): a step and a fetch per group, a heartbeat per link */
+    int n_pend, max_pend;
     double t_first_send, t_last_reply;
     unsigned round; /* fetch rounds so far */
     struct {
@@ -159,11 +156,15 @@ static void mode_adapt(const gn_exchange *x, gn_row_mode *m, int how) {
 
 /* The row mode sequences of one kind of job (same ARMs, same sampling) ended
  * their last step with: a new sequence of that kind starts from it, so rows
- * too flat to certify cost fetches once per kind, not once per sequence. */
+ * too flat to certify cost fetches once per kind, not once per sequence. The
+ * least recently written kind gives its slot to a new one. */
 static gn_row_mode *hint_slot(gn_exchange *x, uint64_t key, int create) {
     int oldest = 0;
     for (int i = 0; i < MAX_HINTS; i++) {
-        if (x->hints[i].used && x->hints[i].key == key) return &x->hints[i].mode;
+        if (x->hints[i].used && x->hints[i].key == key) {
+            if (create) x->hints[i].stamp = ++x->hint_clock; /* written: recently used */
+            return &x->hints[i].mode;
+        }
         if (x->hints[i].stamp < x->hints[oldest].stamp) oldest = i;
     }
     if (!create) return NULL;
@@ -243,20 +244,14 @@ gn_exchange *gn_exchange_create(const gn_exchange_params *pin, gn_err *err) {
     }
     x->p = p;
     x->dense_dtype = p.rows == GN_ROWS_F16 ? GN_F16 : p.rows == GN_ROWS_BF16 ? GN_BF16 : GN_F32;
-    /* at most one group per (worker, model) a step touches: the base plus each
-     * ARM version of every job, bounded by the batch */
-    x->max_groups = 1 + p.max_arms * 4;
+    /* one group per (worker, model version) a step touches: the base, and at
+     * most max_arms per sequence of the batch (each tenant may bring ARMs of
+     * its own); a group's arrays grow with its sequences */
+    x->max_groups = 1 + p.max_batch * p.max_arms;
+    x->max_pend = 2 * x->max_groups + MAX_LINKS;
     x->groups = gn_calloc((size_t)x->max_groups, sizeof *x->groups);
-    if (!x->groups) goto oom;
-    size_t mb = (size_t)p.max_batch;
-    for (int i = 0; i < x->max_groups; i++) {
-        group *g = &x->groups[i];
-        g->it = gn_calloc(mb, sizeof *g->it);
-        g->ss = gn_calloc(mb, sizeof *g->ss);
-        g->fs = gn_calloc(mb, sizeof *g->fs);
-        g->fidx = gn_calloc(mb, sizeof *g->fidx);
-        if (!g->it || !g->ss || !g->fs || !g->fidx) goto oom;
-    }
+    x->pend = gn_calloc((size_t)x->max_pend, sizeof *x->pend);
+    if (!x->groups || !x->pend) goto oom;
     if (!(x->zctx = gn_step_context_new())) {
         gn_errf(err, GN_EIO, "exchange: cannot create a ZeroMQ context");
         goto fail;
@@ -305,6 +300,7 @@ void gn_exchange_free(gn_exchange *x) {
         gn_free(g->conv);
     }
     gn_free(x->groups);
+    gn_free(x->pend);
     for (int i = 0; i < x->n_links; i++) gn_step_client_free(x->links[i].c);
     gn_step_context_free(x->zctx);
     gn_free(x);
@@ -315,7 +311,7 @@ void gn_exchange_free(gn_exchange *x) {
 /* Records a request in flight. 0, or -1 when the table is full (it holds a
  * step and a fetch per group and a heartbeat per link: it cannot fill). */
 static int pend_add(gn_exchange *x, uint64_t rid, gn_xlink *l, group *g, int fetch) {
-    if (x->n_pend == MAX_PENDING) return -1;
+    if (x->n_pend == x->max_pend) return -1;
     gn_step_link st;
     gn_step_client_link(l->c, &st);
     pending *p = &x->pend[x->n_pend++];
@@ -373,7 +369,7 @@ static void ping(gn_exchange *x, gn_xlink *l) {
     gn_err e = {0};
     uint64_t rid;
     l->last_ping = gn_mono_s();
-    if (x->n_pend < MAX_PENDING && gn_step_client_send(l->c, &env, &rid, &e) == 0 &&
+    if (x->n_pend < x->max_pend && gn_step_client_send(l->c, &env, &rid, &e) == 0 &&
         pend_add(x, rid, l, NULL, 0) == 0)
         l->ping_rid = rid;
 }
@@ -435,6 +431,7 @@ static void step_reply(gn_exchange *x, group *g, const gn_wire_step_resp *r) {
                                                                              : "f32",
                       (double)rows);
     }
+    int n_sparse = 0;
     for (size_t i = 0; i < r->n_results; i++) {
         const Genarm__V1__SeqResult *sr = r->results[i];
         int k = find_item(g, sr->seq_id);
@@ -444,6 +441,12 @@ static void step_reply(gn_exchange *x, group *g, const gn_wire_step_resp *r) {
         if (*g->name && sr->model_version != g->version) {
             seq_error(sm, GENARM__V1__ERROR_CODE__ERROR_INTERNAL, g->label,
                       "served by version %u, the sequence is pinned to %u", sr->model_version, g->version);
+            continue;
+        }
+        uint32_t len = g->ss[k].start_pos + (uint32_t)g->ss[k].n_tokens;
+        if (sr->seq_len != len) { /* the tokens to feed next are counted from it */
+            seq_error(sm, GENARM__V1__ERROR_CODE__ERROR_INTERNAL, g->label,
+                      "reported length %u after the step, expected %u", sr->seq_len, len);
             continue;
         }
         if (sr->n_cand > 0) {
@@ -458,7 +461,7 @@ static void step_reply(gn_exchange *x, group *g, const gn_wire_step_resp *r) {
             }
             gn_row_view v = {NULL, ids, vals, (int)sr->n_cand, {sr->cand_floor, sr->row_min, sr->tail_lse}};
             sm->row = v;
-            gn_metric_inc(x->m_rows, "sparse", 1);
+            n_sparse++;
         } else if (sr->n_rows == 1 && dense && sr->row_offset < rows) {
             gn_row_view v = {dense + (size_t)sr->row_offset * (size_t)V, NULL, NULL, 0, {0, 0, 0}};
             sm->row = v;
@@ -469,8 +472,8 @@ static void step_reply(gn_exchange *x, group *g, const gn_wire_step_resp *r) {
         sm->has_row = 1;
         sm->err_code = 0;
         sm->held = sr->seq_len;
-        sm->seq_len = sr->seq_len;
     }
+    if (n_sparse) gn_metric_inc(x->m_rows, "sparse", n_sparse);
     for (size_t i = 0; i < r->n_errors; i++) {
         const Genarm__V1__Error *er = r->errors[i];
         int k = er->has_seq ? find_item(g, er->seq_id) : -1;
@@ -505,7 +508,7 @@ static void fetch_reply(gn_exchange *x, group *g, const Genarm__V1__RowFetchResu
         }
         if (fs->full_row) { /* the whole row: the sequence draws from dense rows now */
             int rc = gn_wire_fetch_values(r, fr, sm->vals, sm->vals_bytes / sizeof *sm->vals, &vals, &e);
-            if (rc == GN_ERANGE && row_room(sm, (size_t)V) == 0)
+            if (rc == GN_ERANGE && gn_grow((void **)&sm->vals, &sm->vals_bytes, (size_t)V * sizeof *sm->vals) == 0)
                 rc = gn_wire_fetch_values(r, fr, sm->vals, (size_t)V, &vals, &e);
             if (rc) {
                 s->draw_rc = gn_errf(&s->draw_err, GN_EIO, "%s: %s", g->label, e.msg);
@@ -555,15 +558,18 @@ static void dispatch(gn_exchange *x, gn_xlink *l, gn_wire_env *env, uint64_t rid
     }
     pending p = x->pend[i];
     pend_drop(x, i);
-    if (env) gn_metric_inc(x->m_bytes, worker_kind(l), (double)genarm__v1__envelope__get_packed_size(env));
+    if (env && x->m_bytes)
+        gn_metric_inc(x->m_bytes, worker_kind(l), (double)genarm__v1__envelope__get_packed_size(env));
     if (!p.g) { /* a heartbeat */
         if (l->ping_rid == rid) l->ping_rid = 0;
         gn_wire_env_free(env);
         return;
     }
     group *g = p.g;
-    x->t_last_reply = gn_mono_s();
-    g->done_at = x->t_last_reply;
+    if (!p.fetch) { /* the step's round trip; fetch rounds count in the step's time, not here */
+        x->t_last_reply = gn_mono_s();
+        g->done_at = x->t_last_reply;
+    }
     if (rc) {
         group_fail(x, g, p.fetch, "malformed reply: %s", e->msg);
     } else if (env->body_case == GENARM__V1__ENVELOPE__BODY_ERROR) {
@@ -575,7 +581,7 @@ static void dispatch(gn_exchange *x, gn_xlink *l, gn_wire_env *env, uint64_t rid
         return;
     } else if (p.fetch && env->body_case == GENARM__V1__ENVELOPE__BODY_FETCH_RESULT) {
         fetch_reply(x, g, env->fetch_result);
-        if (g->n_frep < MAX_FETCH_ROUNDS) { /* else fetch sent nothing: see gn_exchange_fetch */
+        if (g->n_frep < GN_EXCHANGE_MAX_FETCH_ROUNDS) { /* else fetch sent nothing: see gn_exchange_fetch */
             g->frep[g->n_frep++] = env;
             return;
         }
@@ -705,10 +711,31 @@ static group *group_for(gn_exchange *x, gn_xlink *l, const char *name, uint32_t 
     return g;
 }
 
+/* Room for one more item in g: 0, GN_ERANGE (a full batch), GN_ENOMEM. */
+static int group_room(gn_exchange *x, group *g) {
+    if (g->n < g->cap) return 0;
+    if (g->n >= x->p.max_batch) return GN_ERANGE;
+    int cap = g->cap ? 2 * g->cap : 8;
+    if (cap > x->p.max_batch) cap = x->p.max_batch;
+    void *p;
+    if (!(p = gn_realloc(g->it, (size_t)cap * sizeof *g->it))) return GN_ENOMEM;
+    g->it = p;
+    if (!(p = gn_realloc(g->ss, (size_t)cap * sizeof *g->ss))) return GN_ENOMEM;
+    g->ss = p;
+    if (!(p = gn_realloc(g->fs, (size_t)cap * sizeof *g->fs))) return GN_ENOMEM;
+    g->fs = p;
+    if (!(p = gn_realloc(g->fidx, (size_t)cap * sizeof *g->fidx))) return GN_ENOMEM;
+    g->fidx = p;
+    g->cap = cap;
+    return 0;
+}
+
 int gn_exchange_add(gn_exchange *x, dseq *s, int mi, gn_xlink *l, const char *name, uint32_t version,
                     uint32_t start_pos, const int32_t *tokens, int n) {
     group *g = group_for(x, l, name, version);
-    if (!g || g->n == x->p.max_batch) return GN_ERANGE;
+    if (!g) return GN_ERANGE;
+    int rc = group_room(x, g);
+    if (rc) return rc;
     int k = g->n++;
     g->it[k] = (item){s, mi};
     g->ss[k] = (gn_step_seq){s->id, start_pos, tokens, n, 0, 0, mode_k(x, &s->mode)};
@@ -767,7 +794,7 @@ int gn_exchange_fetch(gn_exchange *x) {
             dseq *s = g->it[k].s;
             int mi = g->it[k].mi;
             if (s->done || s->draw_rc || !s->m[mi].has_row) continue;
-            gn_fetch_seq f = {s->id, s->m[mi].seq_len, NULL, 0, 0};
+            gn_fetch_seq f = {s->id, s->m[mi].held, NULL, 0, 0};
             if (s->draw.status == GN_DRAW_NEED_VALUES && s->m[mi].n_asked > 0) {
                 f.ids = s->m[mi].ids + s->m[mi].row.n;
                 f.n_ids = s->m[mi].n_asked;
@@ -783,8 +810,8 @@ int gn_exchange_fetch(gn_exchange *x) {
     }
     if (!total) return 0;
     for (int i = 0; i < x->n_groups; i++) /* where its reply would be kept */
-        if (x->groups[i].nf && x->groups[i].n_frep == MAX_FETCH_ROUNDS) {
-            group_fail(x, &x->groups[i], 1, "more than %d fetch rounds in one step", MAX_FETCH_ROUNDS);
+        if (x->groups[i].nf && x->groups[i].n_frep == GN_EXCHANGE_MAX_FETCH_ROUNDS) {
+            group_fail(x, &x->groups[i], 1, "more than %d fetch rounds in one step", GN_EXCHANGE_MAX_FETCH_ROUNDS);
             x->groups[i].nf = 0;
         }
     x->round++;

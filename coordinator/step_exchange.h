@@ -102,13 +102,15 @@ void gn_exchange_begin(gn_exchange *x);
 /* Adds model mi of sequence s to the step: feed n tokens starting at
  * start_pos to model (name "" = base, version) on link l, asking for a row
  * as s->m[mi].mode says. tokens must stay valid until gn_exchange_end.
- * GN_ENOMEM / GN_ERANGE (too many distinct (worker, model) pairs in one step). */
+ * GN_ENOMEM, or GN_ERANGE past max_batch sequences or 1 + max_batch x max_arms
+ * distinct (worker, model version) pairs in one step (a batch of at most
+ * max_batch sequences with at most max_arms ARMs each never gets there). */
 int gn_exchange_add(gn_exchange *x, struct dseq *s, int mi, gn_xlink *l, const char *name,
                     uint32_t version, uint32_t start_pos, const int32_t *tokens, int n);
 
 /* Sends every request, then gathers the replies until each is answered or
  * failed. For each added (s, mi): s->m[mi].has_row and .row (dense or sparse,
- * pointing into the reply), .held and .seq_len on success; .err_code and
+ * pointing into the reply) and .held on success; .err_code and
  * .err_msg when the worker refused that sequence (ERROR_CAPACITY, ...);
  * when the whole request failed (worker dead, stalled, unreachable, an error
  * reply) every sequence of it gets err_code ERROR_INTERNAL with a message
@@ -120,6 +122,9 @@ void gn_exchange_run(gn_exchange *x);
  * overwritten) into s's own row buffers, after the listed ones, for
  * gn_exchange_fetch. 0 or GN_ENOMEM. */
 int gn_exchange_keep_missing(struct dseq *s);
+
+/* Fetch rounds in one step at most (values, then whole rows). */
+#define GN_EXCHANGE_MAX_FETCH_ROUNDS 2
 
 /* After the draws: for every stepped sequence whose draw said NEED_VALUES or
  * NEED_ROWS (s->draw.status), asks the workers for exactly that (one RowFetch

@@ -21,6 +21,10 @@ random loopback ports, tiny random models with the real Llama-2 tokenizer):
      64 MiB default frame limit: every stream completes (the coordinator
      accepts replies as large as it can ask for) and matches `genarm
      generate`;
+ (t) many tenants in one step: five profiles of 16 ARMs each, 80 ARM
+     versions on three reward workers, all stream together (a step then
+     sends 81 requests: the base and one per ARM version) and match
+     `genarm generate` with the same 16 ARMs;
  (p) sparse rows on peaked models (an ARM that is a LoRA adapter of the
      base, as trained ARMs are close to their base): greedy output is
      token-identical in sparse and exact (f32) modes, most draws certify
@@ -332,6 +336,63 @@ def test_w(s):
     bw.send_signal(signal.SIGTERM)
 
 
+def test_t(s):
+    """Five tenants' profiles of 16 ARMs each step together: 81 requests per step."""
+    w = e2e.WORK
+    backbone, adapter = os.path.join(w, "t_backbone"), os.path.join(w, "t_adapter")
+    subprocess.run([os.path.join(s.b, "tools/genarm-make-model"), "--arch", "llama", "--out", backbone,
+                    "--tokenizer-from", os.path.join(s.b, "fixtures/tokenizers/llama2"), "--dim", "64",
+                    "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--seed", "21",
+                    "--std", "0.15", "--lora-out", adapter], check=True, capture_output=True)
+    names = ["ten%d" % i for i in range(80)]
+    for nm in names:
+        s.adm("arm", "register", nm, "--version", "1", "--path", adapter)
+    for p in range(5):
+        argv = ["profile", "set", "t1", "many%d" % p]
+        for nm in names[16 * p:16 * p + 16]:
+            argv += ["--arm", nm + ":0.25"]
+        s.adm(*(argv + ["--beta", "1.0"]))
+    for i, chunk in enumerate((names[:32], names[32:64], names[64:])):
+        argv = [os.path.join(s.b, "reward_worker/reward_worker"), "--bind", "tcp://127.0.0.1:*", "--redis", s.redis,
+                "--worker-id", "rw_t%d" % i, "--threads", "1", "--heartbeat-ms", "300", "--max-arms", "64",
+                "--ready-file", os.path.join(w, "rwt%d.ep" % i)]
+        for nm in chunk:
+            argv += ["--arm", nm]
+        e2e.spawn("reward_worker_t%d" % i, argv)
+    for i in range(3):
+        e2e.wait_file(os.path.join(w, "rwt%d.ep" % i))
+    coord, port = coordinator(s, "coord_t", ["--no-share"])
+    n_tok = 24
+    out, evs, th = {}, {}, []
+    for p in range(5):
+        body = {"model": "tiny", "prompt": "Tenant %d says" % p, "max_tokens": n_tok, "temperature": 0,
+                "profile": "many%d" % p, "ignore_eos": True}
+        evs[p] = threading.Event()
+        th.append(threading.Thread(target=stream_timed, args=(s, body, s.key1, out, p, evs[p]), kwargs={"port": port}))
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(120)
+    res = [out.get(p, (0, "", None, 0, "no result", [])) for p in range(5)]
+    ok = all(r[0] == 200 and r[4] is None and r[2] == "length" for r in res)
+    check(ok, "(t) five 16-ARM streams completed: %s" % [(r[2], r[4]) for r in res])
+    if ok:
+        first = max(r[5][0] for r in res)
+        last = min(r[5][-1] for r in res)
+        print("(t) every stream had its first token %.2f s before the first one ended" % (last - first), flush=True)
+        check(first < last, "(t) the five streams ran together (81 requests per step), none waited for another")
+    for p in range(5):
+        argv = [os.path.join(s.b, "tools/genarm"), "generate", "--model", s.base, "--prompt", "Tenant %d says" % p,
+                "--max-tokens", str(n_tok), "--temperature", "0", "--threads", "1", "--ignore-eos", "--beta", "1.0"]
+        for _ in range(16):
+            argv += ["--arm", backbone + ":0.25", "--lora", adapter]
+        want = subprocess.run(argv, capture_output=True, text=True).stdout
+        want = want[:-1] if want.endswith("\n") else want
+        check(res[p][1] == want, "(t) tenant %d equals genarm generate with its 16 ARMs: %r vs %r" % (
+            p, res[p][1], want))
+    coord.send_signal(signal.SIGTERM)
+
+
 def test_p(s):
     """Sparse rows on peaked models: greedy output equals exact mode."""
     w = e2e.WORK
@@ -415,7 +476,7 @@ def main():
     t0 = time.time()
     s.start()
     only = os.environ.get("GN_E2E_PARTS")
-    for name, fn in (("n", test_n), ("w", test_w), ("p", test_p), ("o", test_o), ("s", test_s), ("m", test_m)):
+    for name, fn in (("n", test_n), ("w", test_w), ("t", test_t), ("p", test_p), ("o", test_o), ("s", test_s), ("m", test_m)):
         if only and name not in only.split(","):
             continue
         t = time.time()
