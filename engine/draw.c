@@ -22,6 +22,8 @@
  *             others (partial) have ub = s_listed + Σ hi; the tail R = V \ C
  *             has ub_R = Σ_m hi_m and a mass bound (tail_log_mass).
  *   certify   per filter (below); the bound is M / (Z + M).
+ *   need      what would settle it: the missing values, unless the tail
+ *             alone would stop the proof whatever they are (tail_blocks).
  *   draw      one uniform scaled by the float64 total of the kept known
  *             weights, walked over them in increasing id order.
  *
@@ -270,8 +272,10 @@ typedef struct sctx {
     long nR;         /* tail tokens (no model lists them) */
     int hpos, hneg;  /* models whose hi is +inf, -inf */
     double hfin;     /* Σ of the finite hi */
+    double habs;     /* Σ |hi| (greedy's rounding bound for the tail) */
     double S;        /* the largest known score */
     double umax;     /* the largest ub of any unknown token (-inf if none) */
+    double pmax;     /* the largest ub of a partial token (-inf if none) */
     double ubR;      /* the tail's ub */
     int has_unknown;
 } sctx;
@@ -355,7 +359,7 @@ static void sort_order(const cand *c, int32_t *x, int32_t *y, int n) {
 
 GN_DEFINE_KTH_LARGEST(kth_largest, double)
 
-/* log of an upper bound of Σ_{v in R} exp((s(v) - S) / T): the smallest of
+/* log of an upper bound of Σ_{v in R} exp((s(v) - ref) / T): the smallest of
  *   (a) |R| · exp((ub_R - S) / T), every tail token at the tail's ub;
  *   (b) per carrier j (c_j > 0): Σ_R exp(e_j x_j) · Π_{m != j} max exp(e_m x_m),
  *       e_m = c_m / T, where max exp(e_m x_m) = exp(hi_m / T) and
@@ -365,11 +369,11 @@ GN_DEFINE_KTH_LARGEST(kth_largest, double)
  *                               power mean, t -> t^e_j is concave),
  *       as Σ_R exp(x_j) <= exp(tail_lse_j) (R lies among j's unlisted tokens).
  * NaN (opposite infinities) means no bound from that term. */
-static double tail_log_mass(const sctx *x, double T) {
+static double tail_log_mass(const sctx *x, double T, double ref) {
     if (x->nR == 0)
         return -INFINITY;
     const double lr = log((double)x->nR);
-    double best = lr + (x->ubR - x->S) / T;
+    double best = lr + (x->ubR - ref) / T;
     if (best != best)
         best = INFINITY;
     for (int j = 0; j < x->na; j++) {
@@ -386,7 +390,7 @@ static double tail_log_mass(const sctx *x, double T) {
             ls = tl + (e == 1.0 ? 0.0 : (e - 1.0) * fl);
         else
             ls = (1.0 - e) * lr + e * tl;
-        double v = ls + (rest - x->S) / T;
+        double v = ls + (rest - ref) / T;
         if (v == v && v < best)
             best = v;
     }
@@ -447,7 +451,7 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
     const cand *c = d->c;
     double *w = d->w;
     unsigned char *keep = d->keep;
-    const double tail_lm = *tail_lm_out = tail_log_mass(x, T);
+    const double tail_lm = *tail_lm_out = tail_log_mass(x, T, x->S);
     play pl = {0, -INFINITY, -INFINITY};
     for (int i = 0; i < nk; i++) {
         w[kn[i]] = exp((c[kn[i]].s - x->S) / T);
@@ -515,6 +519,12 @@ static int certify_sample(gn_drawer *d, const sctx *x, const gn_sampler_params *
     return 1;
 }
 
+/* Greedy: a rigorous upper bound of the float combine of a token whose score
+ * is at most ub, with rounding bound ab. */
+static inline double greedy_fub(double ub, double ab, double gamma) {
+    return ub == -INFINITY ? -INFINITY : ub + gamma * ab + 1e-30;
+}
+
 /* Greedy: the best known token by its float combine (ties: lower id), if it
  * beats every unknown token's float combine for sure. Returns its index in
  * known[] or -1. */
@@ -534,18 +544,11 @@ static int certify_greedy(const gn_drawer *d, const sctx *x) {
     /* f(u) <= Σ_m (t_m + gamma |t_m|) <= Σ_m (hi_m + gamma |hi_m|): t + gamma |t| grows with t */
     for (int i = 0; i < x->np; i++) {
         const cand *c = &d->c[d->part[i]];
-        double fub = c->ub == -INFINITY ? -INFINITY : c->ub + gamma * c->ab + 1e-30;
-        if (!((double)bf > fub))
+        if (!((double)bf > greedy_fub(c->ub, c->ab, gamma)))
             return -1;
     }
-    if (x->nR > 0) {
-        double ab = 0.0;
-        for (int i = 0; i < x->na; i++)
-            ab += fabs(x->md[i].hi);
-        double fub = x->ubR == -INFINITY ? -INFINITY : x->ubR + gamma * ab + 1e-30;
-        if (!((double)bf > fub))
-            return -1;
-    }
+    if (x->nR > 0 && !((double)bf > greedy_fub(x->ubR, x->habs, gamma)))
+        return -1;
     return best;
 }
 
@@ -564,7 +567,7 @@ static int certify_logprobs(gn_drawer *d, const sctx *x, const gn_draw_params *p
     for (int i = 0; i < x->nk; i++)
         z += t1 ? d->w[d->known[i]] : exp(d->c[d->known[i]].s - x->S);
     play all = {0, -INFINITY, -INFINITY};
-    double m1 = unknown_mass(d, x, &all, 1.0, t1 ? tail_lm1 : tail_log_mass(x, 1.0), t1);
+    double m1 = unknown_mass(d, x, &all, 1.0, t1 ? tail_lm1 : tail_log_mass(x, 1.0, x->S), t1);
     if (!(z > 0.0) || !(log1p(m1 / z) <= p->logprob_tol))
         return 0;
     const double lse = x->S + log(z);
@@ -612,10 +615,101 @@ static int check_tail(const gn_row_view *r, int m, int n_vocab, gn_err *err) {
     return 0;
 }
 
-/* NEED_VALUES lists (sorted: c is in id order) or, when they would not fit,
- * NEED_ROWS. */
-static void need(gn_drawer *d, const sctx *x, gn_draw_result *out) {
-    if (x->np > 0) {
+/* The k-th largest score the known tokens could have once the partial ones
+ * are known (each at most its ub). */
+static double kth_resolved(gn_drawer *d, const sctx *x, int k) {
+    for (int i = 0; i < x->nk; i++)
+        d->sel[i] = d->c[d->known[i]].s;
+    for (int i = 0; i < x->np; i++)
+        d->sel[x->nk + i] = d->c[d->part[i]].ub;
+    return kth_largest(d->sel, x->nc, k);
+}
+
+/* At temperature t, relative to So: *zo, the largest mass the known tokens
+ * can have once the partial ones are known (each at its ub), and *tm, the
+ * tail's mass bound. */
+static void resolved_masses(const gn_drawer *d, const sctx *x, double t, double So, double *zo,
+                            double *tm) {
+    double z = 0.0;
+    for (int i = 0; i < x->nk; i++)
+        z += exp((d->c[d->known[i]].s - So) / t);
+    for (int i = 0; i < x->np; i++)
+        z += exp((d->c[d->part[i]].ub - So) / t);
+    *zo = z;
+    *tm = exp(tail_log_mass(x, t, So)) * MASS_SLACK;
+}
+
+/* Whether the tail alone stops the proof whatever values the partial tokens
+ * turn out to have: once they are fetched every candidate is known and the
+ * tail R (its ub_R and mass bound unchanged) is the only unknown. With each
+ * partial token somewhere at or below its ub, the known tokens then have a
+ * largest score S' <= So = max(S, pmax), a mass at most Zo (the known weights
+ * plus every partial one at its ub) and a k-th largest score at most
+ * kth_resolved; every test below fails for all such outcomes, so only whole
+ * rows can settle the draw and a fetch of values would be wasted. (Sufficient,
+ * not necessary: 0 promises nothing.) */
+static int tail_blocks(gn_drawer *d, const sctx *x, const gn_draw_params *p) {
+    if (x->nR == 0)
+        return 0;
+    const double So = x->S > x->pmax ? x->S : x->pmax;
+    if (So == -INFINITY)
+        return 1; /* no known token will have a finite score */
+    if (So == INFINITY)
+        return 0;
+    const gn_sampler_params *sp = &p->sampling;
+    const double T = sp->temperature;
+    double zo = 0.0, tm = 0.0;
+    if (T > 0.0) {
+        resolved_masses(d, x, T, So, &zo, &tm);
+        if (sp->top_k > 0 && sp->top_k < d->n_vocab) { /* top-k cuts the tail or fails */
+            if (x->nc < sp->top_k || x->ubR >= kth_resolved(d, x, sp->top_k))
+                return 1;
+        } else {
+            int in_play = 1; /* the tail surely stays among the tokens P keeps */
+            if (sp->top_p < 1.0f) {
+                const double pp = (double)sp->top_p;
+                if (!(pp * zo > (1.0 - pp) * tm) || !((1.0 - pp) * zo >= pp * tm))
+                    return 1;
+                in_play = x->ubR >= So; /* ranks at or before the nucleus boundary */
+            }
+            if (in_play && sp->min_p > 0.0f) {
+                if (x->ubR > So)
+                    return 1; /* the maximum could not be proved exact */
+                in_play = (x->ubR - So) / T >= log((double)sp->min_p);
+            }
+            if (in_play && !(tm / (zo + tm) <= p->epsilon))
+                return 1;
+        }
+    } else {
+        const double gamma = GREEDY_GAMMA_PER_MODEL * (x->na + 1);
+        double bo = -INFINITY; /* the best float combine a known token could have */
+        for (int i = 0; i < x->nk; i++)
+            if (d->c[d->known[i]].f > bo)
+                bo = d->c[d->known[i]].f;
+        for (int i = 0; i < x->np; i++) {
+            const cand *c = &d->c[d->part[i]];
+            double f = greedy_fub(c->ub, c->ab, gamma);
+            if (f > bo)
+                bo = f;
+        }
+        if (!(bo > greedy_fub(x->ubR, x->habs, gamma)))
+            return 1;
+    }
+    if (p->want_logprob || p->n_top > 0) { /* at T = 1, no filters */
+        if (T != 1.0)
+            resolved_masses(d, x, 1.0, So, &zo, &tm);
+        const int k = p->n_top < d->n_vocab ? p->n_top : d->n_vocab;
+        if (!(log1p(tm / zo) <= p->logprob_tol) || k > x->nc ||
+            (k > 0 && x->ubR >= kth_resolved(d, x, k)))
+            return 1;
+    }
+    return 0;
+}
+
+/* NEED_VALUES lists (sorted: c is in id order) or, when they would not fit or
+ * the tail would still stop the proof, NEED_ROWS. */
+static void need(gn_drawer *d, const sctx *x, const gn_draw_params *p, gn_draw_result *out) {
+    if (x->np > 0 && !tail_blocks(d, x, p)) {
         size_t used = 0;
         int fits = 1;
         for (int i = 0; i < x->na && fits; i++) {
@@ -654,7 +748,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
     const int n_vocab = d->n_vocab;
     sctx x;
     x.na = x.hpos = x.hneg = 0;
-    x.hfin = 0.0;
+    x.hfin = x.habs = 0.0;
     for (int m = 0; m <= p->guidance.n_arms; m++) {
         if (alpha[m] == 0.0f)
             continue;
@@ -671,6 +765,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
         x.hneg += md->hi == -INFINITY;
         if (isfinite(md->hi))
             x.hfin += md->hi;
+        x.habs += fabs(md->hi);
     }
 
     /* the union C, in id order */
@@ -747,8 +842,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
     /* known / partial / tail */
     x.nc = nc;
     x.nk = x.np = 0;
-    x.S = -INFINITY;
-    x.umax = -INFINITY;
+    x.S = x.umax = x.pmax = -INFINITY;
     for (int k = 0; k < nc; k++) {
         cand *c = &d->c[k];
         if (c->nl == x.na) {
@@ -764,14 +858,13 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
             c->ub += c->s;
             if (c->ub != c->ub)
                 c->ub = INFINITY;
-            if (c->ub > x.umax)
-                x.umax = c->ub;
+            if (c->ub > x.pmax)
+                x.pmax = c->ub;
         }
     }
     x.nR = (long)n_vocab - nc;
     x.ubR = x.hpos ? INFINITY : x.hneg ? -INFINITY : x.hfin;
-    if (x.nR > 0 && x.ubR > x.umax)
-        x.umax = x.ubR;
+    x.umax = x.nR > 0 && x.ubR > x.pmax ? x.ubR : x.pmax;
     x.has_unknown = x.np > 0 || x.nR > 0;
     if (x.S == -INFINITY && x.umax == -INFINITY)
         return gn_errf(err, GN_EINVAL, "draw: no token has a finite score");
@@ -792,7 +885,7 @@ static int draw_sparse(gn_drawer *d, const gn_draw_params *p, const gn_row_view 
                               &lse);
     if (!ok) {
         out->n_top = 0;
-        need(d, &x, out);
+        need(d, &x, p, out);
         return 0;
     }
 

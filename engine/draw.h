@@ -57,7 +57,9 @@
  * says what would settle it: the values some models lack for listed tokens
  * (NEED_VALUES, cheap to fetch; every such value, so that once they are
  * appended to the rows the answer is never NEED_VALUES again), else whole
- * rows (NEED_ROWS; also when the missing values would outnumber 2 n_vocab).
+ * rows (NEED_ROWS; also when the missing values would outnumber 2 n_vocab,
+ * and when the tail R alone would still stop the proof whatever values the
+ * listed tokens turn out to have, so that a fetch of values would be wasted).
  * Nothing is drawn then and the rng is untouched, so asking again after the
  * fetch gives the same draw as if the values had been there at once.
  *

@@ -834,6 +834,105 @@ static void test_minp_unknown_max(void) {
     gn_drawer_free(d);
 }
 
+/* A tail that stops the proof whatever values the partial tokens turn out to
+ * have: NEED_ROWS at once, not a fetch of values whose next draw could only
+ * say NEED_ROWS. Two flat rows (every score ties the tail's bound) listing
+ * different tokens (0..9 and 5..14), so partial tokens exist; each filter's
+ * test in turn. Then the converse: a tail heavy next to the known tokens but
+ * light next to what a partial token may turn out to be still asks for the
+ * values, and they settle it. */
+static void test_tail_blocks(void) {
+    gn_err err = {0};
+    const int n = 1000;
+    gn_drawer *d = gn_drawer_create(n, &err);
+    gn_sampler *smp = gn_sampler_create(n, &err);
+    rowset *r = rowset_new(n, 2);
+    const float flat = (float)-log((double)n);
+    for (int m = 0; m < 2; m++) {
+        for (int v = 0; v < n; v++)
+            r->x[m][v] = flat;
+        gn_row_view *v = &r->sv[m];
+        memset(v, 0, sizeof *v);
+        for (int i = 0; i < 10; i++) {
+            r->sid[m][i] = 5 * m + i;
+            r->sval[m][i] = flat;
+        }
+        v->ids = r->sid[m];
+        v->vals = r->sval[m];
+        v->n = 10;
+        v->tail.floor = v->tail.row_min = flat;
+        v->tail.tail_lse = nextafterf((float)((double)flat + log(990.0)), INFINITY);
+    }
+    r->g = gn_guidance_default();
+    r->g.n_arms = 1;
+    const ccase blocked[] = {{1.0f, 0, 1.0f, 0.0f}, {0.7f, 0, 0.9f, 0.0f}, {1.0f, 5, 1.0f, 0.0f},
+                             {1.0f, 0, 1.0f, 0.05f}, {0.0f, 0, 1.0f, 0.0f}};
+    for (int ci = 0; ci < (int)(sizeof blocked / sizeof *blocked); ci++) {
+        gn_draw_params p = gn_draw_default_params();
+        p.guidance = r->g;
+        p.sampling.temperature = blocked[ci].T;
+        p.sampling.top_k = blocked[ci].k;
+        p.sampling.top_p = blocked[ci].p;
+        p.sampling.min_p = blocked[ci].mp;
+        gn_rng rng, rng0;
+        gn_rng_seed(&rng, 11 + (uint64_t)ci);
+        rng0 = rng;
+        gn_draw_result res;
+        int rc = gn_draw(d, &p, r->sv, &rng, &res, &err);
+        CHECK(rc == 0 && res.status == GN_DRAW_NEED_ROWS && res.need_rows[0] && res.need_rows[1] &&
+                  res.n_missing[0] == 0 && res.n_missing[1] == 0 && same_rng(&rng, &rng0),
+              "tail blocks (T %g k %d p %g min-p %g): status %d (want NEED_ROWS at once), "
+              "missing %d %d",
+              (double)blocked[ci].T, blocked[ci].k, (double)blocked[ci].p, (double)blocked[ci].mp,
+              res.status, res.n_missing[0], res.n_missing[1]);
+        int32_t tok;
+        check_dense(d, smp, r, &p, 11 + (uint64_t)ci, &tok);
+        gn_row_view mixed[2] = {r->sv[0], r->sv[1]};
+        mixed[0].dense = r->x[0];
+        mixed[1].dense = r->x[1];
+        rc = gn_draw(d, &p, mixed, &rng, &res, &err);
+        CHECK(rc == 0 && res.status == GN_DRAW_DONE && res.token == tok,
+              "tail blocks: the rows settle it (status %d, token %d, dense %d)", res.status,
+              res.token, tok);
+    }
+
+    /* scores: 1..4 known at -22; token 0 listed by the base only, ub -2.101
+     * (its value); token 5 by the ARM only, ub -26.9; the tail's ub -27.1.
+     * Next to the known tokens the tail's mass bound is ~1e-3 (> epsilon),
+     * next to token 0 ~1e-11: the values settle the draw. */
+    for (int v = 0; v < n; v++)
+        r->x[0][v] = r->x[1][v] = -40.0f;
+    r->x[0][0] = -0.001f;
+    r->x[1][0] = -2.1f;
+    for (int v = 1; v <= 4; v++)
+        r->x[0][v] = -20.0f, r->x[1][v] = -2.0f;
+    r->x[0][5] = -25.0f;
+    r->x[1][5] = -1.9f;
+    for (int m = 0; m < 2; m++) {
+        order_row(r, m);
+        make_view(r, m, 5);
+    }
+    ref_scores(r);
+    gn_draw_params p = gn_draw_default_params();
+    p.guidance = r->g;
+    gn_rng rng;
+    gn_rng_seed(&rng, 5);
+    gn_draw_result res;
+    int rc = gn_draw(d, &p, r->sv, &rng, &res, &err);
+    CHECK(rc == 0 && res.status == GN_DRAW_NEED_VALUES && res.n_missing[0] == 1 &&
+              res.missing[0][0] == 5 && res.n_missing[1] == 1 && res.missing[1][0] == 0,
+          "a partial token may outweigh the tail: status %d (want NEED_VALUES)", res.status);
+    if (rc == 0 && res.status == GN_DRAW_NEED_VALUES) {
+        supply_values(r, &res);
+        rc = gn_draw(d, &p, r->sv, &rng, &res, &err);
+        CHECK(rc == 0 && res.status == GN_DRAW_DONE && res.bound <= p.epsilon,
+              "the values settle it: status %d, bound %g", res.status, res.bound);
+    }
+    rowset_free(r);
+    gn_sampler_free(smp);
+    gn_drawer_free(d);
+}
+
 /* Allocation failures: create fails cleanly on every allocation. */
 static void test_alloc_failures(void) {
     int ok = 1;
@@ -907,6 +1006,7 @@ int main(int argc, char **argv) {
     test_errors();
     test_alloc_failures();
     test_minp_unknown_max();
+    test_tail_blocks();
 
     const int big = argc > 1; /* any argument: more seeds */
     gn_err err = {0};
