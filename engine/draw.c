@@ -178,33 +178,35 @@ const float *gn_drawer_scores(const gn_drawer *d) { return d->score; }
 /* Dense rows: exact mode                                                    */
 /* ======================================================================== */
 
-/* What the coordinator reported before this module: lse over the float row in
- * double, the top n by score (ties to the lower id), logprob = score - lse. */
-static void dense_logprobs(const float *sc, int n, int n_top, int32_t token, gn_draw_result *out) {
+double gn_draw_lse_top(const float *s, int n, int n_top, int32_t *top, int *n_out) {
     float mx = -INFINITY;
     for (int v = 0; v < n; v++)
-        if (sc[v] > mx)
-            mx = sc[v];
+        if (s[v] > mx)
+            mx = s[v];
     double sum = 0;
     for (int v = 0; v < n; v++)
-        sum += exp((double)sc[v] - mx);
-    double lse = mx + log(sum);
+        sum += exp((double)s[v] - mx);
     int k = n_top < n ? n_top : n;
-    int32_t *top = out->top_ids;
     int nt = 0;
     for (int v = 0; v < n && k > 0; v++) { /* insertion into the k best, ties to the lower id */
-        if (nt == k && !(sc[v] > sc[top[nt - 1]]))
+        if (nt == k && !(s[v] > s[top[nt - 1]]))
             continue;
         int pos = nt < k ? nt++ : k - 1;
-        while (pos > 0 && sc[v] > sc[top[pos - 1]]) {
+        while (pos > 0 && s[v] > s[top[pos - 1]]) {
             top[pos] = top[pos - 1];
             pos--;
         }
         top[pos] = v;
     }
-    out->n_top = nt;
-    for (int i = 0; i < nt; i++)
-        out->top_logprobs[i] = (float)(sc[top[i]] - lse);
+    *n_out = nt;
+    return mx + log(sum);
+}
+
+/* What the coordinator reported before this module: logprob = score - lse. */
+static void dense_logprobs(const float *sc, int n, int n_top, int32_t token, gn_draw_result *out) {
+    const double lse = gn_draw_lse_top(sc, n, n_top, out->top_ids, &out->n_top);
+    for (int i = 0; i < out->n_top; i++)
+        out->top_logprobs[i] = (float)(sc[out->top_ids[i]] - lse);
     if (token >= 0)
         out->logprob = (float)(sc[token] - lse);
 }

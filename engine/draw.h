@@ -80,6 +80,8 @@
 #include "row_select.h"
 #include "sampler.h"
 
+/* Most alternatives reported per token, by a draw and by guided scoring
+ * (score.h): OpenAI's top_logprobs limit. */
 #define GN_DRAW_MAX_TOP 20
 #define GN_DRAW_MAX_MODELS (1 + GN_GUIDANCE_MAX_ARMS)
 
@@ -146,6 +148,13 @@ const float *gn_drawer_scores(const gn_drawer *d);
  * score), as gn_sampler_sample does. */
 int gn_draw(gn_drawer *d, const gn_draw_params *p, const gn_row_view *rows, gn_rng *rng,
             gn_draw_result *out, gn_err *err);
+
+/* log_softmax over a float score row s[0..n) in double, as dense draws and
+ * gn_score_guided report it: returns lse = max + log Σ exp(s[v] - max) (the
+ * log-prob of v is s[v] - lse) and writes the min(n_top, n) most likely ids
+ * to top_ids (largest score first, ties: lower id first), *n_out of them.
+ * n_top in [0, GN_DRAW_MAX_TOP]; s without NaN. */
+double gn_draw_lse_top(const float *s, int n, int n_top, int32_t *top_ids, int *n_out);
 
 /* The distribution gn_draw would draw from now (tests): dense rows give the
  * sampler's (gn_sampler_dist); certified sparse rows give Q. *ids and *probs

@@ -22,7 +22,8 @@ void gn_guided_score_free(gn_guided_score *s) {
 }
 
 /* Position pos of the combined row s[0..nv): the log-prob of tok and the
- * n_top most likely tokens, log_softmax in double. */
+ * n_top most likely tokens, log_softmax in double (gn_draw_lse_top, as the
+ * dense draw reports them). */
 static int row_logprobs(const float *s, int nv, int32_t tok, int n_top, int pos, double *logp,
                         int32_t *top_ids, double *top_logp, gn_err *err) {
     float mx = -INFINITY;
@@ -35,30 +36,11 @@ static int row_logprobs(const float *s, int nv, int32_t tok, int n_top, int pos,
     if (!isfinite(mx))
         return gn_errf(err, GN_EINVAL, "score: position %d: %s", pos,
                        mx > 0 ? "a combined score is +inf" : "no token has a finite combined score");
-    double sum = 0.0;
-    for (int v = 0; v < nv; v++)
-        sum += exp((double)s[v] - (double)mx);
-    const double lse = (double)mx + log(sum);
+    int m;
+    const double lse = gn_draw_lse_top(s, nv, n_top, top_ids, &m);
     *logp = (double)s[tok] - lse;
-    /* the top n_top by insertion: a token enters only above the current last
-     * (ties keep the earlier, lower id) */
-    float tv[GN_SCORE_MAX_TOP];
-    int m = 0;
-    for (int v = 0; v < nv && n_top > 0; v++) {
-        float x = s[v];
-        if (m == n_top && !(x > tv[m - 1]))
-            continue;
-        int j = m < n_top ? m++ : m - 1;
-        while (j > 0 && x > tv[j - 1]) {
-            tv[j] = tv[j - 1];
-            top_ids[j] = top_ids[j - 1];
-            j--;
-        }
-        tv[j] = x;
-        top_ids[j] = v;
-    }
     for (int j = 0; j < m; j++)
-        top_logp[j] = (double)tv[j] - lse;
+        top_logp[j] = (double)s[top_ids[j]] - lse;
     return 0;
 }
 
@@ -77,8 +59,8 @@ int gn_score_guided(gn_model *const *models, gn_runner *const *runners, const gn
         return rc;
     if (n_resp < 1)
         return gn_errf(err, GN_EINVAL, "score: the response has no tokens");
-    if (n_top < 0 || n_top > GN_SCORE_MAX_TOP)
-        return gn_errf(err, GN_EINVAL, "score: n_top must be in [0, %d] (got %d)", GN_SCORE_MAX_TOP,
+    if (n_top < 0 || n_top > GN_DRAW_MAX_TOP)
+        return gn_errf(err, GN_EINVAL, "score: n_top must be in [0, %d] (got %d)", GN_DRAW_MAX_TOP,
                        n_top);
     const int nm = 1 + g->n_arms;
     float alpha[GN_GUIDANCE_MAX_ARMS];

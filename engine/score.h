@@ -24,13 +24,11 @@
 
 #include <stdint.h>
 
+#include "draw.h"
 #include "gn_err.h"
 #include "guidance.h"
 #include "model.h"
 #include "runner.h"
-
-/* Most alternatives reported per position (OpenAI's top_logprobs limit). */
-#define GN_SCORE_MAX_TOP 20
 
 typedef struct gn_guided_score {
     int n_tokens;     /* response positions scored (= n_resp) */
@@ -48,7 +46,7 @@ typedef struct gn_guided_score {
  * each runner and freed), prompt_ids[m] with n_prompt[m] >= 1 ids (models
  * may tokenize their prompts differently; the response ids are shared).
  * ARMs whose alpha (weight / beta) is 0 are not run (their entries may be
- * NULL), as gn_guidance_combine ignores them. n_top in [0, GN_SCORE_MAX_TOP].
+ * NULL), as gn_guidance_combine ignores them. n_top in [0, GN_DRAW_MAX_TOP].
  *
  * Fills *out (free with gn_guided_score_free). Returns 0, or a negative GN_E*
  * code with err: GN_EINVAL (bad arguments, an invalid guidance, a response

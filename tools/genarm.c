@@ -381,7 +381,7 @@ static void parse_opts(int argc, char **argv, int is_score, opts *o) {
                 die_usage("--response-ids given twice");
             parse_ids(a, VALUE(), &o->response_ids, &o->n_response_ids);
         } else if (is_score && FLAG("--top-logprobs")) {
-            o->top_logprobs = (int)parse_int(a, VALUE(), 0, GN_SCORE_MAX_TOP);
+            o->top_logprobs = (int)parse_int(a, VALUE(), 0, GN_DRAW_MAX_TOP);
         } else if (!is_score && FLAG("--max-tokens")) {
             o->max_tokens = (int)parse_int(a, VALUE(), 0, 1 << 30);
         } else if (!is_score && FLAG("--temperature")) {

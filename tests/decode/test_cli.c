@@ -322,7 +322,7 @@ static void test_guided_score(const char *base, const char *arm1, const char *ar
                       GN_EINVAL &&
                   strstr(err.msg, "response token 1"),
               "id out of range: %s", err.msg);
-        CHECK(gn_score_guided(m, runners, &prof, prompts, nps, st.tok, 2, GN_SCORE_MAX_TOP + 1,
+        CHECK(gn_score_guided(m, runners, &prof, prompts, nps, st.tok, 2, GN_DRAW_MAX_TOP + 1,
                               &gs, &err) == GN_EINVAL,
               "n_top too large");
         gn_guidance badg = prof;
