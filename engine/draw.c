@@ -960,10 +960,11 @@ static int run(gn_drawer *d, const gn_draw_params *p, const gn_row_view *rows, g
     if (p->n_top < 0 || p->n_top > GN_DRAW_MAX_TOP)
         return gn_errf(err, GN_EINVAL, "draw: n_top must be in 0..%d (got %d)", GN_DRAW_MAX_TOP,
                        p->n_top);
-    float alpha[GN_DRAW_MAX_MODELS];
+    float alpha[GN_DRAW_MAX_MODELS]; /* c_m: 1 for the base, then guidance.h's alphas */
+    alpha[0] = 1.0f;
+    gn_guidance_alphas(&p->guidance, alpha + 1);
     int n_dense = 0, n_sparse = 0;
     for (int m = 0; m <= p->guidance.n_arms; m++) {
-        alpha[m] = m == 0 ? 1.0f : p->guidance.weights[m - 1] / p->guidance.beta;
         if (alpha[m] == 0.0f)
             continue; /* not read (gn_guidance_combine skips it too) */
         if (rows[m].dense)
