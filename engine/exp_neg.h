@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#define GN_EXP_MIN (-87.0f) /* the domain's low end: callers drop (weight 0) terms below it */
 #define GN_EXP_LOG2E 1.44269504088896341f
 #define GN_EXP_SHIFT 0x1.8p23f /* adding it rounds to an integer in the low bits */
 #define GN_EXP_LN2_HI 0.693359375f

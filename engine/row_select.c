@@ -82,7 +82,6 @@
 #endif
 
 #define BLOCKS_PER_K 4    /* block maxima per listed token */
-#define EXP_MIN (-87.0f)  /* AVX2 tail: terms with d below this are dropped */
 #define TAIL_MARGIN 4e-7  /* see the error analysis above */
 #define SMALL_SORT 16     /* insertion sort at or below this */
 #define RADIX 2048        /* histogram buckets (11-bit digits) */
@@ -112,26 +111,16 @@ struct gn_row_selector {
 
 /* ---- keys ------------------------------------------------------------------ */
 
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* Order-preserving map of a non-NaN float to uint32 (-0 and +0 both map to
  * +0's code: the caller passes x + 0.0f). */
 static inline uint32_t ord(float x) {
-    uint32_t u = f2u(x + 0.0f);
+    uint32_t u = gn_exp_f2u(x + 0.0f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-static inline float unord(uint32_t o) { return u2f((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o); }
+static inline float unord(uint32_t o) {
+    return gn_exp_u2f((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
+}
 
 /* Larger key: larger value, then lower id. */
 static inline uint64_t key_of(float x, int v) {
@@ -375,7 +364,7 @@ static GN_T256 int collect_avx2(const float *x, int n, float t, uint64_t *out, f
 }
 
 /* One vector of the tail: exp(a - ref) in the lanes with a < vk, else 0.
- * a - ref is exact wherever the term is kept (d >= EXP_MIN): ref is an
+ * a - ref is exact wherever the term is kept (d >= GN_EXP_MIN): ref is an
  * integer <= 0 and a <= ref. If |a| < 2^24, ulp(a) is a power of two <= 1,
  * so it divides ref, and |a - ref| <= |a|: a - ref is a multiple of ulp(a)
  * no larger than a, a float. If |a| >= 2^24, d >= -87 puts a within a factor
@@ -383,7 +372,7 @@ static GN_T256 int collect_avx2(const float *x, int n, float t, uint64_t *out, f
  * with a rounded d: it is below 2^-125, its error negligible.) -inf lanes
  * give d = -inf: dropped. */
 static inline GN_T256 __m256 tail8(__m256 a, __m256 vk, __m256 ref) {
-    const __m256 dmin = _mm256_set1_ps(EXP_MIN);
+    const __m256 dmin = _mm256_set1_ps(GN_EXP_MIN);
     __m256 d = _mm256_sub_ps(a, ref);
     __m256 ok = _mm256_and_ps(_mm256_cmp_ps(a, vk, _CMP_LT_OQ), _mm256_cmp_ps(d, dmin, _CMP_GE_OQ));
     return _mm256_and_ps(gn_exp_neg8(_mm256_max_ps(d, dmin)), ok);

@@ -59,7 +59,6 @@
 
 #define BLK 16           /* ids per block of the canonical sum */
 #define GRP 64           /* blocks per group */
-#define EXP_MIN (-87.0f) /* d below this: weight 0 */
 #define NB_ROW 1024      /* top-p buckets over the row's d range (first level) */
 #define D_RANGE 64.0f    /* ... which spans at most [-D_RANGE, 0] (lower d: last bucket) */
 #define TOPP_SORT_MAX 64  /* top-p sorts regions this small */
@@ -244,7 +243,7 @@ static void scan_ref(const float *x, int n, float *vmax, int *imax, float *vmin,
     *nan = bad;
 }
 
-/* w = E(d) (0 below EXP_MIN, below o->minp or for a score below o->sthr)
+/* w = E(d) (0 below GN_EXP_MIN, below o->minp or for a score below o->sthr)
  * for the whole row, padded to a whole block with 0; the block and group
  * sums; and, if o->bk, each token's bucket. */
 static void weights_ref(const row *r, const wpass *o, float *w, double *bs, double *gs) {
@@ -256,7 +255,7 @@ static void weights_ref(const row *r, const wpass *o, float *w, double *bs, doub
             int v = b * BLK + j;
             float s = v < r->n ? r->score[v] : -INFINITY;
             float d = (s - r->smax) * r->invT;
-            float x = o->reuse ? wb[j] : d >= EXP_MIN ? gn_exp_neg(d) : 0.0f;
+            float x = o->reuse ? wb[j] : d >= GN_EXP_MIN ? gn_exp_neg(d) : 0.0f;
             if (!(s >= o->sthr) || !(x >= o->minp))
                 x = 0.0f;
             wb[j] = x;
@@ -306,9 +305,9 @@ static const kernels kern_ref = {scan_ref, weights_ref, collect_ref, kth_ref};
 #ifdef GN_SMP_X86
 
 
-/* d = (s - smax) * invT and w = E(d), 0 where d < EXP_MIN. */
+/* d = (s - smax) * invT and w = E(d), 0 where d < GN_EXP_MIN. */
 static inline GN_T256 __m256 weight8(__m256 s, __m256 smax, __m256 invT, __m256 *dout) {
-    const __m256 lo = _mm256_set1_ps(EXP_MIN);
+    const __m256 lo = _mm256_set1_ps(GN_EXP_MIN);
     __m256 d = _mm256_mul_ps(_mm256_sub_ps(s, smax), invT);
     *dout = d;
     __m256 ok = _mm256_cmp_ps(d, lo, _CMP_GE_OQ);
@@ -434,7 +433,7 @@ static GN_T256 int collect_avx2(const row *r, float thr, float dmin, const float
         if (w)
             _mm256_storeu_ps(wv, _mm256_loadu_ps(w + v));
         else
-            _mm256_storeu_ps(wv, gn_exp_neg8(_mm256_max_ps(d, _mm256_set1_ps(EXP_MIN))));
+            _mm256_storeu_ps(wv, gn_exp_neg8(_mm256_max_ps(d, _mm256_set1_ps(GN_EXP_MIN))));
         while (mask) {
             int l = __builtin_ctz(mask);
             mask &= mask - 1;
@@ -480,7 +479,7 @@ static GN_T512 void weights_avx512(const row *r, const wpass *o, float *w, doubl
                                    double *gs) {
     const int nb = (r->n + BLK - 1) / BLK;
     const __m512 smax = _mm512_set1_ps(r->smax), invT = _mm512_set1_ps(r->invT);
-    const __m512 lo = _mm512_set1_ps(EXP_MIN), vmin = _mm512_set1_ps(o->minp);
+    const __m512 lo = _mm512_set1_ps(GN_EXP_MIN), vmin = _mm512_set1_ps(o->minp);
     const __m512 vthr = _mm512_set1_ps(o->sthr), vbs = _mm512_set1_ps(o->bscale);
     const __m512 cap = _mm512_set1_ps((float)(NB_ROW - 1));
     double g = 0.0;
@@ -843,7 +842,7 @@ static void top_p_row(gn_sampler *s, const gn_sampler_params *p, const row *r) {
 static int build_list(gn_sampler *s, const gn_sampler_params *p, const row *r) {
     cand *c = s->c, bnd;
     float thr = s->k->kth(s->heap, r->score, r->n, p->top_k);
-    int m = s->k->collect(r, thr, EXP_MIN, NULL, c);
+    int m = s->k->collect(r, thr, GN_EXP_MIN, NULL, c);
     if (p->top_p < 1.0f &&
         top_p_boundary(s, c, m, 0.0, (double)p->top_p * list_total(c, m), &bnd))
         m = keep_through(c, m, &bnd);
