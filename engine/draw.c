@@ -262,7 +262,7 @@ typedef struct mdl {
     int m;          /* model index: 0 base, 1 + i ARM i */
     float a;        /* the float coefficient (gn_guidance_combine's alpha) */
     double c;       /* the same, in double */
-    double hi;      /* the largest c x of an unlisted token: c · floor (c > 0) or c · row_min (c < 0) */
+    double hi;      /* max c x over unlisted tokens: c floor (c > 0), c row_min (c < 0) */
     const gn_row_view *r;
 } mdl;
 
