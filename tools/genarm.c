@@ -728,9 +728,12 @@ static int score_reward(const opts *o, const char *prompt, const char *response)
             fail("tokenizing the prompt: ", &err);
             goto out;
         }
-        if (response_tokens(o, t, NULL, gn_model_n_out(m), &sr.tokens, &sr.n_tokens, &err) ||
-            !(sr.logp = gn_malloc((size_t)sr.n_tokens * sizeof *sr.logp)) ||
-            gn_score_ids(m, r, p_ids, np, sr.tokens, sr.n_tokens, sr.logp, &sr.total, &err)) {
+        int rc = response_tokens(o, t, NULL, gn_model_n_out(m), &sr.tokens, &sr.n_tokens, &err);
+        if (!rc && !(sr.logp = gn_malloc((size_t)sr.n_tokens * sizeof *sr.logp)))
+            rc = gn_errf(&err, GN_ENOMEM, "out of memory");
+        if (!rc)
+            rc = gn_score_ids(m, r, p_ids, np, sr.tokens, sr.n_tokens, sr.logp, &sr.total, &err);
+        if (rc) {
             fail("score: ", &err);
             goto out;
         }
