@@ -695,8 +695,9 @@ static int response_tokens(const opts *o, const gn_tokenizer *t, const char *tex
     return 0;
 }
 
-/* The reward of one ARM: sum_t log p_arm(y_t | x, y_<t) (gn_score_text, or
- * gn_score_ids for --response-ids). */
+/* The reward of one ARM: sum_t log p_arm(y_t | x, y_<t) (gn_score_ids over
+ * the prompt's ids with BOS and response_tokens', for --response and
+ * --response-ids alike: the steps gn_score_text takes for a text). */
 static int score_reward(const opts *o, const char *prompt, const char *response) {
     gn_err err = {0};
     int status = 1;
@@ -716,29 +717,25 @@ static int score_reward(const opts *o, const char *prompt, const char *response)
         fail("", &err);
         goto out;
     }
-    const gn_tokenizer *t = gn_model_tokenizer(m);
-    if (!o->response_ids) {
-        if (gn_score_text(m, r, prompt, response, o->add_eos, &sr, &err)) {
-            fail("", &err);
-            goto out;
-        }
-    } else {
-        int np = 0;
-        if (gn_tok_encode(t, prompt, strlen(prompt), 1, &p_ids, &np, &err)) {
-            fail("tokenizing the prompt: ", &err);
-            goto out;
-        }
-        int rc = response_tokens(o, t, NULL, gn_model_n_out(m), &sr.tokens, &sr.n_tokens, &err);
-        if (!rc && !(sr.logp = gn_malloc((size_t)sr.n_tokens * sizeof *sr.logp)))
-            rc = gn_errf(&err, GN_ENOMEM, "out of memory");
-        if (!rc)
-            rc = gn_score_ids(m, r, p_ids, np, sr.tokens, sr.n_tokens, sr.logp, &sr.total, &err);
-        if (rc) {
-            fail("score: ", &err);
-            goto out;
-        }
-        sr.n_prompt_tokens = np;
+    const gn_tokenizer *t = gn_model_tokenizer(m); /* load_model loads it */
+    int np = 0;
+    if (gn_tok_encode(t, prompt, strlen(prompt), 1, &p_ids, &np, &err)) {
+        fail("score: tokenizing the prompt: ", &err);
+        goto out;
     }
+    if (response_tokens(o, t, response, gn_model_n_out(m), &sr.tokens, &sr.n_tokens, &err)) {
+        fail("score: ", &err);
+        goto out;
+    }
+    if (!(sr.logp = gn_malloc((size_t)sr.n_tokens * sizeof *sr.logp))) {
+        fprintf(stderr, "genarm: score: out of memory\n");
+        goto out;
+    }
+    if (gn_score_ids(m, r, p_ids, np, sr.tokens, sr.n_tokens, sr.logp, &sr.total, &err)) {
+        fail("", &err); /* its messages begin "score: " */
+        goto out;
+    }
+    sr.n_prompt_tokens = np;
     if (o->json) {
         root = json_object();
         json_t *toks = json_array();
