@@ -431,11 +431,7 @@ static void apply_seq(gn_dist *d, dseq *s) {
     int tok = s->draw.token;
     s->drawn = 1;
     s->tokens[s->n_tokens++] = tok;
-    pthread_mutex_lock(&d->mu);
-    d->stats.tokens++;
-    pthread_mutex_unlock(&d->mu);
-    gn_metric_inc(d->m_tokens, NULL, 1);
-    if (jb->dp.want_logprob && jb->sink->token) 
+    if (jb->dp.want_logprob && jb->sink->token)
         gn_token_report(jb->sink, s->index, d->base.tok, jb->j.req->token_ids, &s->draw);
     if (!jb->j.req->ignore_eos && is_eos(d, tok)) {
         seq_finish(d, s, "stop");
@@ -470,7 +466,9 @@ static void rewind_seq(dseq *s) {
         if (!s->jb->arm_link[k]) s->m[1 + k].held = 0;
 }
 
-static void apply_all(gn_dist *d) {
+/* Applies the step's draws; returns the number of tokens drawn. */
+static int apply_all(gn_dist *d) {
+    int tokens = 0;
     for (int a = 0; a < d->n_active; a++) {
         dseq *s = d->active[a];
         if (s->done) continue;
@@ -481,7 +479,9 @@ static void apply_all(gn_dist *d) {
         if (!s->stepped) continue;
         s->wait_since = 0;
         apply_seq(d, s);
+        tokens += s->drawn;
     }
+    return tokens;
 }
 
 /* One step; returns the number of sequences sent to the workers. */
@@ -491,7 +491,7 @@ static int run_step(gn_dist *d) {
     if (n > 0) gn_exchange_run(d->ex);
     worker_refusals(d);
     draw_all(d);
-    apply_all(d);
+    int tokens = apply_all(d);
     double wait_s = 0;
     double compute = gn_exchange_end(d->ex, &wait_s);
     for (int a = 0; a < d->n_active; a++)
@@ -503,11 +503,13 @@ static int run_step(gn_dist *d) {
     double t1 = gn_mono_s();
     pthread_mutex_lock(&d->mu);
     d->stats.steps++;
+    d->stats.tokens += tokens;
     d->stats.step_s += t1 - t0;
     d->stats.wait_s += wait_s;
     d->stats.compute_s += compute;
     pthread_mutex_unlock(&d->mu);
     gn_metric_inc(d->m_steps, NULL, 1);
+    gn_metric_inc(d->m_tokens, NULL, tokens);
     gn_metric_inc(d->m_step_s, NULL, t1 - t0);
     gn_metric_inc(d->m_wait_s, NULL, wait_s);
     gn_metric_inc(d->m_compute_s, NULL, compute);
