@@ -72,6 +72,7 @@ wait_file() { # file seconds
     done
 }
 
+RPORT_GIVEN=$RPORT
 [ -n "$RPORT" ] || RPORT=$(free_port)
 [ -n "$HPORT" ] || HPORT=$(free_port)
 REDIS=127.0.0.1:$RPORT
@@ -86,10 +87,29 @@ if [ -z "$ARM1" ]; then ARM1=$WORK/models/arm-concise; [ -d "$ARM1" ] || mk "$AR
 if [ -z "$ARM2" ]; then ARM2=$WORK/models/arm-verbose; [ -d "$ARM2" ] || mk "$ARM2" 3 0.15; fi
 
 # ---- redis + control plane ----------------------------------------------------------------
-redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --protected-mode yes \
-    > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do "${ADMIN[@]}" tenant list > /dev/null 2>&1 && break; sleep 0.1; done
+# A random port may be taken between the probe and the bind (other tests pick ports too): when
+# redis-server exits at start, try another one (an explicit --redis-port is tried only once).
+for attempt in 1 2 3; do
+    redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --protected-mode yes \
+        > "$WORK/redis.log" 2>&1 &
+    RPID=$!
+    up=0
+    for _ in $(seq 100); do
+        "${ADMIN[@]}" tenant list > /dev/null 2>&1 && { up=1; break; }
+        kill -0 "$RPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ $up = 1 ]; then PIDS+=("$RPID"); break; fi
+    kill "$RPID" 2>/dev/null || true
+    if [ -n "$RPORT_GIVEN" ] || [ $attempt = 3 ]; then
+        echo "run_local.sh: redis-server did not start on port $RPORT:" >&2
+        tail -n 5 "$WORK/redis.log" >&2
+        exit 1
+    fi
+    RPORT=$(free_port)
+    REDIS=127.0.0.1:$RPORT
+    ADMIN=("$BUILD/tools/genarm-admin" --redis "$REDIS")
+done
 "${ADMIN[@]}" arm register "$N1" --version 1 --path "$ARM1" > /dev/null
 "${ADMIN[@]}" arm register "$N2" --version 1 --path "$ARM2" > /dev/null
 "${ADMIN[@]}" tenant add acme --name "ACME Corp" > /dev/null
