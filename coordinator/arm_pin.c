@@ -54,7 +54,7 @@ struct gn_arm_pin {
     double asked[MAX_NAMES];                        /* under mu: when a job last asked about it */
     int n_names;
     token tokens[MAX_TOKENS];                       /* under mu */
-    int n_tokens, tokens_dirty;                     /* under mu: dirty = the lists may disagree */
+    int n_tokens, tokens_wake;                      /* under mu: wake = the scheduler changed one */
     double parked_last;                             /* under mu: a token changed */
     /* control thread only */
     char swap_after[GN_CTL_STREAM_ID_MAX];
@@ -164,21 +164,37 @@ static token *token_find(gn_arm_pin *a, const char *name, const char *version, u
     return NULL;
 }
 
+/* Forgets the tokens neither wanted nor on a list (under mu). */
+static void drop_settled(gn_arm_pin *a) {
+    int kept = 0;
+    for (int i = 0; i < a->n_tokens; i++) {
+        if (!a->tokens[i].want && !a->tokens[i].on_list) {
+            a->parked_last = gn_mono_s(); /* its token may still come back on the stream */
+            continue;
+        }
+        if (kept != i) a->tokens[kept] = a->tokens[i];
+        kept++;
+    }
+    a->n_tokens = kept;
+}
+
 /* Makes the waiting lists agree with what the scheduler wants: pushes the
  * wanted tokens not on their list yet, takes back (only this job's entry)
  * the ones no longer wanted. Redis I/O without the lock, on a copy; a
  * failure leaves the entry as it was, to be tried again at the next refresh. */
 static void sync_tokens(gn_arm_pin *a) {
     pthread_mutex_lock(&a->mu);
-    int n = a->tokens_dirty ? a->n_tokens : 0;
+    int n = 0;
+    for (int i = 0; i < a->n_tokens && !n; i++)
+        if (a->tokens[i].want != a->tokens[i].on_list) n = a->n_tokens;
     token *work = n ? gn_malloc((size_t)n * sizeof *work) : NULL;
     if (work) memcpy(work, a->tokens, (size_t)n * sizeof *work);
-    a->tokens_dirty = 0;
+    a->tokens_wake = 0;
+    if (!work) /* nothing to push or take back (or out of memory: the next refresh tries again) */
+        drop_settled(a);
     pthread_mutex_unlock(&a->mu);
-    if (n && !work) { /* out of memory: try again later */
-        a->tokens_dirty = 1;
+    if (!work)
         return;
-    }
     int failed = 0;
     for (int i = 0; i < n; i++) {
         token *t = &work[i];
@@ -200,19 +216,11 @@ static void sync_tokens(gn_arm_pin *a) {
         token *t = token_find(a, work[i].name, work[i].version, work[i].job_id);
         if (t) t->on_list = work[i].on_list;
     }
-    int kept = 0;
-    for (int i = 0; i < a->n_tokens; i++) {
-        token *t = &a->tokens[i];
-        if (t->want != t->on_list) a->tokens_dirty = 1; /* changed meanwhile, or failed */
-        if (!t->want && !t->on_list) continue;
-        if (kept != i) a->tokens[kept] = *t;
-        kept++;
-    }
-    if (kept != a->n_tokens || n) a->parked_last = gn_mono_s();
-    a->n_tokens = kept;
+    drop_settled(a);
+    a->parked_last = gn_mono_s();
     pthread_mutex_unlock(&a->mu);
     gn_free(work);
-    if (n) a->park_failing = failed;
+    a->park_failing = failed;
 }
 
 /* A parked request comes back onto the request stream (genarm:requests) when
@@ -258,7 +266,7 @@ static void *control_main(void *arg) {
     gn_arm_pin *a = arg;
     for (;;) {
         pthread_mutex_lock(&a->mu);
-        if (!a->quit && !a->kicked && !a->tokens_dirty) {
+        if (!a->quit && !a->kicked && !a->tokens_wake) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             long ns = ts.tv_nsec + (long)a->p.refresh_ms * 1000000L;
@@ -400,7 +408,7 @@ int gn_arm_pin_park(gn_arm_pin *a, const char *name, const char *version, uint64
     }
     if (t) {
         t->want = 1;
-        a->tokens_dirty = 1;
+        a->tokens_wake = 1;
         pthread_cond_signal(&a->cv);
     } else {
         rc = GN_ERANGE;
@@ -414,7 +422,7 @@ void gn_arm_pin_unpark(gn_arm_pin *a, const char *name, const char *version, uin
     token *t = token_find(a, name, version, job_id);
     if (t) {
         t->want = 0;
-        a->tokens_dirty = 1;
+        a->tokens_wake = 1;
         pthread_cond_signal(&a->cv);
     }
     pthread_mutex_unlock(&a->mu);

@@ -5,6 +5,7 @@
  * its own request; a refused park retried), and no
  * Redis on the caller's side (the snapshot is read while Redis is stopped). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +36,19 @@ static gn_ctl_worker worker(const char *id, const char *ep, const char *host, co
     snprintf(w.arms[w.n_arms++], GN_CTL_REF_MAX, "%s", arm1);
     if (arm2) snprintf(w.arms[w.n_arms++], GN_CTL_REF_MAX, "%s", arm2);
     return w;
+}
+
+/* Scripts run by the Redis server so far (INFO commandstats: eval + evalsha). */
+static long eval_calls(redisContext *raw) {
+    redisReply *r = redisCommand(raw, "INFO commandstats");
+    long n = 0;
+    for (const char *p = r && r->type == REDIS_REPLY_STRING ? r->str : "";
+         (p = strstr(p, "cmdstat_eval")) != NULL; p++) {
+        const char *c = strstr(p, "calls=");
+        if (c) n += atol(c + 6);
+    }
+    freeReplyObject(r);
+    return n;
 }
 
 /* Waits (at most 3 s) for a snapshot taken after t. */
@@ -139,8 +153,11 @@ int main(void) {
      * until it lands, without the scheduler asking again */
     redisContext *raw = gn_redis_raw();
     freeReplyObject(redisCommand(raw, "SET genarm:waiting:helpful@9 blocked"));
+    long evals0 = eval_calls(raw);
     CHECK(gn_arm_pin_park(a, "helpful", "9", 50) == 0, "park on a broken list is accepted");
     usleep(150000);
+    long evals = eval_calls(raw) - evals0; /* one try per refresh (20 ms), not a spin */
+    CHECK(evals >= 1 && evals < 40, "the refused park is retried at each refresh: %ld tries in 150 ms", evals);
     redisReply *r = redisCommand(raw, "TYPE genarm:waiting:helpful@9");
     CHECK(r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "string"), "the push failed meanwhile");
     freeReplyObject(r);
